@@ -1,0 +1,65 @@
+"""The model zoo: plain `flax.linen` modules built by name.
+
+Every model is applied as `model.apply(variables, x, train=bool, mutable=...)` on float NHWC input
+and returns float32 logits `[B, num_classes]`. BatchNorm statistics (where a model has any) live in
+the 'batch_stats' collection. `dtype` is the compute dtype; params are always float32. Models hold
+no masks: sparsity is applied to the params pytree by the optimizer.
+"""
+
+import types
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from optg_jax.models.cifar_resnet import CifarResNet, resnet20, resnet32, resnet56
+from optg_jax.models.mobilenet import MobileNetV1, mobilenet_v1
+from optg_jax.models.resnet import (
+    BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet50_cifar, tiny_resnet,
+)
+from optg_jax.models.small import FashionMnistCNN, fmnist_cnn
+from optg_jax.models.vgg import VGG, vgg19_cifar
+
+_FACTORIES: types.MappingProxyType[str, Callable[..., nn.Module]] = types.MappingProxyType({
+    # ImageNet
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "mobilenet_v1": mobilenet_v1,
+    # CIFAR
+    "vgg19_cifar": vgg19_cifar,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet56": resnet56,
+    "resnet50_cifar": resnet50_cifar,
+    # small
+    "fmnist_cnn": fmnist_cnn,
+    "tiny_resnet": tiny_resnet,
+})
+
+
+def names() -> list[str]:
+    """The names `create` accepts."""
+    return list(_FACTORIES)
+
+
+def create(name: str, num_classes: int, dtype: Any = jnp.float32, **kwargs) -> nn.Module:
+    """Builds the model called `name` with `num_classes` outputs computing in `dtype`.
+
+    Extra keyword arguments go to the model (e.g. `width_multiplier=0.5` for "mobilenet_v1",
+    `zero_init_residual=True` for the ResNets in `resnet.py`).
+
+    Raises:
+      ValueError: `name` is not one of `names()`.
+    """
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}") from None
+    return factory(num_classes=num_classes, dtype=dtype, **kwargs)
+
+
+__all__ = [
+    "create", "names",
+    "ResNet", "BasicBlock", "Bottleneck", "CifarResNet", "VGG", "MobileNetV1", "FashionMnistCNN",
+]
