@@ -1,1 +1,28 @@
-"""optg-jax: OptG sparse training as an optax transformation, plus a Flax training program."""
+"""optg-jax: OptG sparse training as an optax transformation, plus a Flax training program.
+
+The library's public names::
+
+    optg_optax(...)          # the transformation (criteria "optg", "supermask", "taylor", "magnitude")
+    apply_masks(params, opt_state)
+    get_masks(opt_state), get_optg_state(opt_state), sparsity_summary(opt_state)
+    schedules.*              # sparsity schedules, step -> sparsity
+"""
+
+from optg_jax import schedules
+from optg_jax.optg import (
+    ALLOCATIONS,
+    CRITERIA,
+    OptGState,
+    apply_masks,
+    default_is_masked,
+    get_masks,
+    get_optg_state,
+    optg_optax,
+    path_to_name,
+    sparsity_summary,
+)
+
+__all__ = [
+    "ALLOCATIONS", "CRITERIA", "OptGState", "apply_masks", "default_is_masked", "get_masks",
+    "get_optg_state", "optg_optax", "path_to_name", "schedules", "sparsity_summary",
+]
