@@ -1,0 +1,473 @@
+"""Input pipeline: TFDS data sets as deterministic, resumable, per-process numpy batches.
+
+One batch's path: `train_iterator` builds the global batch order of an epoch from `(seed, epoch)`
+alone, every process takes its own rows `[i*local:(i+1)*local]` of each global batch, and the
+batch leaves as `{'image': float32 [local, H, W, C] normalised, 'label': int32 [local]}`.
+Because order and augmentation depend only on `(seed, epoch, position in epoch)`:
+
+* N processes together see exactly the batches one process sees;
+* `start_step=s` yields exactly what the uninterrupted iterator yields from step `s` on.
+
+Fashion-MNIST and CIFAR-10 are held in memory as uint8 numpy arrays and batched with numpy (a
+2-core CPU host gives thousands of batches/s). ImageNet streams through tf.data with a per-epoch
+file-level shuffle and a seeded buffer shuffle; its augmentation uses stateless TF random ops
+seeded per example. Everything also runs under `tfds.testing.mock_data`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import types
+from typing import Iterator, Mapping, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from optg_jax import fashion_mnist
+
+Batch = Mapping[str, np.ndarray]
+
+
+class DatasetInfo(NamedTuple):
+    """What a training program needs to know about a data set.
+
+    `image_shape` is (H, W, C) of the model input after preprocessing; the example counts are
+    those the iterators actually produce (under `tfds.testing.mock_data`, the mocked count).
+    """
+    num_classes: int
+    num_train_examples: int
+    num_eval_examples: int
+    image_shape: tuple[int, int, int]
+    train_split: str
+    eval_split: str
+
+
+class _Spec(NamedTuple):
+    num_classes: int
+    image_size: int
+    channels: int
+    train_split: str
+    eval_split: str
+    num_train: int
+    num_eval: int
+    mean: tuple[float, ...]  # Per channel, on the [0, 1] scale.
+    std: tuple[float, ...]
+    in_memory: bool
+    augment: bool  # Default for `train_iterator(augment=None)`.
+
+
+_SPECS: Mapping[str, _Spec] = types.MappingProxyType({
+    "fashion_mnist": _Spec(10, 28, 1, "train", "test", 60_000, 10_000,
+                           (0.2860,), (0.3530,), in_memory=True, augment=False),
+    "cifar10": _Spec(10, 32, 3, "train", "test", 50_000, 10_000,
+                     (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                     in_memory=True, augment=True),
+    "imagenet2012": _Spec(1000, 224, 3, "train", "validation", 1_281_167, 50_000,
+                          (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                          in_memory=False, augment=True),
+})
+
+_CIFAR_PAD = 4
+_EVAL_RESIZE_RATIO = 256 / 224  # ImageNet eval: resize the shorter side to 256, crop 224.
+# Domain tags keep the random streams for shuffling and augmentation independent.
+_SHUFFLE, _AUGMENT = 0, 1
+
+
+def _spec(name: str) -> _Spec:
+    if name not in _SPECS:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(_SPECS))}")
+    return _SPECS[name]
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+    """Returns `data_dir`, or TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
+    if data_dir:
+        return data_dir if _is_remote(data_dir) else os.path.expanduser(data_dir)
+    return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+
+def _is_remote(data_dir: str) -> bool:
+    return "://" in data_dir
+
+
+def _image_size(spec: _Spec, image_size: int | None) -> int:
+    if image_size is None or image_size == 0:
+        return spec.image_size
+    if image_size < 0:
+        raise ValueError(f"image_size must be positive (or 0/None for native), got {image_size}")
+    return int(image_size)
+
+
+def _num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int | None:
+    """Returns the size of `split`, or None if the data set can't be loaded from its data_dir."""
+    try:
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+    except (AssertionError, FileNotFoundError):
+        return None  # TFDS raises AssertionError for "not prepared".
+    n = int(ds.cardinality())
+    if n >= 0:
+        return n
+    return int(builder.info.splits[split].num_examples)
+
+
+def _not_prepared_message(name: str, data_dir: str) -> str:
+    if name == "imagenet2012":
+        return (f"imagenet2012 is not prepared under {data_dir}: download ILSVRC2012_img_train.tar "
+                f"and ILSVRC2012_img_val.tar manually from image-net.org into "
+                f"{os.path.join(data_dir, 'downloads', 'manual')} and run "
+                f"`tfds build imagenet2012 --data_dir={data_dir}`, or set --config.data_dir to a "
+                "directory where it is prepared.")
+    return (f"{name} is not prepared under {data_dir}: on a machine with network access run "
+            f"`tfds build {name} --data_dir={data_dir}` and copy the result here, or set "
+            "--config.data_dir to a directory where it is prepared.")
+
+
+def ensure_dataset(name: str, data_dir: str | None = None) -> None:
+    """Makes sure TFDS data set `name` can be loaded from `data_dir`.
+
+    Fashion-MNIST is built offline from Debian's `dataset-fashion-mnist` files if missing (about
+    20 s, once). Other data sets must already be prepared: FileNotFoundError says what to do.
+    A remote data_dir (gs://...) is never prepared, only read. Under `tfds.testing.mock_data`
+    every data set counts as prepared.
+    """
+    spec = _spec(name)
+    data_dir = resolve_data_dir(data_dir)
+    if _is_remote(data_dir):
+        return
+    builder = tfds.builder(name, data_dir=data_dir)
+    if _num_examples(builder, spec.train_split) is not None:
+        return
+    if name != "fashion_mnist":
+        raise FileNotFoundError(_not_prepared_message(name, data_dir))
+    if not os.path.isdir(fashion_mnist.DEBIAN_DIR):
+        raise FileNotFoundError(
+            fashion_mnist.missing_debian_files_message(fashion_mnist.DEBIAN_DIR, data_dir))
+    fashion_mnist.prepare(data_dir)
+
+
+def dataset_info(name: str, data_dir: str | None = None,
+                 image_size: int | None = None) -> DatasetInfo:
+    """Returns the `DatasetInfo` of `name` at model-input size `image_size` (None/0: native).
+
+    Counts come from the data in `data_dir` when it is loadable (so mocked data reports its
+    mocked size), otherwise from the published split sizes.
+    """
+    spec = _spec(name)
+    size = _image_size(spec, image_size)
+    builder = tfds.builder(name, data_dir=resolve_data_dir(data_dir))
+    num_train = _num_examples(builder, spec.train_split)
+    num_eval = _num_examples(builder, spec.eval_split)
+    return DatasetInfo(
+        num_classes=spec.num_classes,
+        num_train_examples=spec.num_train if num_train is None else num_train,
+        num_eval_examples=spec.num_eval if num_eval is None else num_eval,
+        image_shape=(size, size, spec.channels),
+        train_split=spec.train_split,
+        eval_split=spec.eval_split)
+
+
+def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
+    """Returns the number of full global batches in one pass over the training split."""
+    _check_positive("global_batch_size", global_batch_size)
+    _check_enough_examples(info.num_train_examples, global_batch_size)
+    return info.num_train_examples // global_batch_size
+
+
+# ------------------------------------------------------------------------------ argument checks
+
+
+def _check_positive(what: str, value: int) -> None:
+    if not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+
+
+def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+    _check_positive("global_batch_size", global_batch_size)
+    _check_positive("process_count", process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
+    if global_batch_size % process_count:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                         f"process_count={process_count}")
+    return global_batch_size // process_count
+
+
+def _check_enough_examples(num_examples: int, global_batch_size: int) -> None:
+    if num_examples < global_batch_size:
+        raise ValueError(f"global_batch_size={global_batch_size} exceeds the {num_examples} "
+                         "training examples")
+
+
+def _check_seed_and_step(seed: int, start_step: int) -> None:
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(start_step, (int, np.integer)) or start_step < 0:
+        raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}")
+
+
+def _derive_seed(*entropy: int) -> int:
+    """Returns a 31-bit seed that is a pure function of `entropy` (usable by numpy and TF)."""
+    state = np.random.SeedSequence([int(e) for e in entropy]).generate_state(1, np.uint32)
+    return int(state[0] >> 1)
+
+
+def _normalize(images: np.ndarray, spec: _Spec) -> np.ndarray:
+    mean = np.asarray(spec.mean, np.float32) * 255
+    std = np.asarray(spec.std, np.float32) * 255
+    return (images.astype(np.float32) - mean) / std
+
+
+# -------------------------------------------------------------------- small data sets in memory
+
+
+def _load_split(name: str, data_dir: str, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (uint8 [N, size, size, C], int32 [N]) of a whole split, in the stored order."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    n = _num_examples(builder, split)
+    if n is None:
+        raise FileNotFoundError(_not_prepared_message(name, data_dir)
+                                if name != "fashion_mnist" else
+                                f"fashion_mnist is not prepared under {data_dir}: call "
+                                "optg_jax.data.ensure_dataset('fashion_mnist', data_dir) first")
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    arrays = next(iter(tfds.as_numpy(ds.batch(max(n, 1)))))
+    images, labels = arrays["image"], arrays["label"].astype(np.int32)
+    if images.shape[1:3] != (size, size):
+        resized = [tf.image.resize(images[i:i + 4096], (size, size), antialias=True)
+                   for i in range(0, len(images), 4096)]
+        images = np.clip(np.round(np.concatenate(resized)), 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def _pad_crop_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """Crops each zero-padded image at `offsets` [B, 2] and mirrors it where `flips` [B]."""
+    b, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (_CIFAR_PAD,) * 2, (_CIFAR_PAD,) * 2, (0, 0)))
+    rows = offsets[:, :1] + np.arange(h)
+    cols = offsets[:, 1:] + np.arange(w)
+    cols = np.where(flips[:, None], cols[:, ::-1], cols)
+    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _in_memory_train(images, labels, spec, global_batch, local_batch, process_index, seed,
+                     start_step, augment) -> Iterator[Batch]:
+    n = len(labels)
+    steps = n // global_batch
+    rows = slice(process_index * local_batch, (process_index + 1) * local_batch)
+    epoch, first_step = divmod(start_step, steps)
+    while True:
+        order = np.random.default_rng(_derive_seed(seed, _SHUFFLE, epoch)).permutation(n)
+        for step in range(first_step, steps):
+            index = order[step * global_batch:(step + 1) * global_batch][rows]
+            batch = images[index]
+            if augment:
+                # Draws cover the whole global batch, so every process count sees the same ones.
+                rng = np.random.default_rng(_derive_seed(seed, _AUGMENT, epoch, step))
+                offsets = rng.integers(0, 2 * _CIFAR_PAD + 1, size=(global_batch, 2))
+                flips = rng.random(global_batch) < 0.5
+                batch = _pad_crop_flip(batch, offsets[rows], flips[rows])
+            yield {"image": _normalize(batch, spec), "label": labels[index]}
+        epoch, first_step = epoch + 1, 0
+
+
+def _in_memory_eval(images, labels, spec, global_batch, local_batch,
+                    process_index) -> Iterator[Batch]:
+    n = len(labels)
+    for start in range(0, n, global_batch):
+        lo = min(n, start + process_index * local_batch)
+        hi = min(n, lo + local_batch)
+        yield _pad_eval_batch(_normalize(images[lo:hi], spec), labels[lo:hi], local_batch)
+
+
+def _pad_eval_batch(images: np.ndarray, labels: np.ndarray, local_batch: int) -> Batch:
+    real = len(labels)
+    pad = local_batch - real
+    mask = np.concatenate([np.ones(real, np.float32), np.zeros(pad, np.float32)])
+    if pad:
+        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+        labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    return {"image": images, "label": labels, "mask": mask}
+
+
+# ------------------------------------------------------------------------- ImageNet via tf.data
+
+
+def _imagenet_train_image(encoded: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+    """Random-resized crop (Inception style) to size x size and random horizontal flip."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    shape = tf.io.extract_jpeg_shape(encoded)
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        seed=crop_seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    offset_y, offset_x, _ = tf.unstack(begin)
+    height, width, _ = tf.unstack(crop_size)
+    image = tf.io.decode_and_crop_jpeg(
+        encoded, tf.stack([offset_y, offset_x, height, width]), channels=3)
+    image = tf.image.resize(image, (size, size), method="bicubic", antialias=True)
+    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+def _imagenet_eval_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """Resizes the shorter side to size * 256/224 and takes the central size x size crop."""
+    image = tf.io.decode_jpeg(encoded, channels=3)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = round(size * _EVAL_RESIZE_RATIO) / tf.reduce_min(shape)
+    new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
+    image = tf.image.resize(image, new_shape, method="bicubic", antialias=True)
+    top = (new_shape[0] - size) // 2
+    left = (new_shape[1] - size) // 2
+    return image[top:top + size, left:left + size]
+
+
+def _tf_normalize(image: tf.Tensor, spec: _Spec) -> tf.Tensor:
+    mean = tf.constant(spec.mean, tf.float32) * 255
+    std = tf.constant(spec.std, tf.float32) * 255
+    return (tf.cast(image, tf.float32) - mean) / std
+
+
+def _deterministic_options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def _own_rows(global_batch: int, local_batch: int, process_index: int):
+    """Returns a filter keeping the (index, example) pairs in this process's rows."""
+    def keep(index, example):
+        del example
+        return (index % global_batch) // local_batch == process_index
+    return keep
+
+
+def _streamed_train(builder, spec, n, global_batch, local_batch, process_index, seed,
+                    start_step, size, augment, cache) -> Iterator[Batch]:
+    steps = n // global_batch
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    buffer = min(n, 16 * global_batch)
+    cached = None
+    if cache:
+        # Raw records, read once in stored order and held in memory for all later epochs.
+        cached = builder.as_dataset(split=spec.train_split, shuffle_files=False,
+                                    decoders=decoders).cache()
+
+    def epoch_dataset(epoch: int, first_step: int) -> tf.data.Dataset:
+        shuffle_seed = _derive_seed(seed, _SHUFFLE, epoch)
+        augment_seed = _derive_seed(seed, _AUGMENT, epoch)
+        if cached is not None:
+            ds = cached
+        else:
+            read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed,
+                                          options=_deterministic_options())
+            ds = builder.as_dataset(split=spec.train_split, shuffle_files=True,
+                                    read_config=read_config, decoders=decoders)
+        ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        # Index within the epoch: decides the row of the global batch and the augmentation seed.
+        ds = ds.take(steps * global_batch).enumerate().skip(first_step * global_batch)
+        ds = ds.filter(_own_rows(global_batch, local_batch, process_index))
+
+        def preprocess(index, example):
+            if augment:
+                image = _imagenet_train_image(
+                    example["image"], tf.stack([tf.constant(augment_seed, tf.int64), index]), size)
+            else:
+                image = _imagenet_eval_image(example["image"], size)
+            return {"image": _tf_normalize(image, spec),
+                    "label": tf.cast(example["label"], tf.int32)}
+
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
+        return ds.with_options(_deterministic_options())
+
+    epoch, first_step = divmod(start_step, steps)
+    while True:
+        yield from tfds.as_numpy(epoch_dataset(epoch, first_step))
+        epoch, first_step = epoch + 1, 0
+
+
+def _streamed_eval(builder, spec, n, global_batch, local_batch, process_index,
+                   size) -> Iterator[Batch]:
+    ds = builder.as_dataset(split=spec.eval_split, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.enumerate().filter(_own_rows(global_batch, local_batch, process_index))
+
+    def preprocess(index, example):
+        del index
+        return {"image": _tf_normalize(_imagenet_eval_image(example["image"], size), spec),
+                "label": tf.cast(example["label"], tf.int32)}
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch).prefetch(2).with_options(_deterministic_options())
+    num_batches = math.ceil(n / global_batch)
+    produced = 0
+    for batch in tfds.as_numpy(ds):
+        produced += 1
+        yield _pad_eval_batch(batch["image"], batch["label"], local_batch)
+    # Processes whose rows of the last global batch are all padding still take part.
+    empty_image = np.zeros((0, size, size, spec.channels), np.float32)
+    for _ in range(produced, num_batches):
+        yield _pad_eval_batch(empty_image, np.zeros(0, np.int32), local_batch)
+
+
+# ------------------------------------------------------------------------------------ public
+
+
+def train_iterator(name: str, data_dir: str | None, global_batch_size: int, seed: int,
+                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                   image_size: int | None = None, cache: bool = True,
+                   augment: bool | None = None) -> Iterator[Batch]:
+    """Yields this process's training batches forever, from global step `start_step` on.
+
+    Each batch is {'image': float32 [local, H, W, C] normalised per channel, 'label': int32
+    [local]} with local = global_batch_size // process_count: rows [i*local:(i+1)*local] of the
+    global batch for process i. Epoch e is a shuffle that depends only on (seed, e); the last
+    partial global batch is dropped, so an epoch has num_train_examples // global_batch_size
+    steps. Augmentation (default per data set: ImageNet random-resized crop + flip, CIFAR-10
+    pad-4 crop + flip, Fashion-MNIST none) is seeded by (seed, epoch, position), so resuming is
+    bitwise exact. `cache` keeps ImageNet's raw records in memory after the first epoch (the
+    small data sets are always held in memory).
+    """
+    spec = _spec(name)
+    local_batch = _local_batch_size(global_batch_size, process_index, process_count)
+    _check_seed_and_step(seed, start_step)
+    size = _image_size(spec, image_size)
+    augment = spec.augment if augment is None else augment
+    data_dir = resolve_data_dir(data_dir)
+    if spec.in_memory:
+        images, labels = _load_split(name, data_dir, spec.train_split, size)
+        _check_enough_examples(len(labels), global_batch_size)
+        return _in_memory_train(images, labels, spec, global_batch_size, local_batch,
+                                process_index, seed, start_step, augment)
+    builder = tfds.builder(name, data_dir=data_dir)
+    n = _num_examples(builder, spec.train_split)
+    if n is None:
+        raise FileNotFoundError(_not_prepared_message(name, data_dir))
+    _check_enough_examples(n, global_batch_size)
+    return _streamed_train(builder, spec, n, global_batch_size, local_batch, process_index,
+                           seed, start_step, size, augment, cache)
+
+
+def eval_iterator(name: str, data_dir: str | None, global_batch_size: int,
+                  process_index: int = 0, process_count: int = 1,
+                  image_size: int | None = None) -> Iterator[Batch]:
+    """Yields one pass over the eval split in stored order, padded to whole global batches.
+
+    Each batch is {'image': float32 [local, H, W, C], 'label': int32 [local], 'mask': float32
+    [local]}; mask is 1 for real examples and 0 for padding, so summing masked metrics over all
+    processes counts every example exactly once. Every process yields
+    ceil(num_eval_examples / global_batch_size) batches.
+    """
+    spec = _spec(name)
+    local_batch = _local_batch_size(global_batch_size, process_index, process_count)
+    size = _image_size(spec, image_size)
+    data_dir = resolve_data_dir(data_dir)
+    if spec.in_memory:
+        images, labels = _load_split(name, data_dir, spec.eval_split, size)
+        return _in_memory_eval(images, labels, spec, global_batch_size, local_batch,
+                               process_index)
+    builder = tfds.builder(name, data_dir=data_dir)
+    n = _num_examples(builder, spec.eval_split)
+    if n is None:
+        raise FileNotFoundError(_not_prepared_message(name, data_dir))
+    return _streamed_eval(builder, spec, n, global_batch_size, local_batch, process_index, size)
