@@ -1,0 +1,251 @@
+"""optg_optax against hand-computed values: straight-through gradients, the supermask optimizer,
+criteria, exact final sparsity, composition with other optax transforms, argument errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optg_jax
+from optg_jax import schedules
+
+
+def toy_params():
+    w1 = np.array([[0.5, -1.0, 2.0, 0.25], [1.5, 0.75, -0.5, -2.0], [-1.25, 1.0, 0.1, 0.3]],
+                  np.float32)
+    w2 = np.array([[1.0, -0.5], [0.2, 0.4], [-0.3, 0.9], [0.6, -1.1]], np.float32)
+    return {"l1": {"kernel": jnp.asarray(w1), "bias": jnp.zeros(4)},
+            "l2": {"kernel": jnp.asarray(w2), "bias": jnp.zeros(2)}}
+
+
+X = np.array([[1.0, 2.0, -1.0], [0.5, -0.5, 1.5]], np.float32)
+T = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+
+
+def toy_loss(params):
+    """Two-layer linear model, loss = 0.5 * sum((x W1 + b1) W2 + b2 - t)^2."""
+    h = X @ params["l1"]["kernel"] + params["l1"]["bias"]
+    y = h @ params["l2"]["kernel"] + params["l2"]["bias"]
+    return 0.5 * jnp.sum((y - T) ** 2)
+
+
+def hand_grads(w1m, w2m):
+    """G = dL/d(W*M) for toy_loss, by hand in NumPy."""
+    h = X @ w1m
+    r = h @ w2m - T
+    return X.T @ (r @ w2m.T), h.T @ r
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_straight_through_gradients(jit):
+    params = toy_params()
+    lr = 0.1
+    # constant schedule at 50%: masks chosen at init from all-zero scores keep the first
+    # 10 of 20 kernel entries (global order: l1 then l2, row-major).
+    tx = optg_jax.optg_optax(0.5, total_steps=100, learning_rate=lr, criterion="optg",
+                             schedule="constant", mask_update_every=50)
+    state = tx.init(params)
+    m1 = np.asarray(state.masks["l1"]["kernel"])
+    m2 = np.asarray(state.masks["l2"]["kernel"])
+    np.testing.assert_array_equal(m1, np.ones((3, 4)) * (np.arange(12).reshape(3, 4) < 10))
+    np.testing.assert_array_equal(m2, np.zeros((4, 2)))
+    assert state.masks["l1"]["bias"] is None and state.scores["l2"]["bias"] is None
+
+    masked = optg_jax.apply_masks(params, state)
+    np.testing.assert_array_equal(masked["l1"]["kernel"], np.asarray(params["l1"]["kernel"]) * m1)
+    grads = jax.grad(toy_loss)(masked)
+    g1, g2 = hand_grads(np.asarray(params["l1"]["kernel"]) * m1,
+                        np.asarray(params["l2"]["kernel"]) * m2)
+    np.testing.assert_allclose(grads["l1"]["kernel"], g1, rtol=1e-5, atol=1e-6)
+
+    update = jax.jit(tx.update) if jit else tx.update
+    out, new_state = update(grads, state, params)
+    # Weight gradient passed on: G * M; biases untouched.
+    np.testing.assert_allclose(out["l1"]["kernel"], g1 * m1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["l2"]["kernel"], g2 * m2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["l1"]["bias"], grads["l1"]["bias"])
+    # Score change: -lr * (G * W) for every weight, kept or removed (p/P = 1 for constant).
+    np.testing.assert_allclose(new_state.scores["l1"]["kernel"],
+                               -lr * g1 * np.asarray(params["l1"]["kernel"]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(new_state.scores["l2"]["kernel"],
+                               -lr * g2 * np.asarray(params["l2"]["kernel"]), rtol=1e-5, atol=1e-7)
+    assert np.abs(np.asarray(new_state.scores["l2"]["kernel"])).min() > 0  # removed weights move
+    assert int(new_state.count) == 1
+
+
+def test_supermask_optimizer_score_lr_and_pytorch_momentum():
+    params = {"w": jnp.asarray(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))}
+    total, every, target = 40, 4, 0.8
+    lr_fn = optax.cosine_decay_schedule(0.5, total)
+    tx = optg_jax.optg_optax(target, total, lr_fn, criterion="optg", schedule="sigmoid",
+                             mask_update_every=every, beta=1.0)
+    state = tx.init(params)
+    sched = schedules.sigmoid_schedule(target, 0, total, 1.0, every)
+    rng = np.random.default_rng(0)
+    v = np.zeros((3, 4), np.float32)
+    s = np.zeros((3, 4), np.float32)
+    w = np.asarray(params["w"])
+    update = jax.jit(tx.update)
+    for t in range(12):
+        g = rng.normal(size=(3, 4)).astype(np.float32)
+        _, state = update({"w": jnp.asarray(g)}, state, params)
+        # Paper: score lr = lr(t) * p(t) / P with the normalised sigmoid, by hand:
+        epochs, e = total / every, t / every
+        low = 1 / (1 + math.exp(epochs / 2))
+        p_over_P = (1 / (1 + math.exp(-(e - epochs / 2))) - low) / (1 - 2 * low)
+        lr_t = 0.5 * 0.5 * (1 + math.cos(math.pi * t / total))
+        assert float(state.score_lr) == pytest.approx(lr_t * p_over_P, rel=1e-4, abs=1e-9)
+        assert float(state.score_lr) == pytest.approx(float(lr_fn(t) * sched(t) / target),
+                                                      rel=1e-5, abs=1e-9)
+        # PyTorch momentum: v <- 0.9 v + g ; s <- s - lr v (the mask does not enter G * W).
+        v = 0.9 * v + g * w
+        s = s - np.float32(state.score_lr) * v
+        np.testing.assert_allclose(state.momentum["w"], v, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(state.scores["w"], s, rtol=1e-4, atol=1e-7)
+    # At t = 0 the score lr is exactly 0 (p(0) = 0).
+
+
+def test_supermask_criterion_uses_plain_lr():
+    params = {"w": jnp.ones((2, 2))}
+    tx = optg_jax.optg_optax(0.5, 10, 0.3, criterion="supermask", mask_update_every=2)
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.full((2, 2), 2.0)}, state, params)
+    assert float(state.score_lr) == pytest.approx(0.3)
+    np.testing.assert_allclose(state.scores["w"], -0.3 * 2.0 * np.ones((2, 2)), rtol=1e-6)
+
+
+def test_score_lr_floor():
+    params = {"w": jnp.ones((2, 2))}
+    tx = optg_jax.optg_optax(0.5, 10, 1.0, criterion="optg", mask_update_every=2,
+                             score_lr_floor=0.25)
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
+    assert float(state.score_lr) == pytest.approx(0.25)  # p(0) = 0: only the floor remains
+
+
+def test_taylor_is_mean_since_last_refresh_and_magnitude_keeps_largest():
+    w = jnp.asarray(np.array([[1.0, -2.0], [3.0, -4.0]], np.float32))
+    params = {"w": w}
+    tx = optg_jax.optg_optax(0.5, 100, 0.1, criterion="taylor", schedule="one_shot",
+                             mask_update_every=3, pruning_start_step=3)
+    state = tx.init(params)
+    grads = [np.array([[1.0, 1.0], [0.1, 0.1]], np.float32),
+             np.array([[3.0, 0.5], [0.1, 0.2]], np.float32),
+             np.array([[2.0, 0.0], [0.4, 0.0]], np.float32)]
+    for g in grads[:2]:
+        _, state = tx.update({"w": jnp.asarray(g)}, state, params)
+    want = np.mean([np.abs(g * np.asarray(w)) for g in grads[:2]], axis=0)
+    np.testing.assert_allclose(state.scores["w"], want, rtol=1e-6)
+    _, state = tx.update({"w": jnp.asarray(grads[2])}, state, params)
+    # Refresh at step 3 (one-shot to 50%): mean |G W| = [[2, 1], [0.6, 0.8]] keeps the first row.
+    np.testing.assert_array_equal(state.masks["w"], [[1, 1], [0, 0]])
+    # The next update restarts the mean: scores = |G W M| of that step alone.
+    g = np.ones((2, 2), np.float32)
+    _, state = tx.update({"w": jnp.asarray(g)}, state, params)
+    np.testing.assert_allclose(state.scores["w"], [[1.0, 2.0], [0.0, 0.0]], rtol=1e-6)
+
+    tx = optg_jax.optg_optax(0.5, 10, 0.1, criterion="magnitude", schedule="constant")
+    state = tx.init(params)
+    np.testing.assert_array_equal(state.masks["w"], [[0, 0], [1, 1]])
+    assert state.scores["w"] is None and state.momentum["w"] is None
+
+
+@pytest.mark.parametrize("criterion", optg_jax.CRITERIA)
+@pytest.mark.parametrize("allocation", optg_jax.ALLOCATIONS)
+def test_final_sparsity_exact(criterion, allocation):
+    params = {"a": jnp.asarray(np.random.default_rng(1).normal(size=(37, 11)), jnp.float32),
+              "b": jnp.asarray(np.random.default_rng(2).normal(size=(5, 3, 3, 4)), jnp.float32),
+              "bias": jnp.zeros(4)}
+    total, target = 30, 0.95
+    tx = optax.chain(optg_jax.optg_optax(target, total, 0.1, criterion=criterion,
+                                         mask_update_every=7, allocation=allocation),
+                     optax.sgd(0.1))
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    key = jax.random.key(0)
+    for t in range(total):
+        key, sub = jax.random.split(key)
+        grads = jax.tree.map(lambda p: jax.random.normal(sub, p.shape), params)
+        updates, state = step(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    summary = optg_jax.sparsity_summary(state)
+    n = 37 * 11 + 5 * 3 * 3 * 4
+    if allocation == "global":
+        assert summary["num_kept"] == math.floor(n * (1 - target)) == 29
+    else:
+        assert summary["num_kept"] == math.floor(407 * 0.05) + math.floor(180 * 0.05)
+    assert summary["num_masked"] == n and summary["target"] == pytest.approx(0.95)
+    assert set(summary["layers"]) == {"a", "b"}
+
+
+def test_sparsity_zero_keeps_everything():
+    params = toy_params()
+    tx = optg_jax.optg_optax(0.0, 5, 0.1, mask_update_every=1)
+    state = tx.init(params)
+    for _ in range(5):
+        _, state = tx.update(jax.grad(toy_loss)(optg_jax.apply_masks(params, state)), state, params)
+    assert optg_jax.sparsity_summary(state)["global"] == 0.0
+
+
+def test_composition_clip_before_adamw_after_and_wrappers():
+    params = toy_params()
+    total = 60
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optg_jax.optg_optax(0.5, total, 0.05, mask_update_every=10, mask_dtype=jnp.bool_),
+        optax.adamw(0.05, weight_decay=1e-4),
+    )
+    state = tx.init(params)
+    assert optg_jax.get_masks(state)["l1"]["kernel"].dtype == jnp.bool_
+
+    @jax.jit
+    def train_step(params, state):
+        loss, grads = jax.value_and_grad(toy_loss)(optg_jax.apply_masks(params, state))
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for _ in range(total):
+        params, state, loss = train_step(params, state)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    summary = optg_jax.sparsity_summary(state)
+    assert summary["num_kept"] == 10 and summary["step"] == total
+    # Found through wrappers too.
+    wrapped = optax.MultiSteps(tx, every_k_schedule=2)
+    assert isinstance(optg_jax.get_optg_state(wrapped.init(params)), optg_jax.OptGState)
+    with pytest.raises(ValueError, match="no optg_optax state"):
+        optg_jax.get_masks(optax.sgd(0.1).init(params))
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(target_sparsity=1.0), "target_sparsity"),
+    (dict(target_sparsity=-0.01), "target_sparsity"),
+    (dict(total_steps=0), "total_steps"),
+    (dict(total_steps=-5), "total_steps"),
+    (dict(criterion="snip"), "criterion"),
+    (dict(schedule="linear"), "schedule"),
+    (dict(mask_update_every=0), "mask_update_every"),
+    (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(allocation="per-layer"), "allocation"),
+    (dict(pruning_end_step=200), "pruning_end_step"),
+    (dict(beta=0), "beta"),
+])
+def test_bad_arguments_raise_value_error_naming_them(kwargs, word):
+    args = dict(target_sparsity=0.9, total_steps=100, learning_rate=0.1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=word) as info:
+        optg_jax.optg_optax(**args)
+    bad = list(kwargs.values())[0]
+    assert repr(bad) in str(info.value) or str(bad) in str(info.value)
+
+
+def test_custom_predicate():
+    params = toy_params()
+    tx = optg_jax.optg_optax(0.5, 10, 0.1,
+                             is_masked=lambda path, leaf: optg_jax.path_to_name(path) == "l1/kernel")
+    state = tx.init(params)
+    assert state.masks["l2"]["kernel"] is None and state.masks["l1"]["kernel"].shape == (3, 4)

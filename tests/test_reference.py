@@ -1,0 +1,145 @@
+"""optg_optax side by side with a NumPy transcription of the reference procedure.
+
+The transcription follows OPTG_SPEC.md literally: at the start of each epoch e the sparsity is
+p(e) = P * sigmoid(beta * (e - E/2)); k = floor(N (1 - p)); the threshold is the k-th largest score
+over all layers; each layer prunes, by its own argsort, as many of its lowest-scored entries as it
+has scores below the threshold. Weights: SGD momentum 0.9 (PyTorch convention) with weight decay on
+G * M; scores: SGD momentum 0.9, no decay, on G * W with lr(e) * sigmoid(beta * (e - E/2)).
+Gradients of the toy MLP are computed by hand in NumPy.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optg_jax
+from optg_jax import schedules
+
+P, BETA, EPOCHS, STEPS_PER_EPOCH, WD, MU = 0.9, 1.0, 4, 5, 5e-4, 0.9
+LR_PER_EPOCH = np.array([0.2, 0.15, 0.1, 0.05], np.float32)  # any per-epoch lr (cosine-like)
+
+
+def make_problem():
+    rng = np.random.default_rng(42)
+    params = {
+        "fc1": {"kernel": rng.normal(0, 0.6, (6, 9)).astype(np.float32),
+                "bias": rng.normal(0, 0.1, 9).astype(np.float32)},
+        "fc2": {"kernel": rng.normal(0, 0.6, (9, 3)).astype(np.float32),
+                "bias": rng.normal(0, 0.1, 3).astype(np.float32)},
+    }
+    batches = [(rng.normal(size=(16, 6)).astype(np.float32),
+                rng.normal(size=(16, 3)).astype(np.float32))
+               for _ in range(EPOCHS * STEPS_PER_EPOCH)]
+    return params, batches
+
+
+def numpy_grads(params, masks, x, t):
+    """dL/d(W*M) and dL/db of L = mean_b 0.5 |tanh(x W1m + b1) W2m + b2 - t|^2, by hand."""
+    w1 = params["fc1"]["kernel"] * masks["fc1"]
+    w2 = params["fc2"]["kernel"] * masks["fc2"]
+    h = np.tanh(x @ w1 + params["fc1"]["bias"])
+    dy = (h @ w2 + params["fc2"]["bias"] - t) / x.shape[0]
+    dpre = (dy @ w2.T) * (1 - h * h)
+    return {"fc1": {"kernel": x.T @ dpre, "bias": dpre.sum(0)},
+            "fc2": {"kernel": h.T @ dy, "bias": dy.sum(0)}}
+
+
+def jax_loss(params, x, t):
+    h = jnp.tanh(x @ params["fc1"]["kernel"] + params["fc1"]["bias"])
+    return 0.5 * jnp.mean(jnp.sum((h @ params["fc2"]["kernel"] + params["fc2"]["bias"] - t) ** 2,
+                                  axis=1))
+
+
+def reference_masks(scores, sparsity):
+    layers = ["fc1", "fc2"]
+    flat = np.concatenate([scores[name].ravel() for name in layers])
+    k = math.floor(flat.size * (1 - sparsity))
+    threshold = np.sort(flat)[::-1][k - 1]
+    masks = {}
+    for name in layers:
+        s = scores[name].ravel()
+        num_pruned = int(np.sum(s < threshold))
+        mask = np.ones(s.size, np.uint8)
+        mask[np.argsort(s, kind="stable")[:num_pruned]] = 0
+        masks[name] = mask.reshape(scores[name].shape)
+    return masks
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_matches_numpy_reference_procedure_for_three_epochs_of_pruning():
+    params, batches = make_problem()
+
+    # optg_optax with the reference's per-epoch schedule and per-epoch lr.
+    lr_fn = lambda step: jnp.asarray(LR_PER_EPOCH)[jnp.minimum(step // STEPS_PER_EPOCH,
+                                                              EPOCHS - 1)]
+    tx = optax.chain(
+        optg_jax.optg_optax(P, total_steps=100 * STEPS_PER_EPOCH, learning_rate=lr_fn,
+                            criterion="optg",
+                            schedule=schedules.reference_sigmoid_schedule(
+                                P, EPOCHS, STEPS_PER_EPOCH, BETA),
+                            mask_update_every=STEPS_PER_EPOCH),
+        optax.add_decayed_weights(WD),
+        optax.sgd(lr_fn, momentum=MU),
+    )
+    jparams = jax.tree.map(jnp.asarray, params)
+    state = tx.init(jparams)
+
+    @jax.jit
+    def step(jparams, state, x, t):
+        grads = jax.grad(jax_loss)(optg_jax.apply_masks(jparams, state), x, t)
+        updates, state = tx.update(grads, state, jparams)
+        return optax.apply_updates(jparams, updates), state
+
+    # NumPy reference state. At step 0 every score is 0: a tie, where the reference's "below the
+    # threshold" rule prunes nothing and optg_optax keeps exactly k by position (a documented
+    # deviation). The reference therefore starts from optg_optax's initial masks; every later
+    # mask is computed independently from the scores.
+    masks = {name: np.asarray(optg_jax.get_masks(state)[name]["kernel"]) for name in ("fc1", "fc2")}
+    scores = {name: np.zeros_like(params[name]["kernel"]) for name in ("fc1", "fc2")}
+    score_mom = {name: np.zeros_like(params[name]["kernel"]) for name in ("fc1", "fc2")}
+    weight_mom = jax.tree.map(np.zeros_like, params)
+    params = jax.tree.map(np.copy, params)
+
+    for epoch in range(EPOCHS):
+        if epoch > 0:
+            masks = reference_masks(scores, P * sigmoid(BETA * (epoch - EPOCHS / 2)))
+        for name in ("fc1", "fc2"):
+            np.testing.assert_array_equal(np.asarray(optg_jax.get_masks(state)[name]["kernel"]), masks[name],
+                                          err_msg=f"masks differ at the start of epoch {epoch}")
+            np.testing.assert_allclose(np.asarray(optg_jax.get_optg_state(state).scores[name]["kernel"]), scores[name],
+                                       rtol=2e-4, atol=1e-7,
+                                       err_msg=f"scores differ at the start of epoch {epoch}")
+        lr = LR_PER_EPOCH[epoch]
+        score_lr = lr * sigmoid(BETA * (epoch - EPOCHS / 2))
+        for i in range(STEPS_PER_EPOCH):
+            x, t = batches[epoch * STEPS_PER_EPOCH + i]
+            grads = numpy_grads(params, masks, x, t)
+            for name in ("fc1", "fc2"):
+                w = params[name]["kernel"]
+                score_mom[name] = MU * score_mom[name] + grads[name]["kernel"] * w
+                scores[name] = scores[name] - score_lr * score_mom[name]
+                grads[name]["kernel"] = grads[name]["kernel"] * masks[name]
+            for name in ("fc1", "fc2"):
+                for leaf in ("kernel", "bias"):
+                    g = grads[name][leaf] + WD * params[name][leaf]
+                    weight_mom[name][leaf] = MU * weight_mom[name][leaf] + g
+                    params[name][leaf] = params[name][leaf] - lr * weight_mom[name][leaf]
+            jparams, state = step(jparams, state, x, t)
+
+    # After the last epoch: the refresh at the start of epoch 4, scores and weights.
+    masks = reference_masks(scores, P * sigmoid(BETA * (EPOCHS - EPOCHS / 2)))
+    for name in ("fc1", "fc2"):
+        np.testing.assert_array_equal(np.asarray(optg_jax.get_masks(state)[name]["kernel"]), masks[name])
+        np.testing.assert_allclose(np.asarray(optg_jax.get_optg_state(state).scores[name]["kernel"]), scores[name],
+                                   rtol=2e-4, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(jparams[name]["kernel"]), params[name]["kernel"],
+                                   rtol=1e-4, atol=1e-6)
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == math.floor(81 * (1 - P * sigmoid(2.0)))  # 17 of 81 kept: pruning happened
+    assert kept < 81 * 0.3
