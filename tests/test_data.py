@@ -1,0 +1,279 @@
+"""Tests of the input pipeline and of the offline Fashion-MNIST preparation."""
+import gzip
+import hashlib
+import io
+import itertools
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from optg_jax import data
+from optg_jax import fashion_mnist
+
+HAS_DEBIAN_FILES = all(
+    os.path.isfile(os.path.join(fashion_mnist.DEBIAN_DIR, f)) for f in fashion_mnist.UPSTREAM_MTIMES)
+needs_debian = pytest.mark.skipif(
+    not HAS_DEBIAN_FILES,
+    reason=f"Debian package dataset-fashion-mnist is not installed ({fashion_mnist.DEBIAN_DIR})")
+
+# Under mock_data the data_dir is ignored; a missing directory shows nothing is read from it.
+MOCK_DIR = "/nonexistent/tfds"
+
+
+def _gzip_bytes(content: bytes, name: str, mtime: int) -> bytes:
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename=name, mode="wb", fileobj=buffer, mtime=mtime) as f:
+        f.write(content)
+    return buffer.getvalue()
+
+
+def _take(iterator, n):
+    return list(itertools.islice(iterator, n))
+
+
+def _assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+# ------------------------------------------------------------------------------- gzip header
+
+
+def test_rebuilt_header_equals_gzip_module_output():
+    content = bytes(range(256)) * 50
+    stripped = _gzip_bytes(content, name="", mtime=0)  # Like Debian's: no name, no time.
+    assert stripped[3] == 0
+    rebuilt = fashion_mnist.rebuild_gzip_header(stripped, "some-file-ubyte", 1504176606)
+    assert rebuilt == _gzip_bytes(content, name="some-file-ubyte", mtime=1504176606)
+    assert gzip.decompress(rebuilt) == content
+
+
+def test_rebuilt_header_replaces_existing_name_and_optional_fields():
+    content = b"fashion" * 100
+    named = _gzip_bytes(content, name="old-name", mtime=7)
+    # Hand-built header with FEXTRA, FCOMMENT and FHCRC set in front of the same payload.
+    payload = named[fashion_mnist.gzip_payload_offset(named):]
+    header = (b"\x1f\x8b\x08" + bytes([4 | 16 | 2]) + (7).to_bytes(4, "little") + named[8:10]
+              + (3).to_bytes(2, "little") + b"xyz" + b"a comment\0" + b"\0\0")
+    assert fashion_mnist.gzip_payload_offset(header + payload) == len(header)
+    rebuilt = fashion_mnist.rebuild_gzip_header(header + payload, "new-name", 1504176627)
+    assert rebuilt == _gzip_bytes(content, name="new-name", mtime=1504176627)
+
+
+def test_rebuild_rejects_bad_input():
+    with pytest.raises(ValueError, match="not a gzip"):
+        fashion_mnist.rebuild_gzip_header(b"PK\x03\x04 not gzip", "x", 0)
+    with pytest.raises(ValueError, match="2\\*\\*32|32 unsigned"):
+        fashion_mnist.rebuild_gzip_header(_gzip_bytes(b"a", "", 0), "x", 2**32)
+
+
+@needs_debian
+def test_debian_files_rebuild_to_tfds_checksums(tmp_path):
+    paths = fashion_mnist.rebuild_upstream_files(str(tmp_path))
+    checksums = fashion_mnist.tfds_checksums()
+    assert sorted(paths) == sorted(checksums) == sorted(fashion_mnist.UPSTREAM_MTIMES)
+    for filename, path in paths.items():
+        with open(path, "rb") as f:
+            content = f.read()
+        assert (len(content), hashlib.sha256(content).hexdigest()) == checksums[filename]
+
+
+def test_missing_debian_files_say_what_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist") as e:
+        fashion_mnist.rebuild_upstream_files(str(tmp_path / "out"), str(tmp_path))
+    assert "data_dir" in str(e.value)
+
+
+def test_wrong_source_files_fail_the_checksum(tmp_path):
+    source, out = tmp_path / "source", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    for filename in fashion_mnist.UPSTREAM_MTIMES:
+        (source / filename).write_bytes(_gzip_bytes(b"not fashion", "", 0))
+    with pytest.raises(ValueError, match="does not match TFDS's checksum"):
+        fashion_mnist.rebuild_upstream_files(str(out), str(source))
+
+
+@needs_debian
+@pytest.mark.slow
+def test_prepare_and_load_real_fashion_mnist(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    data.ensure_dataset("fashion_mnist", data_dir)
+    assert not os.path.exists(os.path.join(data_dir, "downloads"))
+    data.ensure_dataset("fashion_mnist", data_dir)  # Prepared: returns at once.
+    info = data.dataset_info("fashion_mnist", data_dir)
+    assert (info.num_train_examples, info.num_eval_examples) == (60_000, 10_000)
+    assert info.image_shape == (28, 28, 1) and info.num_classes == 10
+    batches = list(data.eval_iterator("fashion_mnist", data_dir, 1000))
+    labels = np.concatenate([b["label"] for b in batches])
+    assert len(labels) == 10_000 and sum(b["mask"].sum() for b in batches) == 10_000
+    assert set(np.unique(labels)) == set(range(10))
+    batch = next(data.train_iterator("fashion_mnist", data_dir, 128, seed=0))
+    assert batch["image"].shape == (128, 28, 28, 1) and batch["image"].dtype == np.float32
+    assert abs(batch["image"].mean()) < 0.3 and 0.7 < batch["image"].std() < 1.3
+
+
+# ---------------------------------------------------------------------- in-memory data sets
+
+
+@pytest.fixture
+def mock_small():
+    """50 mocked examples per split for the in-memory data sets."""
+    with tfds.testing.mock_data(num_examples=50):
+        yield
+
+
+@pytest.mark.parametrize("name,augment", [("fashion_mnist", False), ("cifar10", True)])
+def test_resume_yields_the_uninterrupted_batches(mock_small, name, augment):
+    # 50 examples, batch 8: 6 steps per epoch, so 14 steps cross two epoch boundaries.
+    full = _take(data.train_iterator(name, MOCK_DIR, 8, seed=3, augment=augment), 14)
+    for start in (1, 6, 9):
+        resumed = _take(data.train_iterator(name, MOCK_DIR, 8, seed=3, start_step=start,
+                                            augment=augment), 14 - start)
+        _assert_batches_equal(resumed, full[start:])
+
+
+def test_epochs_are_seeded_permutations(mock_small):
+    def epoch_images(seed, epoch):
+        it = data.train_iterator("fashion_mnist", MOCK_DIR, 10, seed=seed, start_step=5 * epoch)
+        return np.concatenate([b["image"] for b in _take(it, 5)])
+
+    (images, _), = [(b["image"], b["label"]) for b in
+                    data.eval_iterator("fashion_mnist", MOCK_DIR, 50)]
+    as_set = lambda x: sorted(row.tobytes() for row in x)
+    epoch0, epoch1 = epoch_images(0, 0), epoch_images(0, 1)
+    assert as_set(epoch0) == as_set(epoch1) == as_set(images)
+    assert not np.array_equal(epoch0, epoch1)
+    np.testing.assert_array_equal(epoch_images(0, 1), epoch1)
+    assert not np.array_equal(epoch_images(1, 0), epoch0)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10"])
+def test_processes_slice_the_global_batch(mock_small, name):
+    single = _take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4), 4)
+    for count in (2, 4):
+        parts = [_take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4,
+                                           process_index=i, process_count=count), 4)
+                 for i in range(count)]
+        joined = [{k: np.concatenate([p[s][k] for p in parts]) for k in single[s]}
+                  for s in range(4)]
+        _assert_batches_equal(joined, single)
+        assert parts[0][0]["image"].shape == (8 // count,) + single[0]["image"].shape[1:]
+
+
+def test_eval_counts_every_example_once(mock_small):
+    (reference,) = data.eval_iterator("cifar10", MOCK_DIR, 64)  # One padded batch of 64.
+    assert reference["mask"].sum() == 50
+    count = 4  # Global batch 16: 4 batches, the last holds 2 real examples on process 0 only.
+    per_process = [list(data.eval_iterator("cifar10", MOCK_DIR, 16, process_index=i,
+                                           process_count=count)) for i in range(count)]
+    assert all(len(batches) == 4 for batches in per_process)
+    rows = [b for step in zip(*per_process) for b in step]
+    mask = np.concatenate([b["mask"] for b in rows]).astype(bool)
+    assert mask.sum() == 50 and rows[-1]["mask"].sum() == 0
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(np.concatenate([b[key] for b in rows])[mask],
+                                      reference[key][:50])
+
+
+def test_cifar_crop_and_flip():
+    images = np.arange(2 * 4 * 5 * 1, dtype=np.uint8).reshape(2, 4, 5, 1)
+    same = data._pad_crop_flip(images, np.full((2, 2), 4), np.array([False, True]))
+    np.testing.assert_array_equal(same[0], images[0])
+    np.testing.assert_array_equal(same[1], images[1, :, ::-1])
+    # Offset (2, 6) in the 4-padded image: 2 rows of padding on top, 2 columns on the right.
+    shifted = data._pad_crop_flip(images[:1], np.array([[2, 6]]), np.array([False]))
+    expected = np.zeros_like(images[:1])
+    expected[0, 2:, :3] = images[0, :2, 2:]
+    np.testing.assert_array_equal(shifted, expected)
+
+
+def test_dataset_info_and_steps(mock_small):
+    info = data.dataset_info("cifar10", MOCK_DIR)
+    assert info == data.DatasetInfo(10, 50, 50, (32, 32, 3), "train", "test")
+    assert data.steps_per_epoch(info, 8) == 6
+    with pytest.raises(ValueError, match="global_batch_size=64"):
+        data.steps_per_epoch(info, 64)
+
+
+def test_dataset_info_of_unprepared_data_uses_published_sizes(tmp_path):
+    info = data.dataset_info("imagenet2012", str(tmp_path), image_size=128)
+    assert info == data.DatasetInfo(1000, 1_281_167, 50_000, (128, 128, 3), "train", "validation")
+    assert data.dataset_info("fashion_mnist", str(tmp_path)).image_shape == (28, 28, 1)
+
+
+# ------------------------------------------------------------------------ ImageNet (mocked)
+
+
+@pytest.fixture
+def mock_imagenet():
+    with tfds.testing.mock_data(num_examples=20):
+        yield
+
+
+def test_imagenet_under_mock_data(mock_imagenet):
+    data.ensure_dataset("imagenet2012", MOCK_DIR)
+    info = data.dataset_info("imagenet2012", MOCK_DIR, image_size=32)
+    assert info.image_shape == (32, 32, 3) and info.num_train_examples == 20
+    # 20 examples, batch 6: 3 steps per epoch; 5 steps cross an epoch boundary.
+    full = _take(data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, image_size=32), 5)
+    for batch in full:
+        assert batch["image"].shape == (6, 32, 32, 3) and batch["image"].dtype == np.float32
+        assert batch["label"].dtype == np.int32 and np.isfinite(batch["image"]).all()
+    resumed = _take(data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, start_step=2,
+                                        image_size=32), 3)
+    _assert_batches_equal(resumed, full[2:])
+    halves = [_take(data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, image_size=32,
+                                        process_index=i, process_count=2, cache=False), 5)
+              for i in range(2)]
+    joined = [{k: np.concatenate([h[s][k] for h in halves]) for k in full[s]} for s in range(5)]
+    _assert_batches_equal(joined, full)
+
+    evals = [list(data.eval_iterator("imagenet2012", MOCK_DIR, 8, process_index=i,
+                                     process_count=2, image_size=32)) for i in range(2)]
+    assert [len(e) for e in evals] == [3, 3]
+    assert [b["mask"].sum() for b in evals[0]] == [4, 4, 4]
+    assert [b["mask"].sum() for b in evals[1]] == [4, 4, 0]
+    assert evals[1][-1]["image"].shape == (4, 32, 32, 3)
+
+
+# -------------------------------------------------------------------------- bad arguments
+
+
+def test_bad_arguments_name_the_value(mock_small):
+    with pytest.raises(ValueError, match="'mnist'.*cifar10, fashion_mnist, imagenet2012"):
+        data.dataset_info("mnist", MOCK_DIR)
+    with pytest.raises(ValueError, match="global_batch_size=10.*process_count=3"):
+        data.train_iterator("cifar10", MOCK_DIR, 10, seed=0, process_count=3)
+    with pytest.raises(ValueError, match="process_index=2"):
+        data.eval_iterator("cifar10", MOCK_DIR, 10, process_index=2, process_count=2)
+    with pytest.raises(ValueError, match="seed.*-1"):
+        data.train_iterator("cifar10", MOCK_DIR, 10, seed=-1)
+    with pytest.raises(ValueError, match="start_step.*-3"):
+        data.train_iterator("cifar10", MOCK_DIR, 10, seed=0, start_step=-3)
+    with pytest.raises(ValueError, match="global_batch_size.*0"):
+        data.train_iterator("cifar10", MOCK_DIR, 0, seed=0)
+    with pytest.raises(ValueError, match="image_size.*-5"):
+        data.dataset_info("cifar10", MOCK_DIR, image_size=-5)
+    with pytest.raises(ValueError, match="global_batch_size=64 exceeds the 50"):
+        data.train_iterator("cifar10", MOCK_DIR, 64, seed=0)
+
+
+def test_unprepared_data_sets_say_what_is_needed(tmp_path):
+    for name in ("imagenet2012", "cifar10"):
+        with pytest.raises(FileNotFoundError, match=f"{name} is not prepared under {tmp_path}"):
+            data.ensure_dataset(name, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="manually"):
+        data.ensure_dataset("imagenet2012", str(tmp_path))
+    data.ensure_dataset("imagenet2012", "gs://some-bucket/tfds")  # Remote: only ever read.
+
+
+def test_ensure_dataset_accepts_mocked_data(mock_small):
+    for name in ("fashion_mnist", "cifar10", "imagenet2012"):
+        data.ensure_dataset(name, MOCK_DIR)
