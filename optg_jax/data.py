@@ -9,9 +9,10 @@ Because order and augmentation depend only on `(seed, epoch, position in epoch)`
 * `start_step=s` yields exactly what the uninterrupted iterator yields from step `s` on.
 
 Fashion-MNIST and CIFAR-10 are held in memory as uint8 numpy arrays and batched with numpy (a
-2-core CPU host gives thousands of batches/s). ImageNet streams through tf.data with a per-epoch
-file-level shuffle and a seeded buffer shuffle; its augmentation uses stateless TF random ops
-seeded per example. Everything also runs under `tfds.testing.mock_data`.
+2-core CPU host gives thousands of batches/s). ImageNet (and the small data sets with
+`cache=False`) streams through tf.data with a per-epoch file-level shuffle and a seeded buffer
+shuffle; its augmentation uses stateless TF random ops seeded per example. Everything also runs
+under `tfds.testing.mock_data`.
 """
 from __future__ import annotations
 
@@ -53,19 +54,19 @@ class _Spec(NamedTuple):
     num_eval: int
     mean: tuple[float, ...]  # Per channel, on the [0, 1] scale.
     std: tuple[float, ...]
-    in_memory: bool
+    fits_in_memory: bool  # The whole split as uint8 numpy is small (under 200 MB).
     augment: bool  # Default for `train_iterator(augment=None)`.
 
 
 _SPECS: Mapping[str, _Spec] = types.MappingProxyType({
     "fashion_mnist": _Spec(10, 28, 1, "train", "test", 60_000, 10_000,
-                           (0.2860,), (0.3530,), in_memory=True, augment=False),
+                           (0.2860,), (0.3530,), fits_in_memory=True, augment=False),
     "cifar10": _Spec(10, 32, 3, "train", "test", 50_000, 10_000,
                      (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                     in_memory=True, augment=True),
+                     fits_in_memory=True, augment=True),
     "imagenet2012": _Spec(1000, 224, 3, "train", "validation", 1_281_167, 50_000,
                           (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                          in_memory=False, augment=True),
+                          fits_in_memory=False, augment=True),
 })
 
 _CIFAR_PAD = 4
@@ -341,38 +342,63 @@ def _own_rows(global_batch: int, local_batch: int, process_index: int):
     return keep
 
 
+def _small_image(image: tf.Tensor, size: int) -> tf.Tensor:
+    if tuple(image.shape[:2]) != (size, size):
+        image = tf.image.resize(image, (size, size), antialias=True)
+    return image
+
+
+def _pad_crop_flip_tf(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Pad-4 random crop and random horizontal flip with stateless ops (CIFAR style)."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    padded = tf.pad(image, [[_CIFAR_PAD] * 2, [_CIFAR_PAD] * 2, [0, 0]])
+    image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+
+
+def _streamed_train_image(name: str, size: int, augment: bool):
+    """Returns `(stored image, int64 [2] seed) -> image [size, size, C]` for training."""
+    if name == "imagenet2012":
+        if augment:
+            return lambda encoded, seed: _imagenet_train_image(encoded, seed, size)
+        return lambda encoded, seed: _imagenet_eval_image(encoded, size)
+    if augment:
+        return lambda image, seed: _pad_crop_flip_tf(_small_image(image, size), seed)
+    return lambda image, seed: _small_image(image, size)
+
+
+def _streamed_eval_image(name: str, size: int):
+    if name == "imagenet2012":
+        return lambda encoded: _imagenet_eval_image(encoded, size)
+    return lambda image: _small_image(image, size)
+
+
+def _decoders(name: str):
+    # ImageNet JPEGs are decoded together with the crop, which saves decoding whole images.
+    return {"image": tfds.decode.SkipDecoding()} if name == "imagenet2012" else None
+
+
 def _streamed_train(builder, spec, n, global_batch, local_batch, process_index, seed,
-                    start_step, size, augment, cache) -> Iterator[Batch]:
+                    start_step, size, augment) -> Iterator[Batch]:
     steps = n // global_batch
-    decoders = {"image": tfds.decode.SkipDecoding()}
     buffer = min(n, 16 * global_batch)
-    cached = None
-    if cache:
-        # Raw records, read once in stored order and held in memory for all later epochs.
-        cached = builder.as_dataset(split=spec.train_split, shuffle_files=False,
-                                    decoders=decoders).cache()
+    train_image = _streamed_train_image(builder.name, size, augment)
 
     def epoch_dataset(epoch: int, first_step: int) -> tf.data.Dataset:
         shuffle_seed = _derive_seed(seed, _SHUFFLE, epoch)
-        augment_seed = _derive_seed(seed, _AUGMENT, epoch)
-        if cached is not None:
-            ds = cached
-        else:
-            read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed,
-                                          options=_deterministic_options())
-            ds = builder.as_dataset(split=spec.train_split, shuffle_files=True,
-                                    read_config=read_config, decoders=decoders)
+        augment_seed = tf.constant(_derive_seed(seed, _AUGMENT, epoch), tf.int64)
+        # No autocache: each epoch builds a fresh pipeline, so TFDS's cache would never be reused.
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
+                                      options=_deterministic_options())
+        ds = builder.as_dataset(split=spec.train_split, shuffle_files=True,
+                                read_config=read_config, decoders=_decoders(builder.name))
         ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
         # Index within the epoch: decides the row of the global batch and the augmentation seed.
         ds = ds.take(steps * global_batch).enumerate().skip(first_step * global_batch)
         ds = ds.filter(_own_rows(global_batch, local_batch, process_index))
 
         def preprocess(index, example):
-            if augment:
-                image = _imagenet_train_image(
-                    example["image"], tf.stack([tf.constant(augment_seed, tf.int64), index]), size)
-            else:
-                image = _imagenet_eval_image(example["image"], size)
+            image = train_image(example["image"], tf.stack([augment_seed, index]))
             return {"image": _tf_normalize(image, spec),
                     "label": tf.cast(example["label"], tf.int32)}
 
@@ -389,12 +415,14 @@ def _streamed_train(builder, spec, n, global_batch, local_batch, process_index, 
 def _streamed_eval(builder, spec, n, global_batch, local_batch, process_index,
                    size) -> Iterator[Batch]:
     ds = builder.as_dataset(split=spec.eval_split, shuffle_files=False,
-                            decoders={"image": tfds.decode.SkipDecoding()})
+                            read_config=tfds.ReadConfig(try_autocache=False),
+                            decoders=_decoders(builder.name))
     ds = ds.enumerate().filter(_own_rows(global_batch, local_batch, process_index))
+    eval_image = _streamed_eval_image(builder.name, size)
 
     def preprocess(index, example):
         del index
-        return {"image": _tf_normalize(_imagenet_eval_image(example["image"], size), spec),
+        return {"image": _tf_normalize(eval_image(example["image"]), spec),
                 "label": tf.cast(example["label"], tf.int32)}
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -425,8 +453,12 @@ def train_iterator(name: str, data_dir: str | None, global_batch_size: int, seed
     partial global batch is dropped, so an epoch has num_train_examples // global_batch_size
     steps. Augmentation (default per data set: ImageNet random-resized crop + flip, CIFAR-10
     pad-4 crop + flip, Fashion-MNIST none) is seeded by (seed, epoch, position), so resuming is
-    bitwise exact. `cache` keeps ImageNet's raw records in memory after the first epoch (the
-    small data sets are always held in memory).
+    bitwise exact.
+
+    With `cache` (the default) Fashion-MNIST and CIFAR-10 are loaded into memory once (a few
+    seconds) and batched with numpy; `cache=False` streams them through tf.data like ImageNet,
+    with a different (file- and buffer-shuffled, equally deterministic) order. ImageNet is always
+    streamed: every process reads the whole split and decodes only its own rows.
     """
     spec = _spec(name)
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)
@@ -434,7 +466,7 @@ def train_iterator(name: str, data_dir: str | None, global_batch_size: int, seed
     size = _image_size(spec, image_size)
     augment = spec.augment if augment is None else augment
     data_dir = resolve_data_dir(data_dir)
-    if spec.in_memory:
+    if cache and spec.fits_in_memory:
         images, labels = _load_split(name, data_dir, spec.train_split, size)
         _check_enough_examples(len(labels), global_batch_size)
         return _in_memory_train(images, labels, spec, global_batch_size, local_batch,
@@ -445,7 +477,7 @@ def train_iterator(name: str, data_dir: str | None, global_batch_size: int, seed
         raise FileNotFoundError(_not_prepared_message(name, data_dir))
     _check_enough_examples(n, global_batch_size)
     return _streamed_train(builder, spec, n, global_batch_size, local_batch, process_index,
-                           seed, start_step, size, augment, cache)
+                           seed, start_step, size, augment)
 
 
 def eval_iterator(name: str, data_dir: str | None, global_batch_size: int,
@@ -462,7 +494,7 @@ def eval_iterator(name: str, data_dir: str | None, global_batch_size: int,
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)
     size = _image_size(spec, image_size)
     data_dir = resolve_data_dir(data_dir)
-    if spec.in_memory:
+    if spec.fits_in_memory:
         images, labels = _load_split(name, data_dir, spec.eval_split, size)
         return _in_memory_eval(images, labels, spec, global_batch_size, local_batch,
                                process_index)

@@ -129,13 +129,15 @@ def mock_small():
         yield
 
 
-@pytest.mark.parametrize("name,augment", [("fashion_mnist", False), ("cifar10", True)])
-def test_resume_yields_the_uninterrupted_batches(mock_small, name, augment):
+@pytest.mark.parametrize("name,augment,cache", [("fashion_mnist", False, True),
+                                                ("cifar10", True, True), ("cifar10", True, False)])
+def test_resume_yields_the_uninterrupted_batches(mock_small, name, augment, cache):
     # 50 examples, batch 8: 6 steps per epoch, so 14 steps cross two epoch boundaries.
-    full = _take(data.train_iterator(name, MOCK_DIR, 8, seed=3, augment=augment), 14)
+    full = _take(data.train_iterator(name, MOCK_DIR, 8, seed=3, augment=augment, cache=cache), 14)
+    assert not np.array_equal(full[0]["image"], full[6]["image"])
     for start in (1, 6, 9):
         resumed = _take(data.train_iterator(name, MOCK_DIR, 8, seed=3, start_step=start,
-                                            augment=augment), 14 - start)
+                                            augment=augment, cache=cache), 14 - start)
         _assert_batches_equal(resumed, full[start:])
 
 
@@ -154,11 +156,12 @@ def test_epochs_are_seeded_permutations(mock_small):
     assert not np.array_equal(epoch_images(1, 0), epoch0)
 
 
-@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10"])
-def test_processes_slice_the_global_batch(mock_small, name):
-    single = _take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4), 4)
+@pytest.mark.parametrize("name,cache", [("fashion_mnist", True), ("cifar10", True),
+                                        ("cifar10", False)])
+def test_processes_slice_the_global_batch(mock_small, name, cache):
+    single = _take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4, cache=cache), 4)
     for count in (2, 4):
-        parts = [_take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4,
+        parts = [_take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4, cache=cache,
                                            process_index=i, process_count=count), 4)
                  for i in range(count)]
         joined = [{k: np.concatenate([p[s][k] for p in parts]) for k in single[s]}
@@ -230,7 +233,7 @@ def test_imagenet_under_mock_data(mock_imagenet):
                                         image_size=32), 3)
     _assert_batches_equal(resumed, full[2:])
     halves = [_take(data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, image_size=32,
-                                        process_index=i, process_count=2, cache=False), 5)
+                                        process_index=i, process_count=2), 5)
               for i in range(2)]
     joined = [{k: np.concatenate([h[s][k] for h in halves]) for k in full[s]} for s in range(5)]
     _assert_batches_equal(joined, full)
