@@ -1,0 +1,222 @@
+"""The model zoo: registry, published parameter counts, shapes, BatchNorm modes, dtypes."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optg_jax import models
+
+IMAGENET = (224, 224, 3)
+CIFAR = (32, 32, 3)
+FMNIST = (28, 28, 1)
+
+# name -> (num_classes, one input's shape)
+SPECS = {
+    "resnet18": (1000, IMAGENET),
+    "resnet34": (1000, IMAGENET),
+    "resnet50": (1000, IMAGENET),
+    "mobilenet_v1": (1000, IMAGENET),
+    "vgg19_cifar": (10, CIFAR),
+    "resnet20": (10, CIFAR),
+    "resnet32": (10, CIFAR),
+    "resnet56": (10, CIFAR),
+    "resnet50_cifar": (10, CIFAR),
+    "fmnist_cnn": (10, FMNIST),
+    "tiny_resnet": (10, CIFAR),
+}
+
+# Trainable parameters (BatchNorm scale/bias included, running statistics not).
+PARAM_COUNTS = {
+    "resnet18": 11_689_512,  # torchvision resnet18
+    "resnet34": 21_797_672,  # torchvision resnet34
+    "resnet50": 25_557_032,  # torchvision resnet50
+    "mobilenet_v1": 4_231_976,  # Keras MobileNet(alpha=1.0): trainable params
+    "vgg19_cifar": 20_040_522,  # GraSP (Wang et al. 2020) Table 1: "20.04M"
+    "resnet20": 269_722,  # He et al. 2016 Table 6: 0.27M (option A)
+    "resnet32": 464_154,  # He et al. 2016 Table 6: 0.46M
+    "resnet56": 853_018,  # He et al. 2016 Table 6: 0.85M
+    "resnet50_cifar": 23_520_842,  # ResNet-50 with 3x3/1 stem, no max-pool, 10 classes
+}
+
+
+def init_variables(model, shape, batch=1):
+    """Concrete variables, initialised under one jit.
+
+    The "rbg" PRNG keeps the compile short: threefry initialisers take tens of seconds to
+    compile on a small shared CPU.
+    """
+    x = jnp.zeros((batch, *shape), jnp.float32)
+    return jax.jit(lambda x: model.init(jax.random.key(0, impl="rbg"), x, train=False))(x)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """tiny_resnet (10 classes) and its variables; its params do not depend on the input size."""
+    model = models.create("tiny_resnet", 10)
+    return model, init_variables(model, (8, 8, 3))
+
+
+def abstract_variables(model, shape, batch=1):
+    x = jnp.zeros((batch, *shape), jnp.float32)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+
+def num_params(variables):
+    return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
+
+
+def test_names_lists_every_model():
+    assert sorted(models.names()) == sorted(SPECS)
+
+
+def test_unknown_name_raises_with_known_names():
+    with pytest.raises(ValueError, match=r"'resnet1000'.*resnet50.*fmnist_cnn"):
+        models.create("resnet1000", 10)
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
+def test_param_count_matches_published(name):
+    num_classes, shape = SPECS[name]
+    assert num_params(abstract_variables(models.create(name, num_classes), shape)) == PARAM_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_bfloat16_model_output_shape_and_dtypes_in_both_modes(name):
+    """bf16 compute: float32 params and logits [B, num_classes]; train mode updates batch_stats."""
+    num_classes, shape = SPECS[name]
+    model = models.create(name, num_classes, dtype=jnp.bfloat16)
+    variables = abstract_variables(model, shape)
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    x = jax.ShapeDtypeStruct((3, *shape), jnp.float32)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert logits.shape == (3, num_classes) and logits.dtype == jnp.float32
+    logits, updates = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x)
+    assert logits.shape == (3, num_classes) and logits.dtype == jnp.float32
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+
+
+def test_bfloat16_forward_runs_and_is_close_to_float32():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, *FMNIST)), jnp.float32)
+    f32 = models.create("fmnist_cnn", 10)
+    bf16 = models.create("fmnist_cnn", 10, dtype=jnp.bfloat16)
+    variables = init_variables(f32, FMNIST)
+    a = jax.jit(lambda v, x: f32.apply(v, x, train=False))(variables, x)
+    b = jax.jit(lambda v, x: bf16.apply(v, x, train=False))(variables, x)
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(b, a, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (224, 224, 3), (28, 28, 3), (5, 7, 3)])
+def test_tiny_resnet_runs_on_any_input_size(tiny, shape):
+    model, variables = tiny
+    x = jnp.ones((2, *shape))
+    logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+    assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_mobilenet_width_multiplier_scales_channels():
+    model = models.create("mobilenet_v1", 1000, width_multiplier=0.5)
+    params = abstract_variables(model, (64, 64, 3))["params"]
+    assert params["conv1"]["kernel"].shape == (3, 3, 3, 16)
+    assert params["dw13"]["kernel"].shape == (3, 3, 1, 512)  # depthwise: one input channel
+    assert params["fc"]["kernel"].shape == (512, 1000)
+
+
+def test_resnet50_layout_is_torchvision_v1_5():
+    params = abstract_variables(models.create("resnet50", 1000), (64, 64, 3))["params"]
+    assert params["conv1"]["kernel"].shape == (7, 7, 3, 64)
+    assert "bias" not in params["conv1"]
+    block = params["layer2_0"]
+    assert block["conv2"]["kernel"].shape == (3, 3, 128, 128)
+    assert block["downsample_conv"]["kernel"].shape == (1, 1, 256, 512)
+
+
+def test_resnet50_v1_5_strides_on_the_3x3_conv():
+    model = models.create("resnet50", 10)
+    x = jnp.zeros((1, 64, 64, 3))
+    variables = abstract_variables(model, (64, 64, 3))
+    _, state = jax.eval_shape(
+        lambda v: model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"]),
+        variables)
+    block = state["intermediates"]["layer2_0"]
+    assert block["conv1"]["__call__"][0].shape == (1, 16, 16, 128)  # 1x1: no stride
+    assert block["conv2"]["__call__"][0].shape == (1, 8, 8, 128)  # 3x3: stride 2
+
+
+def test_zero_init_residual_zeroes_last_bn_scale():
+    params = abstract_variables(
+        models.create("resnet50", 10, zero_init_residual=True), (32, 32, 3))["params"]
+    tiny = models.create("tiny_resnet", 10, zero_init_residual=True)
+    concrete = init_variables(tiny, (8, 8, 3))["params"]
+    assert "bn3" in params["layer1_0"]
+    assert not np.any(concrete["layer1_0"]["bn2"]["scale"])
+    assert np.all(concrete["layer1_0"]["bn1"]["scale"] == 1)
+
+
+def test_models_without_options_reject_unknown_kwargs():
+    with pytest.raises(TypeError):
+        models.create("resnet20", 10, width_multiplier=0.5)
+
+
+class TestBatchNorm:
+    """The stem BatchNorm of tiny_resnet against a hand computation on a tiny input."""
+
+    @pytest.fixture
+    def setup(self, tiny):
+        model, variables = tiny
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.normal(size=(4, 6, 6, 3)), jnp.float32)
+        c = variables["params"]["bn1"]["scale"].shape[0]
+        f32 = lambda a: jnp.asarray(a, jnp.float32)
+        # Non-trivial affine params and running statistics, so every term matters.
+        params = dict(variables["params"])
+        params["bn1"] = {"scale": f32(1 + rng.uniform(size=c)), "bias": f32(rng.normal(size=c))}
+        stats = dict(variables["batch_stats"])
+        stats["bn1"] = {"mean": f32(rng.normal(size=c)), "var": f32(0.5 + rng.uniform(size=c))}
+        return model, {"params": params, "batch_stats": stats}, x
+
+    @staticmethod
+    def stem(model, variables, x, train):
+        """(conv1 output, bn1 output, new batch_stats)."""
+        _, state = jax.jit(lambda v, x: model.apply(
+            v, x, train=train, capture_intermediates=True,
+            mutable=["intermediates", "batch_stats"]))(variables, x)
+        inter = state["intermediates"]
+        return inter["conv1"]["__call__"][0], inter["bn1"]["__call__"][0], state["batch_stats"]
+
+    def test_train_mode_uses_batch_statistics_and_updates_running_ones(self, setup):
+        model, variables, x = setup
+        conv_out, bn_out, new_stats = self.stem(model, variables, x, train=True)
+        conv_out = np.asarray(conv_out, np.float64)
+        mean = conv_out.mean(axis=(0, 1, 2))
+        var = conv_out.var(axis=(0, 1, 2))  # biased, as Flax (and PyTorch's normalisation) use
+        p, s = variables["params"]["bn1"], variables["batch_stats"]["bn1"]
+        expected = (conv_out - mean) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+        np.testing.assert_allclose(bn_out, expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(new_stats["bn1"]["mean"], 0.9 * s["mean"] + 0.1 * mean,
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(new_stats["bn1"]["var"], 0.9 * s["var"] + 0.1 * var,
+                                   rtol=1e-5, atol=1e-5)
+
+    def test_eval_mode_uses_running_statistics_and_leaves_them(self, setup):
+        model, variables, x = setup
+        conv_out, bn_out, new_stats = self.stem(model, variables, x, train=False)
+        p, s = variables["params"]["bn1"], variables["batch_stats"]["bn1"]
+        expected = (np.asarray(conv_out) - s["mean"]) / np.sqrt(s["var"] + 1e-5) * p["scale"] + p["bias"]
+        np.testing.assert_allclose(bn_out, expected, rtol=1e-4, atol=1e-4)
+        jax.tree.map(np.testing.assert_array_equal, new_stats, variables["batch_stats"])
+
+    def test_train_and_eval_outputs_differ(self, setup):
+        model, variables, x = setup
+        train_logits, _ = jax.jit(
+            lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+        eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+        assert not np.allclose(train_logits, eval_logits)
+
+
+def test_every_model_is_a_flax_module():
+    for name, (num_classes, _) in SPECS.items():
+        assert isinstance(models.create(name, num_classes), nn.Module)
