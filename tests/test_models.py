@@ -33,7 +33,7 @@ PARAM_COUNTS = {
     "resnet34": 21_797_672,  # torchvision resnet34
     "resnet50": 25_557_032,  # torchvision resnet50
     "mobilenet_v1": 4_231_976,  # Keras MobileNet(alpha=1.0): trainable params
-    "vgg19_cifar": 20_040_522,  # GraSP (Wang et al. 2020) Table 1: "20.04M"
+    "vgg19_cifar": 20_040_522,  # "20.04M" for VGG-19 in pruning papers (GraSP, Wang et al. 2020); conv biases included
     "resnet20": 269_722,  # He et al. 2016 Table 6: 0.27M (option A)
     "resnet32": 464_154,  # He et al. 2016 Table 6: 0.46M
     "resnet56": 853_018,  # He et al. 2016 Table 6: 0.85M

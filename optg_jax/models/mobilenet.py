@@ -4,7 +4,7 @@ A 3x3/2 conv with 32 channels, then 13 depthwise-separable blocks (3x3 depthwise
 1x1 pointwise conv + BN + ReLU), global average pool and a linear classifier (with bias). Convs
 have no bias. Channel counts are `int(c * width_multiplier)`, as in Keras. At width 1.0 with 1000
 classes there are 4,231,976 trainable parameters (Keras `MobileNet`) and about 569M MACs at
-224x224 (Table 1 of the paper).
+224x224 (the paper's "1.0 MobileNet-224": 569M mult-adds, 4.2M params).
 """
 
 from typing import Any

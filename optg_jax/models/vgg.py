@@ -3,8 +3,8 @@
 Sixteen 3x3 convs (each conv with bias -> BatchNorm -> ReLU) in the configuration
 64,64,M,128,128,M,256x4,M,512x4,M,512x4 ("M" = 2x2/2 max-pool), then a global average pool and
 ONE linear classifier 512 -> num_classes. With 10 classes this has 20,040,522 parameters, the
-"20.04M" of GraSP (Wang et al. 2020, Table 1 / their `models/base/vgg.py`, whose convs keep
-PyTorch's default bias).
+"20.0M" / "20.04M" quoted for VGG-19 in the CIFAR pruning literature (e.g. GraSP, Wang et al.
+2020, whose PyTorch VGG keeps the default conv bias; without conv biases it would be 20,035,018).
 """
 
 from typing import Any, Sequence
