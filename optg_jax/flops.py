@@ -55,7 +55,7 @@ def count_by_layer(model, variables, input_shape: Sequence[int], masks=None) -> 
     Keys are '/'-joined param paths, in the order the layers run. MACs of products that use no
     param (e.g. attention scores) are reported under `UNATTRIBUTED`.
     """
-    params = variables["params"]
+    params = variables.get("params", {})
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [_path_str(path) for path, _ in path_leaves]
     others = {k: v for k, v in variables.items() if k != "params"}
