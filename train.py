@@ -9,6 +9,8 @@ evaluates and exports the latest checkpoint. Bad input (a config value, a workdi
 ends with one `error:` line and exit status 2; a diverged run with exit status 3.
 """
 
+import os
+import re
 import sys
 
 from absl import app
@@ -27,19 +29,30 @@ def _error(message: str, status: int = 2):
 
 
 def _one_line(e: BaseException) -> str:
-  text = " ".join(str(e).split())
-  return text.strip("'\"") or type(e).__name__
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def _unknown_field(e: BaseException) -> str:
+  """ml_collections' KeyError/AttributeError text -> "unknown config field 'x' (did you mean..."."""
+  text = str(e).encode().decode("unicode_escape")
+  names = re.findall(r"'([^'\s]+)'", text)
+  guess = re.search(r'Did you mean "([^"]+)"', text)
+  message = f"unknown config field {names[0]!r}" if names else f"unknown config field: {text}"
+  return message + (f" (did you mean {guess.group(1)!r}?)" if guess else "")
 
 
 def parse_flags(argv):
   """absl's flag parsing, with a failure (e.g. an unknown --config field) as one line."""
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    message = _one_line(e)
-    if isinstance(e, (AttributeError, KeyError)):
-      message = f"unknown config field {message} (see the config file for the known fields)"
-    _error(message)
+  except (AttributeError, KeyError) as e:
+    _error(_unknown_field(e))
+  except (flags.Error, TypeError, ValueError) as e:
+    _error(_one_line(e))
+  except SyntaxError as e:
+    _error(f"config file {e.filename}, line {e.lineno}: {e.msg}")
+  except Exception as e:  # pylint: disable=broad-except  # An error inside get_config().
+    _error(f"cannot load the config: {type(e).__name__}: {_one_line(e)}")
 
 
 def main(argv):
@@ -55,8 +68,10 @@ def main(argv):
       _error("--config is required (e.g. --config=configs/fashion_mnist.py)")
     config = config.copy_and_resolve_references()  # Raises here if the file did not load.
   except (OSError, AttributeError) as e:
-    cause = e.__cause__ or e
-    _error(f"cannot load --config={flags.FLAGS['config'].config_filename}: {_one_line(cause)}")
+    filename = flags.FLAGS["config"].config_filename
+    if not os.path.exists(filename):
+      _error(f"config file {filename} does not exist")
+    _error(f"cannot load --config={filename}: {_one_line(e.__cause__ or e)}")
 
   # Imported here so that `--help` and flag errors do not pay for JAX/TensorFlow start-up.
   from optg_jax import checkpoints  # pylint: disable=import-outside-toplevel

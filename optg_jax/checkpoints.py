@@ -102,13 +102,18 @@ def write_workdir_config(workdir: str, config_dict: dict, identity: dict,
 
 def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
   """An orbax CheckpointManager over workdir/checkpoints keeping the last `keep` steps."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+  # Synchronous saves: a checkpoint is on disk when `save` returns (the "last good checkpoint"
+  # of a diverged run is real), and no background thread writes while the input pipeline runs
+  # (tfds.testing.mock_data swaps the file system under every thread while it builds a
+  # dataset). A save costs a few seconds every `checkpoint_every_steps` steps at most.
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                         enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-                               options=options)
+                               options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  """Saves `state` at `step` (asynchronously; `mngr.wait_until_finished()` before exiting)."""
+  """Saves `state` at `step` (a no-op when that step is already saved)."""
   if step in mngr.all_steps():
     return
   mngr.save(step, args=ocp.args.StandardSave(state))
@@ -145,7 +150,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, workdir: str,
     if got is not None:
       params_got = {k: v for k, v in got.items() if k.startswith("params/")}
       params_want = {k: v for k, v in want.items() if k.startswith("params/")}
-      if params_got != params_want:
+      if params_got and params_got != params_want:
         raise ConfigError(f"the checkpoint at step {step} in {mngr.directory} holds parameters "
                           "of another model; use another --workdir")
       try:
