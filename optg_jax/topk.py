@@ -27,25 +27,60 @@ def ordered_key(x: jax.Array) -> jax.Array:
     return jnp.where(bits >= _SIGN, ~bits, bits | _SIGN)
 
 
-def kth_largest_key(scores: Sequence[jax.Array], k: jax.Array) -> jax.Array:
+def _count_at_least(scores: Sequence[jax.Array], threshold: jax.Array) -> jax.Array:
+    return sum(jnp.sum(ordered_key(s) >= threshold, dtype=jnp.int32) for s in scores)
+
+
+def _sample_bracket(scores: Sequence[jax.Array], k: jax.Array, sample_size: int):
+    """Keys ``lo <= hi`` that likely bracket the k-th largest key, from a strided sample.
+
+    The sample's order statistics around rank ``k * M / N`` with a margin of ``4 sqrt(M)`` give a
+    bracket that holds the k-th largest key with overwhelming probability for any data that is
+    not adversarially ordered; the caller checks it with one counting pass and falls back to the
+    full key range when it does not hold, so the result is exact either way.
+    """
+    total = sum(s.size for s in scores)
+    stride = max(1, total // sample_size)
+    sample = jnp.concatenate([ordered_key(s.ravel()[::stride]) for s in scores])
+    sample = jnp.sort(sample)[::-1]
+    m = sample.shape[0]
+    margin = int(4 * m ** 0.5) + 8
+    rank = (k.astype(jnp.float32) * (m / total)).astype(jnp.int32)
+    hi_index = rank - margin
+    lo_index = rank + margin
+    hi = jnp.where(hi_index < 0, jnp.uint32(0xFFFFFFFF), sample[jnp.clip(hi_index, 0, m - 1)])
+    lo = jnp.where(lo_index >= m, jnp.uint32(0), sample[jnp.clip(lo_index, 0, m - 1)])
+    return lo, hi
+
+
+def kth_largest_key(scores: Sequence[jax.Array], k: jax.Array,
+                    sample_size: int = 1 << 18) -> jax.Array:
     """Key of the k-th largest value over all arrays in ``scores`` (1-based k, 1 <= k <= N).
 
     For ``k = 0`` returns the largest possible key, so that nothing lies strictly above it.
     Returns a uint32 scalar; compare with :func:`ordered_key` of the scores.
+
+    Counting bisection over the key range: each step counts the keys at or above a candidate.
+    For large inputs a strided sample first narrows the range (checked by one counting pass), which
+    saves about a third of the passes; the answer is exact in every case.
     """
     k = jnp.asarray(k, jnp.int32)
+    lo, hi = jnp.uint32(0), jnp.uint32(0xFFFFFFFF)
+    if sum(s.size for s in scores) > 4 * sample_size:
+        s_lo, s_hi = _sample_bracket(scores, k, sample_size)
+        # Valid when at least k keys are >= s_lo and fewer than k are > s_hi.
+        valid = (_count_at_least(scores, s_lo) >= k) & (
+            (s_hi == jnp.uint32(0xFFFFFFFF)) | (_count_at_least(scores, s_hi + 1) < k))
+        lo, hi = jnp.where(valid, s_lo, lo), jnp.where(valid, s_hi, hi)
 
-    def count_at_least(threshold):
-        return sum(jnp.sum(ordered_key(s) >= threshold, dtype=jnp.int32) for s in scores)
-
-    def body(_, bounds):
+    def body(bounds):
         lo, hi = bounds
         gap = hi - lo
         mid = lo + (gap >> 1) + (gap & 1)
-        enough = count_at_least(mid) >= k
+        enough = _count_at_least(scores, mid) >= k
         return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
 
-    lo, _ = lax.fori_loop(0, 32, body, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
+    lo, _ = lax.while_loop(lambda b: b[0] < b[1], body, (lo, hi))
     return lo
 
 

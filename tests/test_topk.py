@@ -84,3 +84,23 @@ def test_num_kept_floor():
     assert int(topk.num_kept(1000, 0.95)) == 50
     assert int(topk.num_kept(10, 0.0)) == 10
     assert int(topk.num_kept(10, 0.999)) == 0
+
+
+@pytest.mark.parametrize("order", ["random", "sorted", "reversed", "duplicates"])
+def test_sampled_bracket_path_is_exact(order):
+    # sample_size=16 sends 1,000+ values through the sampled bracket (and its fallback).
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=1500).astype(np.float32)
+    if order == "sorted":
+        values = np.sort(values)
+    elif order == "reversed":
+        values = np.sort(values)[::-1].copy()
+    elif order == "duplicates":
+        values = rng.integers(-2, 3, size=1500).astype(np.float32)
+    arrays = [values[:700].reshape(7, 100), values[700:]]
+    desc = np.sort(values)[::-1]
+    fn = jax.jit(lambda a, k: topk.kth_largest_key(a, k, sample_size=16))
+    for k in [0, 1, 2, 15, 150, 749, 1499, 1500]:
+        got = int(fn([jnp.asarray(a) for a in arrays], k))
+        want = 0xFFFFFFFF if k == 0 else int(topk.ordered_key(jnp.float32(desc[k - 1])))
+        assert got == want, (order, k)
