@@ -17,6 +17,9 @@ def get_config():
   c.weight_decay = 1e-4
   c.label_smoothing = 0.1
   c.warmup_epochs = 5.0
+  # As in the paper: the sigmoid (beta = 1 per epoch) is centred at the middle of training and
+  # within 1% of the target about 5 epochs later, leaving ~45% of the run to recover.
+  c.pruning_end_fraction = 1.0
   c.sparsity = 0.9
   c.checkpoint_every_steps = 5000
   return c

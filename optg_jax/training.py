@@ -275,9 +275,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   wall_start = time.time()
   config_lib.validate(config)
-  if config.distributed:
-    jax.distributed.initialize()
+  if config.distributed and not jax.distributed.is_initialized():
+    jax.distributed.initialize()  # Cluster details come from the environment (SLURM, TPU, ...).
   _check_devices(config)
+  # Imported here: it imports TensorFlow, which a bad config should not have to wait for.
   from optg_jax import data  # pylint: disable=import-outside-toplevel
 
   data.ensure_dataset(config.dataset, config.data_dir or None)
@@ -285,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            image_size=config.image_size or None)
   run = _Run(config, data, info)
   model = models.create(config.model, num_classes=info.num_classes,
-                                 dtype=jnp.dtype(config.dtype))
+                        dtype=jnp.dtype(config.dtype))
   lr_schedule = learning_rate_schedule(config, run.num_steps, run.steps_per_epoch)
   tx = make_optimizer(config, run.num_steps, run.steps_per_epoch, lr_schedule)
 
@@ -421,7 +422,7 @@ def _train_loop(config, run: _Run, model, tx, lr_schedule, state, start_step, mn
     epoch_sums["n"] = epoch_sums.get("n", 0.0) + 1
     postfix = {"loss": m["loss"]}
     if "sparsity" in m:
-      postfix["sparsity"] = m["sparsity"]
+      postfix["sparsity"] = max(0.0, m["sparsity"])
     bar.update(1, **postfix)
     if (step + 1) % config.log_every_steps == 0:
       writer.write(step + 1, {f"train/{k}_step": v for k, v in m.items()}

@@ -37,8 +37,24 @@ def test_config_has_shared_fields_and_validates(name):
   config_lib.validate(config)
   assert config.criterion == "optg" and config.schedule == "sigmoid" and config.beta == 1.0
   assert config.momentum == 0.9 and not config_lib.is_dense(config)
-  # The ramp ends before the run does, leaving time to recover at the target sparsity.
-  assert 0 < config.pruning_end_fraction < 1
+  assert 0 < config.pruning_end_fraction <= 1
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_sparsity_ramp_ends_well_before_the_run(name):
+  """Within 1% of the target by 70% of training, exactly the target from the end of pruning."""
+  import optg_jax  # pylint: disable=import-outside-toplevel
+  from optg_jax import training  # pylint: disable=import-outside-toplevel
+  config = load(name)
+  steps_per_epoch = 50
+  total = config.num_epochs * steps_per_epoch
+  end = training.pruning_end_step(config, total)
+  schedule = optg_jax.schedules.sigmoid_schedule(config.sparsity, 0, end, config.beta,
+                                                 steps_per_epoch)
+  assert float(schedule(int(0.7 * total))) >= 0.99 * config.sparsity
+  assert float(schedule(end)) == pytest.approx(config.sparsity, abs=1e-7)
+  if config.num_epochs >= 100:  # The paper's runs: centred at the middle of training.
+    assert float(schedule(total // 2)) == pytest.approx(config.sparsity / 2, rel=1e-3)
 
 
 def test_paper_hyper_parameters():
