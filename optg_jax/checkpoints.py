@@ -15,15 +15,16 @@ writes the JSON and the export.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
-import shutil
 from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from optg_jax.config import ConfigError
 
@@ -34,6 +35,43 @@ EXPORT_DIR = "export"
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint where one was expected; the message is one line."""
+
+
+# File helpers over etils.epath, so a workdir may be local or remote (gs://...).
+
+
+def is_remote(path) -> bool:
+  return "://" in str(path)
+
+
+def workdir_path(workdir: str) -> epath.Path:
+  """The workdir as an epath.Path (absolute when local)."""
+  return epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir))
+
+
+def read_json(path) -> dict | None:
+  """The JSON object at `path`, or None when the file is absent or unreadable."""
+  try:
+    return json.loads(epath.Path(path).read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def write_json(path, obj: dict) -> None:
+  """Writes `obj` as JSON (through a temporary file, so a reader never sees half a file)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1, default=str))
+  tmp.replace(path)
+
+
+def checkpoint_steps_on_disk(workdir: str) -> list[int]:
+  """Steps of the finished checkpoints under workdir/checkpoints (without opening orbax)."""
+  d = workdir_path(workdir) / CHECKPOINT_DIR
+  if not d.exists():
+    return []
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
 
 
 def path_str(path) -> str:
@@ -64,15 +102,13 @@ def check_workdir(workdir: str, identity: dict, param_shapes: dict) -> bool:
   Raises:
     ConfigError: one line naming the differing fields (or the first differing parameter).
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = workdir_path(workdir) / CONFIG_FILE
+  if not path.exists():
     return False
-  try:
-    with open(path, encoding="utf-8") as f:
-      stored = json.load(f)
-    old_identity, old_shapes = stored["identity"], stored["param_shapes"]
-  except (OSError, ValueError, KeyError) as e:
-    raise ConfigError(f"{path} is unreadable ({type(e).__name__}); use another --workdir") from e
+  stored = read_json(path)
+  if not isinstance(stored, dict) or not {"identity", "param_shapes"} <= set(stored):
+    raise ConfigError(f"{path} is unreadable; use another --workdir")
+  old_identity, old_shapes = stored["identity"], stored["param_shapes"]
   diffs = [f"{k}={old_identity.get(k)!r} (this config: {v!r})"
            for k, v in identity.items() if old_identity.get(k) != v]
   if diffs:
@@ -89,12 +125,8 @@ def check_workdir(workdir: str, identity: dict, param_shapes: dict) -> bool:
 def write_workdir_config(workdir: str, config_dict: dict, identity: dict,
                          param_shapes: dict) -> None:
   """Writes workdir/config.json (process 0, first run only)."""
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"config": config_dict, "identity": identity, "param_shapes": param_shapes}, f,
-              indent=1, default=str)
-  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+  write_json(workdir_path(workdir) / CONFIG_FILE,
+             {"config": config_dict, "identity": identity, "param_shapes": param_shapes})
 
 
 # --------------------------------------------------------------------------- train state
@@ -108,7 +140,7 @@ def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManag
   # dataset). A save costs a few seconds every `checkpoint_every_steps` steps at most.
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                          enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+  return ocp.CheckpointManager(workdir_path(workdir) / CHECKPOINT_DIR,
                                options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
@@ -162,10 +194,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, workdir: str,
     log(f"checkpoint at step {step} is unreadable ({type(error).__name__}: {message}); "
         f"moving it to corrupt_checkpoints/ and {later}")
     if jax.process_index() == 0:
-      aside = os.path.join(workdir, "corrupt_checkpoints")
-      os.makedirs(aside, exist_ok=True)
-      shutil.move(os.path.join(str(mngr.directory), str(step)),
-                  os.path.join(aside, f"{step}"))
+      aside = workdir_path(workdir) / "corrupt_checkpoints"
+      aside.mkdir(parents=True, exist_ok=True)
+      (epath.Path(mngr.directory) / str(step)).rename(aside / str(step))
     mngr.reload()
   if steps:
     raise CheckpointError(f"no readable checkpoint in {mngr.directory} (tried steps "
@@ -182,14 +213,15 @@ def export(workdir: str, masked_params, batch_stats, info: dict) -> str:
   Keys are 'params/<module path>' and 'batch_stats/<module path>'; `info` goes to
   export/info.json. Returns the .npz path.
   """
-  out = os.path.join(workdir, EXPORT_DIR)
-  os.makedirs(out, exist_ok=True)
+  out = workdir_path(workdir) / EXPORT_DIR
+  out.mkdir(parents=True, exist_ok=True)
   arrays = {}
   for prefix, tree in (("params", masked_params), ("batch_stats", batch_stats or {})):
     for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
       arrays[f"{prefix}/{path_str(p)}"] = np.asarray(jax.device_get(x))
-  path = os.path.join(out, "model.npz")
-  np.savez(path, **arrays)
-  with open(os.path.join(out, "info.json"), "w", encoding="utf-8") as f:
-    json.dump(info, f, indent=1, default=str)
-  return path
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  path = out / "model.npz"
+  path.write_bytes(buffer.getvalue())
+  write_json(out / "info.json", info)
+  return str(path)

@@ -13,6 +13,7 @@ import sys
 from typing import Any, Mapping
 
 import numpy as np
+from etils import epath
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -38,16 +39,22 @@ class MetricWriter:
   """Writes scalar metrics to `workdir/tb` (TensorBoard) and `workdir/metrics.jsonl`.
 
   One JSON line per `write` call: {"step": int, **scalars} with nested dicts kept nested (so the
-  per-layer sparsities stay one object); TensorBoard gets the flattened scalars.
+  per-layer sparsities stay one object); TensorBoard gets the flattened scalars. A remote workdir
+  (gs://...) cannot be appended to, so there the whole file is rewritten on each write.
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
     self._enabled = enabled
     self._tb = None
     self._jsonl = None
+    self._lines = None
     if enabled:
       self._tb = _TensorBoardWriter(os.path.join(workdir, "tb"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._path = epath.Path(workdir) / "metrics.jsonl"
+      if "://" in str(workdir):
+        self._lines = self._path.read_text().splitlines() if self._path.exists() else []
+      else:
+        self._jsonl = open(self._path, "a", encoding="utf-8")
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Writes `metrics` (nested dict of numbers) at `step`."""
@@ -61,8 +68,12 @@ class MetricWriter:
         self._tb.scalar(key, value, step)
     self._tb.flush()
     record = {"step": int(step), **{k: _json_safe(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    if self._lines is not None:
+      self._lines.append(json.dumps(record))
+      self._path.write_text("\n".join(self._lines) + "\n")
+    else:
+      self._jsonl.write(json.dumps(record) + "\n")
+      self._jsonl.flush()
 
   def close(self) -> None:
     if self._tb is not None:

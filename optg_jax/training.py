@@ -15,9 +15,7 @@ workdir/metrics.jsonl, the final figures to workdir/results.json.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 import time
 from typing import Any
 
@@ -238,18 +236,7 @@ def _sparsity_figures(state, run: _Run, model) -> dict:
 
 
 def _read_results(workdir: str) -> dict | None:
-  try:
-    with open(os.path.join(workdir, RESULTS_FILE), encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def _write_json(path: str, obj: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, default=str)
-  os.replace(tmp, path)
+  return checkpoints.read_json(checkpoints.workdir_path(workdir) / RESULTS_FILE)
 
 
 def _say(line: str) -> None:
@@ -309,11 +296,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Everything above only reads; refuse another experiment's workdir before writing anything.
   has_config = checkpoints.check_workdir(workdir, identity, param_shapes)
-  ckpt_dir = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
-  has_checkpoints = os.path.isdir(ckpt_dir) and any(
-      name.isdigit() for name in os.listdir(ckpt_dir))
+  has_checkpoints = bool(checkpoints.checkpoint_steps_on_disk(workdir))
   if config.eval_only and not has_checkpoints:
-    raise ConfigError(f"config.eval_only=True but {ckpt_dir} holds no checkpoint")
+    raise ConfigError(f"config.eval_only=True but {workdir}/{checkpoints.CHECKPOINT_DIR} holds "
+                      "no checkpoint")
   done = _read_results(workdir)
   if (not config.eval_only and done is not None and done.get("steps") == run.num_steps
       and has_checkpoints):
@@ -323,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   is_main = jax.process_index() == 0
   if is_main:
-    os.makedirs(workdir, exist_ok=True)
+    checkpoints.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
     if not has_config:
       checkpoints.write_workdir_config(workdir, config.to_dict(), identity, param_shapes)
   mngr = checkpoints.manager(workdir, config.keep_checkpoints)
@@ -379,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                      jax.tree.map(to_host, state.batch_stats), export_info)
     results["export"] = export_path
     name = "eval_results.json" if config.eval_only else RESULTS_FILE
-    _write_json(os.path.join(workdir, name), results)
+    checkpoints.write_json(checkpoints.workdir_path(workdir) / name, results)
     print(metrics_lib.summary_table(results), flush=True)
   mngr.close()
   return results
