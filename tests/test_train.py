@@ -161,3 +161,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   mngr = checkpoints.manager(str(workdir), 2, create=False)
   kept = mngr.latest_step()
   assert kept is not None and f"step {kept}" in message
+
+
+@pytest.mark.slow
+def test_dense_baseline_and_bfloat16(tmp_path):
+  results = run(imagenet_test_config(criterion="dense", dtype="bfloat16"), tmp_path / "w")
+  assert results["sparsity"] == 0.0 and results["flops"] == results["dense_flops"]
+  assert results["steps"] == NUM_STEPS and results["layer_sparsity"] == {}
+
+
+@pytest.mark.slow
+def test_train_py_end_to_end_and_rerun(tmp_path):
+  """train.py on mocked data (through a tiny wrapper that enables tfds.testing.mock_data)."""
+  import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  wrapper = tmp_path / "mock_train.py"
+  wrapper.write_text(
+      "import runpy, sys, tensorflow_datasets as tfds\n"
+      f"sys.argv[0] = {os.path.join(ROOT, 'train.py')!r}\n"
+      "with tfds.testing.mock_data(num_examples=32):\n"
+      "  runpy.run_path(sys.argv[0], run_name='__main__')\n")
+  args = [sys.executable, str(wrapper), "--config=configs/resnet50_imagenet.py",
+          f"--workdir={tmp_path / 'w'}", "--config.model=tiny_resnet", "--config.image_size=32",
+          "--config.batch_size=8", "--config.steps_per_epoch=2", "--config.num_epochs=1",
+          "--config.steps_per_eval=1"]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  first = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "top-1 accuracy" in first.stdout
+  again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0 and "holds a finished run" in again.stdout
