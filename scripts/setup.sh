@@ -20,6 +20,6 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "[setup] installing Python packages (first time only)"
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r requirements.txt
-  .venv/bin/pip install -q --no-deps -e .
+  .venv/bin/pip install -q --no-deps --config-settings editable_mode=compat -e .
   echo "$want" > "$stamp"
 fi
