@@ -173,9 +173,15 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     assert got["sparsity"] == want["sparsity"]
     assert got["top1"] == pytest.approx(want["top1"], abs=1e-6)
     assert got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-4)
-    a = jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(
-        str(tmp_path / "single" / "checkpoints" / "12" / "default")))
-    b = jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(
-        str(tmp_path / "multi" / "checkpoints" / "12" / "default")))
-    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    # The exported masked weights and BatchNorm statistics (checkpoints hold 8-device shardings).
+    single_npz = np.load(tmp_path / "single" / "export" / "model.npz")
+    multi_npz = np.load(tmp_path / "multi" / "export" / "model.npz")
+    assert sorted(single_npz.files) == sorted(multi_npz.files)
+    # Gloo's cross-process all-reduce sums in another order than one process does, so values
+    # agree to float32 round-off grown over 12 steps (seen: 1e-5 absolute); masks agree exactly.
+    for name in single_npz.files:
+        np.testing.assert_allclose(multi_npz[name], single_npz[name], rtol=1e-3, atol=1e-4,
+                                   err_msg=name)
+        if single_npz[name].ndim >= 2:
+            np.testing.assert_array_equal(multi_npz[name] == 0, single_npz[name] == 0,
+                                          err_msg=name)
