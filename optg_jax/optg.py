@@ -13,8 +13,16 @@ are not masked). The training loop stays the ordinary optax loop::
 
 ``update`` passes ``G * M`` on to the rest of the chain (removed weights get no loss gradient;
 weight decay later in the chain still acts on them), moves the scores with the straight-through
-gradient ``G * W`` of every weight, kept or removed, and re-selects the masks every
-``mask_update_every`` steps and at the end of pruning, all inside the one jitted update.
+gradient ``G * W`` of every weight, kept or removed, and re-selects the masks, all inside the one
+jitted update.
+
+When masks change: the update with count ``t`` (``t > 0``, ``t % mask_update_every == 0``, and
+``t == pruning_end_step``) first re-selects the masks from the scores accumulated over steps
+``0..t-1`` at sparsity ``p(t)``, then moves the scores; the forward pass of step ``t`` has already
+run with the old masks, so anything evaluated between two updates (say at the end of an epoch)
+is the network that was trained with its masks, BatchNorm statistics included. When pruning ends
+with the run (``pruning_end_step == total_steps``) the final masks are selected after the last
+update, so the final sparsity is exactly ``P`` either way.
 
 Criteria (which score ranks the weights at a mask refresh):
 
@@ -184,8 +192,8 @@ def optg_optax(
       steps_per_epoch: the epoch length that ``beta`` refers to (default ``mask_update_every``).
       pruning_start_step: sparsity is 0 up to this step.
       pruning_end_step: sparsity reaches ``P`` exactly here (default ``total_steps``). The masks
-        are always re-selected at this step, so the final masks remove exactly
-        ``N - floor(N * (1 - P))`` of the ``N`` masked weights.
+        are always re-selected at this step (after the last update when it is ``total_steps``),
+        so the final masks remove exactly ``N - floor(N * (1 - P))`` of the ``N`` masked weights.
       allocation: ``"global"`` ranks all masked leaves together (paper); ``"uniform"`` keeps the
         same fraction in every leaf.
       score_momentum: momentum of the score SGD (PyTorch convention ``v = mu v + g``).
@@ -257,7 +265,15 @@ def optg_optax(
     def realized_sparsity(masks_leaves):
         total = sum(m.size for m in masks_leaves)
         kept = sum(jnp.sum(m, dtype=jnp.int32) for m in masks_leaves)
-        return (1.0 - kept / max(total, 1)).astype(jnp.float32)
+        # (total - kept) in integers: exactly 0 when nothing is removed.
+        return ((total - kept) / max(total, 1)).astype(jnp.float32)
+
+    def reselect_if(pred, step, rank_scores, masks_leaves, sparsity):
+        """(masks, realised sparsity) selected at ``step`` when ``pred``, else unchanged."""
+        def reselect(_):
+            new = select(rank_scores, sparsity_fn(step))
+            return new, realized_sparsity(new)
+        return lax.cond(pred, reselect, lambda _: (list(masks_leaves), sparsity), None)
 
     def init_fn(params):
         flags = masked_leaf_tree(params)
@@ -288,6 +304,7 @@ def optg_optax(
         if params is None:
             raise ValueError("optg_optax needs the params: call tx.update(grads, state, params)")
         count = state.count
+        new_count = count + 1
         score_lr = score_lr_at(count)
         flags = jax.tree.map(lambda m: True, state.masks)
         treedef = jax.tree.structure(flags)
@@ -298,6 +315,19 @@ def optg_optax(
         s_leaves = jax.tree.leaves(state.scores)
         v_leaves = jax.tree.leaves(state.momentum)
 
+        # A new refresh period starts with this update: re-select the masks from the scores
+        # accumulated so far, before this step moves them. This step's forward pass already ran
+        # with the old masks, so whatever is evaluated between updates (e.g. at an epoch's end)
+        # is the network that was trained with its masks.
+        refresh = (count == pruning_end_step) | (
+            (count > 0) & (count % mask_update_every == 0) & (count < total_steps))
+        if not update_masks_after_pruning:
+            refresh = refresh & (count <= pruning_end_step)
+        new_m_leaves, sparsity = m_leaves, state.sparsity
+        if m_leaves:
+            new_m_leaves, sparsity = reselect_if(
+                refresh, count, ranking(s_leaves, w_leaves, m_leaves), m_leaves, state.sparsity)
+
         if criterion in ("optg", "supermask"):
             new_v, new_s = [], []
             for g, w, s, v in zip(g_leaves, w_leaves, s_leaves, v_leaves):
@@ -307,25 +337,20 @@ def optg_optax(
                 new_s.append(s - score_lr * v)
             s_leaves, v_leaves = new_s, new_v
         elif criterion == "taylor":
-            n = (count - state.last_refresh).astype(jnp.float32)
+            # Running mean of |G * W * M| since the last refresh (restarts at a refresh).
+            n = jnp.where(refresh, 0, count - state.last_refresh).astype(jnp.float32)
             s_leaves = [s + (jnp.abs(g * w * m.astype(w.dtype)).astype(jnp.float32) - s) / (n + 1)
                         for g, w, s, m in zip(g_leaves, w_leaves, s_leaves, m_leaves)]
+        last_refresh = jnp.where(refresh, count, state.last_refresh)
 
-        new_count = count + 1
-        refresh = (new_count == pruning_end_step) | (
-            (new_count % mask_update_every == 0) & (new_count < total_steps))
-        if not update_masks_after_pruning:
-            refresh = refresh & (new_count <= pruning_end_step)
-        if m_leaves:
-            def reselect(_):
-                sparsity = sparsity_fn(new_count)
-                return select(ranking(s_leaves, w_leaves, m_leaves), sparsity)
-
-            new_m_leaves = lax.cond(refresh, reselect, lambda _: list(m_leaves), None)
-            sparsity = lax.cond(refresh, lambda _: realized_sparsity(new_m_leaves),
-                                lambda _: state.sparsity, None)
-        else:
-            new_m_leaves, sparsity = m_leaves, state.sparsity
+        if m_leaves and pruning_end_step == total_steps:
+            # Pruning ends with the run: the final masks are selected after the last update, so
+            # that they remove exactly the target fraction.
+            final = new_count == total_steps
+            new_m_leaves, sparsity = reselect_if(
+                final, new_count, ranking(s_leaves, w_leaves, new_m_leaves), new_m_leaves,
+                sparsity)
+            last_refresh = jnp.where(final, new_count, last_refresh)
 
         # The rest of the chain sees G * M: removed weights get no loss gradient.
         masked_grads = jax.tree.map(
@@ -337,7 +362,7 @@ def optg_optax(
             scores=rebuild(s_leaves, state.scores) if has_scores else state.scores,
             momentum=rebuild(v_leaves, state.momentum) if has_momentum else state.momentum,
             masks=rebuild(new_m_leaves, state.masks),
-            last_refresh=jnp.where(refresh, new_count, state.last_refresh).astype(jnp.int32),
+            last_refresh=last_refresh.astype(jnp.int32),
             sparsity=sparsity,
             target=state.target,
             score_lr=score_lr,

@@ -135,17 +135,21 @@ def test_taylor_is_mean_since_last_refresh_and_magnitude_keeps_largest():
     grads = [np.array([[1.0, 1.0], [0.1, 0.1]], np.float32),
              np.array([[3.0, 0.5], [0.1, 0.2]], np.float32),
              np.array([[2.0, 0.0], [0.4, 0.0]], np.float32)]
-    for g in grads[:2]:
+    for g in grads:
         _, state = tx.update({"w": jnp.asarray(g)}, state, params)
-    want = np.mean([np.abs(g * np.asarray(w)) for g in grads[:2]], axis=0)
+    want = np.mean([np.abs(g * np.asarray(w)) for g in grads], axis=0)
     np.testing.assert_allclose(state.scores["w"], want, rtol=1e-6)
-    _, state = tx.update({"w": jnp.asarray(grads[2])}, state, params)
-    # Refresh at step 3 (one-shot to 50%): mean |G W| = [[2, 1], [0.6, 0.8]] keeps the first row.
-    np.testing.assert_array_equal(state.masks["w"], [[1, 1], [0, 0]])
-    # The next update restarts the mean: scores = |G W M| of that step alone.
+    np.testing.assert_array_equal(state.masks["w"], np.ones((2, 2)))
+    # The update with count 3 (one-shot to 50%) first re-selects from the mean over steps 0-2,
+    # mean |G W| = [[2, 1], [0.6, 0.8]], keeping the first row; then the mean restarts with this
+    # step's |G W M_old| (the forward pass of this step still used the old, all-ones masks).
     g = np.ones((2, 2), np.float32)
     _, state = tx.update({"w": jnp.asarray(g)}, state, params)
-    np.testing.assert_allclose(state.scores["w"], [[1.0, 2.0], [0.0, 0.0]], rtol=1e-6)
+    np.testing.assert_array_equal(state.masks["w"], [[1, 1], [0, 0]])
+    np.testing.assert_allclose(state.scores["w"], [[1.0, 2.0], [3.0, 4.0]], rtol=1e-6)
+    assert int(state.last_refresh) == 3
+    _, state = tx.update({"w": jnp.asarray(g)}, state, params)
+    np.testing.assert_allclose(state.scores["w"], [[1.0, 2.0], [1.5, 2.0]], rtol=1e-6)
 
     tx = optg_jax.optg_optax(0.5, 10, 0.1, criterion="magnitude", schedule="constant")
     state = tx.init(params)
