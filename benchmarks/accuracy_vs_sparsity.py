@@ -1,0 +1,615 @@
+"""Top-1 against sparsity for OptG and its baselines, every method under the same protocol.
+
+Trains, with `optg_jax.training.train_and_evaluate`, the same network with the same epochs,
+learning rate, sparsity schedule and mask-refresh interval for every method: dense, `magnitude`
+(gradual magnitude pruning), `taylor`, `supermask` (OptG without the supermask optimizer) and
+`optg`, at each sparsity and seed. Every sparse method ends its ramp at the same step
+(`pruning_end_fraction`, two-thirds of training), so the table compares criteria, not how each
+survives a last-minute cut. `--budget` adds a budget study (OptG, GMP and Taylor at 99%, one seed,
+several run lengths).
+
+  .venv/bin/python benchmarks/accuracy_vs_sparsity.py --quick     # 98% and 99%, one seed
+  .venv/bin/python benchmarks/accuracy_vs_sparsity.py             # 90/95/98/99%, 3 seeds
+  .venv/bin/python benchmarks/accuracy_vs_sparsity.py --budget --budget-epochs 2 4 8
+  .venv/bin/python benchmarks/accuracy_vs_sparsity.py --report-only   # tables from finished runs
+  # CIFAR-10 through TFDS (not run here):
+  .venv/bin/python benchmarks/accuracy_vs_sparsity.py --config configs/resnet32_cifar10.py \
+      --data-dir ~/tensorflow_datasets --epochs 160 --image-size 0 --batch-size 256
+
+Each run has its own workdir under `--workdir-root`; a finished run (its record and results.json
+exist) is skipped, so an interrupted grid resumes where it stopped, and an interrupted run resumes
+from its last checkpoint. After every run, and at the end, the report is rewritten from all finished
+runs under the root: `benchmarks/results/accuracy_vs_sparsity.csv` (one row per run),
+`accuracy_vs_sparsity.md` (the tables), `accuracy_vs_sparsity.png` (top-1 against sparsity),
+`accuracy_vs_sparsity_budget.png`, and the section of `BENCHMARKS.md` between the markers below
+(the rest of that file is left alone). Hand-written findings go in
+`benchmarks/results/accuracy_vs_sparsity_notes.md` and are copied into that section.
+
+Method names: `dense`, `magnitude`, `taylor`, `supermask`, `optg`, and `optg-floor<F>` (OptG with
+the score learning-rate factor `F + (1 - F) * p(t)/P`, `optg_optax(score_lr_floor=F)`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Iterable, NamedTuple
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, ROOT)
+
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
+BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+SECTION = "accuracy_vs_sparsity"
+BEGIN, END = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
+
+METHODS = ("dense", "magnitude", "taylor", "supermask", "optg")
+LABELS = {"dense": "dense", "magnitude": "GMP (magnitude)", "taylor": "Taylor",
+          "supermask": "supermask (no supermask optimizer)", "optg": "OptG"}
+SPARSITIES = (0.90, 0.95, 0.98, 0.99)
+QUICK_SPARSITIES = (0.98, 0.99)
+BUDGET_METHODS = ("optg", "magnitude", "taylor")
+BUDGET_SPARSITY = 0.99
+
+# The shared protocol for the Fashion-MNIST net, chosen before any comparison was run (see
+# BENCHMARKS.md for why): 14x14 inputs (area-averaged) cut the conv cost 4x so that a run takes
+# ~3 minutes on a busy 2-core CPU; batch 256 (peak lr 0.2); a mask refresh every 25 steps, so the
+# ramp has ~25 refreshes even in a 4-epoch run (one refresh per epoch would give three).
+FASHION_PROTOCOL = dict(image_size=14, batch_size=256, num_epochs=4, mask_update_every=25)
+
+CSV_FIELDS = ("method", "sparsity", "seed", "epochs", "top1", "top5", "final_sparsity", "flops",
+              "dense_flops", "wall_time_s", "train_time_s", "steps", "model", "dataset",
+              "image_size", "batch_size")
+
+
+class Spec(NamedTuple):
+    """One run of the benchmark."""
+    method: str  # One of METHODS or 'optg-floor<F>'.
+    sparsity: float  # Target sparsity (0 for dense).
+    seed: int
+    epochs: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-s{self.sparsity * 100:g}-seed{self.seed}-e{self.epochs}"
+
+
+def parse_method(method: str) -> tuple[str, float | None]:
+    """'optg-floor0.5' -> ('optg', 0.5); other names -> (name, None). Raises ValueError."""
+    if method.startswith("optg-floor"):
+        floor = float(method[len("optg-floor"):])
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"score-lr floor of {method!r} is outside [0, 1]")
+        return "optg", floor
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: one of {', '.join(METHODS)} or optg-floor<F>")
+    return method, None
+
+
+def label(method: str) -> str:
+    criterion, floor = parse_method(method)
+    return LABELS[criterion] if floor is None else f"OptG, score-lr floor {floor:g}"
+
+
+def method_order(method: str) -> tuple:
+    criterion, floor = parse_method(method)
+    return (METHODS.index(criterion), -1.0 if floor is None else floor)
+
+
+def grid_specs(methods: Iterable[str], sparsities: Iterable[float], seeds: Iterable[int],
+               epochs: int) -> list[Spec]:
+    """Seed-major order (all cells of seed 0 first), so a partial grid covers every cell."""
+    specs = []
+    for seed in seeds:
+        for method in methods:
+            if parse_method(method)[0] == "dense":
+                specs.append(Spec("dense", 0.0, seed, epochs))
+                continue
+            specs.extend(Spec(method, s, seed, epochs) for s in sparsities)
+    return specs
+
+
+def budget_specs(budget_epochs: Iterable[int], methods=BUDGET_METHODS,
+                 sparsity=BUDGET_SPARSITY, seed: int = 0) -> list[Spec]:
+    return [Spec(m, sparsity, seed, e) for e in budget_epochs for m in methods]
+
+
+# --------------------------------------------------------------------------- configs and runs
+
+
+def load_config(path: str):
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def shared_config(args):
+    """The config every run starts from: the config file plus the shared protocol overrides."""
+    config = load_config(args.config)
+    if args.dataset:
+        config.dataset = args.dataset
+    if args.model:
+        config.model = args.model
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    protocol = dict(FASHION_PROTOCOL) if config.dataset == "fashion_mnist" else {}
+    for field, value in (("image_size", args.image_size), ("batch_size", args.batch_size),
+                         ("mask_update_every", args.mask_update_every),
+                         ("learning_rate", args.learning_rate)):
+        if value is not None:
+            protocol[field] = value
+    for field, value in protocol.items():
+        config[field] = value
+    config.checkpoint_every_steps = 10**6  # Only the initial and the final state.
+    config.keep_checkpoints = 1
+    config.log_every_steps = 10**6
+    return config
+
+
+def protocol_tag(config) -> str:
+    """A directory name for the shared protocol: runs under other settings never mix."""
+    from optg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    shared = {k: v for k, v in config_lib.identity(config).items()
+              if k not in ("sparsity", "criterion", "seed", "num_epochs")}
+    digest = hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
+    size = config.image_size or "native"
+    return f"{config.dataset}-{config.model}-{size}px-b{config.batch_size}-{digest}"
+
+
+def run_config(shared, spec: Spec):
+    config = shared.copy_and_resolve_references()
+    criterion, floor = parse_method(spec.method)
+    config.criterion = criterion
+    config.sparsity = float(spec.sparsity) if criterion != "dense" else 0.0
+    config.seed = int(spec.seed)
+    config.num_epochs = int(spec.epochs)
+    if floor is not None and "score_lr_floor" in config:
+        config.score_lr_floor = float(floor)
+    return config
+
+
+@contextlib.contextmanager
+def score_lr_floor(floor: float | None, config):
+    """Makes the training program build `optg_optax(score_lr_floor=floor)`.
+
+    The config has no such field (yet); the training program calls `optg_jax.optg_optax` through
+    the package, so the floor is bound there for the duration of one run.
+    """
+    import optg_jax  # pylint: disable=import-outside-toplevel
+    if floor is None or "score_lr_floor" in config:
+        yield
+        return
+    original = optg_jax.optg_optax
+    optg_jax.optg_optax = functools.partial(original, score_lr_floor=float(floor))
+    try:
+        yield
+    finally:
+        optg_jax.optg_optax = original
+
+
+def row_from_results(spec: Spec, results: dict, config) -> dict:
+    return {
+        "method": spec.method, "sparsity": spec.sparsity, "seed": spec.seed,
+        "epochs": spec.epochs, "top1": results["top1"], "top5": results["top5"],
+        "final_sparsity": results["sparsity"], "flops": results["flops"],
+        "dense_flops": results["dense_flops"], "wall_time_s": results["wall_time_s"],
+        "train_time_s": results["train_time_s"], "steps": results["steps"],
+        "model": config.model, "dataset": config.dataset,
+        "image_size": config.image_size, "batch_size": config.batch_size,
+    }
+
+
+def train_real(config, workdir: str, log_path: str) -> dict:
+    """`train_and_evaluate` with its progress bar and tables sent to `log_path`."""
+    from optg_jax import training  # pylint: disable=import-outside-toplevel
+    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        return training.train_and_evaluate(config, workdir)
+
+
+def record_path(root: str, spec: Spec) -> str:
+    return os.path.join(root, "records", spec.name + ".json")
+
+
+def read_record(root: str, spec: Spec) -> dict | None:
+    try:
+        with open(record_path(root, spec), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read_all_records(root: str) -> list[dict]:
+    directory = os.path.join(root, "records")
+    rows = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                rows.append(json.load(f))
+    return rows
+
+
+def write_record(root: str, spec: Spec, row: dict) -> None:
+    path = record_path(root, spec)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(row, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def run_all(specs: list[Spec], shared, root: str,
+            train_fn: Callable[[object, str, str], dict] = train_real,
+            on_row: Callable[[], None] | None = None, say=print) -> list[dict]:
+    """Runs every spec not yet recorded under `root`; returns the rows of all specs.
+
+    Prints `run i/N name: top-1 ... (wall s) ETA` per run; the ETA assumes the seconds per epoch of
+    the runs trained so far in this call. `on_row` is called after each new row (e.g. rewrite the
+    report).
+    """
+    todo = [s for s in specs if read_record(root, s) is None]
+    say(f"{len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to train "
+        f"(workdirs under {root})")
+    spent, epochs_done = 0.0, 0
+    for i, spec in enumerate(todo, start=1):
+        config = run_config(shared, spec)
+        workdir = os.path.join(root, spec.name)
+        os.makedirs(os.path.join(root, "logs"), exist_ok=True)
+        log_path = os.path.join(root, "logs", spec.name + ".log")
+        t0 = time.time()
+        with score_lr_floor(parse_method(spec.method)[1], config):
+            results = train_fn(config, workdir, log_path)
+        seconds = time.time() - t0
+        row = row_from_results(spec, results, config)
+        write_record(root, spec, row)
+        spent, epochs_done = spent + seconds, epochs_done + spec.epochs
+        left = sum(s.epochs for s in todo[i:]) * spent / epochs_done
+        say(f"run {i}/{len(todo)} {spec.name}: top-1 {100 * row['top1']:.2f}% sparsity "
+            f"{100 * row['final_sparsity']:.2f}% ({seconds:.0f} s) ETA {left / 60:.0f} min")
+        if on_row is not None:
+            on_row()
+    return [read_record(root, s) for s in specs]
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def cell_stats(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample std (0 for one value), n)."""
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std, len(values)
+
+
+def summarize(rows: list[dict], epochs: int) -> dict:
+    """{(method, sparsity): (mean top-1, std, n)} over seeds for runs of `epochs` epochs."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if int(r["epochs"]) == epochs:
+            groups.setdefault((r["method"], float(r["sparsity"])), []).append(float(r["top1"]))
+    return {k: cell_stats(v) for k, v in groups.items()}
+
+
+def fmt_cell(stats, bold=False) -> str:
+    if stats is None:
+        return "—"
+    mean, std, n = stats
+    text = f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
+    text = f"**{text}**" if bold else text
+    return f"{text} ({n})"
+
+
+def verdicts(cells: dict, sparsities: list[float]) -> list[str]:
+    """The issue's goals, checked per sparsity: lines of Markdown."""
+    lines = []
+    for s in sparsities:
+        optg = cells.get(("optg", s))
+        others = {m: v for (m, sp), v in cells.items()
+                  if sp == s and m != "optg" and m != "dense" and not m.startswith("optg-")}
+        if optg is None or not others:
+            continue
+        best_m, best = max(others.items(), key=lambda kv: kv[1][0])
+        gap = 100 * (optg[0] - best[0])
+        if s >= 0.98:
+            ok = optg[0] > best[0]
+            goal = "OptG has the best mean top-1 of the sparse methods"
+        else:
+            tolerance = max(optg[1], best[1])
+            ok = optg[0] >= best[0] - tolerance
+            goal = (f"OptG within one std ({100 * tolerance:.2f}, the larger of the two) of the "
+                    "best baseline")
+        seeds = min(optg[2], best[2])
+        note = " (one seed: not a statistical statement)" if seeds < 2 else ""
+        lines.append(f"- {100 * s:g}%: {goal}: **{'yes' if ok else 'no'}** — OptG "
+                     f"{100 * optg[0]:.2f} vs best baseline {label(best_m)} {100 * best[0]:.2f} "
+                     f"(OptG {gap:+.2f} points){note}.")
+    return lines
+
+
+def accuracy_table(rows: list[dict], epochs: int) -> list[str]:
+    cells = summarize(rows, epochs)
+    if not cells:
+        return []
+    sparsities = sorted({s for (m, s) in cells if m != "dense"})
+    methods = sorted({m for (m, s) in cells if m != "dense"}, key=method_order)
+    lines = [f"Top-1 (%) on the test set after {epochs} epochs: mean ± std over seeds (number of "
+             "seeds); the best sparse mean per column in bold.", ""]
+    if ("dense", 0.0) in cells:
+        lines += [f"Dense: {fmt_cell(cells[('dense', 0.0)])}.", ""]
+    lines += ["| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |",
+              "|---|" + "---:|" * len(sparsities)]
+    best = {s: max((cells[(m, s)][0] for m in methods if (m, s) in cells), default=None)
+            for s in sparsities}
+    for m in methods:
+        lines.append(f"| {label(m)} | " + " | ".join(
+            fmt_cell(cells.get((m, s)), bold=(m, s) in cells and cells[(m, s)][0] == best[s])
+            for s in sparsities) + " |")
+    macs = {}
+    for r in rows:
+        if int(r["epochs"]) == epochs and r["method"] != "dense":
+            macs.setdefault(float(r["sparsity"]), []).append(float(r["flops"]))
+    dense_macs = next((float(r["dense_flops"]) for r in rows), None)
+    if macs and dense_macs:
+        lines += ["", f"Sparse MACs per example (mean over methods and seeds; dense "
+                      f"{dense_macs / 1e6:.2f}M): " + ", ".join(
+                          f"{100 * s:g}%: {statistics.fmean(v) / 1e6:.3f}M"
+                          for s, v in sorted(macs.items())) + "."]
+    check = verdicts(cells, sparsities)
+    if check:
+        lines += ["", "Against the goal:", ""] + check
+    return lines
+
+
+def budget_table(rows: list[dict], sparsity=BUDGET_SPARSITY, seed: int = 0) -> list[str]:
+    picked = [r for r in rows if float(r["sparsity"]) == sparsity and int(r["seed"]) == seed
+              and r["method"] in BUDGET_METHODS]
+    epochs = sorted({int(r["epochs"]) for r in picked})
+    if len(epochs) < 2:
+        return []
+    methods = [m for m in BUDGET_METHODS if any(r["method"] == m for r in picked)]
+    top1 = {(r["method"], int(r["epochs"])): float(r["top1"]) for r in picked}
+    lines = [f"Budget study: top-1 (%) at {100 * sparsity:g}%, seed {seed}, by run length (the "
+             "ramp always ends at two-thirds of the run).", "",
+             "| epochs | " + " | ".join(label(m) for m in methods) + " | OptG − best other |",
+             "|---:|" + "---:|" * (len(methods) + 1)]
+    for e in epochs:
+        vals = [top1.get((m, e)) for m in methods]
+        others = [top1[(m, e)] for m in methods if m != "optg" and (m, e) in top1]
+        gap = (f"{100 * (top1[('optg', e)] - max(others)):+.2f}"
+               if ("optg", e) in top1 and others else "—")
+        lines.append(f"| {e} | " + " | ".join("—" if v is None else f"{100 * v:.2f}"
+                                              for v in vals) + f" | {gap} |")
+    return lines
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    rows = sorted(rows, key=lambda r: (int(r["epochs"]), method_order(r["method"]),
+                                       float(r["sparsity"]), int(r["seed"])))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
+                             for k in CSV_FIELDS})
+
+
+def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = None) -> list[str]:
+    """Writes the PNG(s); returns the paths written."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    written = []
+    cells = summarize(rows, epochs)
+    sparsities = sorted({s for (m, s) in cells if m != "dense"})
+    if sparsities:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        x = {s: i for i, s in enumerate(sparsities)}
+        methods = sorted({m for (m, s) in cells if m != "dense"}, key=method_order)
+        for k, m in enumerate(methods):
+            pts = [(x[s], *cells[(m, s)][:2]) for s in sparsities if (m, s) in cells]
+            shift = (k - (len(methods) - 1) / 2) * 0.04
+            ax.errorbar([p[0] + shift for p in pts], [100 * p[1] for p in pts],
+                        yerr=[100 * p[2] for p in pts], marker="o", capsize=3, label=label(m))
+        if ("dense", 0.0) in cells:
+            ax.axhline(100 * cells[("dense", 0.0)][0], color="k", ls="--", lw=1, label="dense")
+        ax.set_xticks(range(len(sparsities)), [f"{100 * s:g}%" for s in sparsities])
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{rows[0]['model']} on {rows[0]['dataset']}, {epochs} epochs")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    picked = [r for r in rows if float(r["sparsity"]) == BUDGET_SPARSITY and int(r["seed"]) == 0
+              and r["method"] in BUDGET_METHODS]
+    if budget_path and len({int(r["epochs"]) for r in picked}) >= 2:
+        fig, ax = plt.subplots(figsize=(5.2, 3.8))
+        for m in BUDGET_METHODS:
+            pts = sorted((int(r["epochs"]), 100 * float(r["top1"])) for r in picked
+                         if r["method"] == m)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=label(m))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("epochs")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{100 * BUDGET_SPARSITY:g}% sparsity, seed 0")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(budget_path, dpi=110)
+        plt.close(fig)
+        written.append(budget_path)
+    return written
+
+
+def report_markdown(rows: list[dict], epochs: int, header: str, notes: str) -> str:
+    lines = ["## Accuracy against sparsity (benchmarks/accuracy_vs_sparsity.py)", "", header, ""]
+    table = accuracy_table(rows, epochs)
+    lines += table or ["No grid run has finished yet."]
+    budget = budget_table(rows)
+    if budget:
+        lines += ["", "### Budget study", ""] + budget
+    if rows:
+        total = sum(float(r["wall_time_s"]) for r in rows)
+        lines += ["", f"{len(rows)} runs, {total / 60:.0f} min of wall time in all (per run: "
+                      f"{min(float(r['wall_time_s']) for r in rows):.0f}–"
+                      f"{max(float(r['wall_time_s']) for r in rows):.0f} s). Every run is a row of "
+                      "[benchmarks/results/accuracy_vs_sparsity.csv]"
+                      "(benchmarks/results/accuracy_vs_sparsity.csv)."]
+        lines += ["", "![top-1 against sparsity](benchmarks/results/accuracy_vs_sparsity.png)"]
+        if budget:
+            lines += ["", "![budget study](benchmarks/results/accuracy_vs_sparsity_budget.png)"]
+    if notes.strip():
+        lines += ["", notes.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def update_section(path: str, body: str) -> None:
+    """Replaces the text between this benchmark's markers in `path` (creating what is missing)."""
+    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
+    text = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    start, stop = text.find(BEGIN), text.find(END)
+    if start >= 0 and stop > start:
+        text = text[:start] + block + text[stop + len(END):]
+    elif text.strip():
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    else:
+        text = "# Benchmarks\n\n" + block + "\n"
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def write_report(rows: list[dict], epochs: int, header: str, results_dir: str = RESULTS_DIR,
+                 benchmarks_md: str = BENCHMARKS_MD) -> str:
+    """CSV, Markdown, PNGs and the BENCHMARKS.md section; returns the Markdown."""
+    os.makedirs(results_dir, exist_ok=True)
+    notes_path = os.path.join(results_dir, f"{SECTION}_notes.md")
+    notes = ""
+    if os.path.exists(notes_path):
+        with open(notes_path, encoding="utf-8") as f:
+            notes = f.read()
+    write_csv(rows, os.path.join(results_dir, f"{SECTION}.csv"))
+    if rows:
+        plot(rows, epochs, os.path.join(results_dir, f"{SECTION}.png"),
+             os.path.join(results_dir, f"{SECTION}_budget.png"))
+    text = report_markdown(rows, epochs, header, notes)
+    with open(os.path.join(results_dir, f"{SECTION}.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    update_section(benchmarks_md, text)
+    return text
+
+
+def protocol_header(shared, epochs: int, root: str) -> str:
+    from optg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    c = shared
+    size = f" at {c.image_size}x{c.image_size}" if c.image_size else ""
+    return "\n".join([
+        "Every method (dense, GMP = `magnitude`, `taylor`, `supermask` = OptG without the "
+        "supermask optimizer, `optg`) is trained with the same protocol, fixed before any "
+        "comparison was run:",
+        "",
+        f"- `{c.model}` on `{c.dataset}`{size}, {epochs} epochs (grid), batch {c.batch_size}, "
+        f"SGD momentum {c.momentum}, peak lr {config_lib.effective_learning_rate(c):g} "
+        f"(warm-up {c.warmup_epochs:g} epochs, then cosine), weight decay {c.weight_decay:g}, "
+        f"label smoothing {c.label_smoothing:g};",
+        f"- `{c.schedule}` sparsity ramp (β = {c.beta:g} per epoch) from step 0 to "
+        f"{c.pruning_end_fraction:.3g} of training for every sparse method, global allocation, "
+        f"a mask refresh every {c.mask_update_every} steps (during and after the ramp); "
+        f"OptG/supermask score momentum {c.score_momentum:g};",
+        "- top-1 on the test split. No hyper-parameter was tuned, on test or on a validation "
+        "split: the OptG-specific ones are the paper's (β = 1, score momentum 0.9), the refresh "
+        "interval was set once for all methods.",
+        "",
+        f"Workdirs: `{os.path.relpath(root, ROOT)}`. Commands:",
+        "",
+        "```",
+        ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --quick   # 98%, 99%, seed 0",
+        ".venv/bin/python benchmarks/accuracy_vs_sparsity.py           # 90-99%, seeds 0-2",
+        ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --no-grid --budget  # 2/4/8 epochs",
+        "# CIFAR-10 from TFDS (not run here):",
+        ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --config configs/resnet32_cifar10.py"
+        " \\",
+        "    --data-dir ~/tensorflow_datasets --epochs 160 --budget-epochs 40 80 160",
+        "```",
+    ])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="98%% and 99%%, seed 0 only")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="grid run length (default: the protocol's, 4 for Fashion-MNIST)")
+    parser.add_argument("--budget", action="store_true", help="also run the budget study")
+    parser.add_argument("--budget-epochs", nargs="+", type=int, default=[2, 4, 8])
+    parser.add_argument("--no-grid", action="store_true", help="skip the grid (e.g. budget only)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from finished runs; train nothing")
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "fashion_mnist.py"))
+    parser.add_argument("--dataset", default="")
+    parser.add_argument("--model", default="")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--mask-update-every", type=int, default=None)
+    parser.add_argument("--workdir-root", default=os.path.join(ROOT, "runs", "bench", SECTION))
+    parser.add_argument("--results-dir", default=RESULTS_DIR)
+    parser.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
+    args = parser.parse_args(argv)
+    for m in args.methods:
+        parse_method(m)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    shared = shared_config(args)
+    epochs = args.epochs or int(shared.num_epochs)
+    shared.num_epochs = epochs
+    root = os.path.join(args.workdir_root, protocol_tag(shared))
+    os.makedirs(root, exist_ok=True)
+
+    import jax  # pylint: disable=import-outside-toplevel
+    # Runs of one protocol compile the same steps: reuse them across runs and invocations.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir_root, "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+    sparsities = args.sparsities or list(QUICK_SPARSITIES if args.quick else SPARSITIES)
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    specs = [] if args.no_grid else grid_specs(args.methods, sparsities, seeds, epochs)
+    if args.budget:
+        specs += [s for s in budget_specs(args.budget_epochs) if s not in specs]
+    header = protocol_header(shared, epochs, root)
+
+    def report():
+        write_report(read_all_records(root), epochs, header, args.results_dir,
+                     args.benchmarks_md)
+
+    if not args.report_only:
+        run_all(specs, shared, root, on_row=report)
+    report()
+    rows = read_all_records(root)
+    print("\n".join(accuracy_table(rows, epochs)))
+    budget = budget_table(rows)
+    if budget:
+        print("\n" + "\n".join(budget))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
