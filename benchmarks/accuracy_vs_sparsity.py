@@ -68,7 +68,7 @@ FASHION_PROTOCOL = dict(image_size=14, batch_size=256, num_epochs=4, mask_update
 
 CSV_FIELDS = ("method", "sparsity", "seed", "epochs", "top1", "top5", "final_sparsity", "flops",
               "dense_flops", "wall_time_s", "train_time_s", "steps", "model", "dataset",
-              "image_size", "batch_size")
+              "image_size", "batch_size", "code")
 
 
 class Spec(NamedTuple):
@@ -197,6 +197,30 @@ def score_lr_floor(floor: float | None, config):
         optg_jax.optg_optax = original
 
 
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """`<git HEAD>[+dirty]:<hash of optg_jax/*.py>` of the library this process runs.
+
+    Other developers commit to the same tree while a grid runs; the record says which code
+    trained each run (each invocation imports the library once).
+    """
+    import subprocess  # pylint: disable=import-outside-toplevel
+    package = os.path.join(ROOT, "optg_jax")
+    digest = hashlib.sha1()
+    for directory, _, files in sorted(os.walk(package)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            with open(os.path.join(directory, name), "rb") as f:
+                digest.update(f.read())
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", package],
+                               check=False).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        head, dirty = "nogit", False
+    return f"{head}{'+dirty' if dirty else ''}:{digest.hexdigest()[:8]}"
+
+
 def row_from_results(spec: Spec, results: dict, config) -> dict:
     return {
         "method": spec.method, "sparsity": spec.sparsity, "seed": spec.seed,
@@ -206,6 +230,7 @@ def row_from_results(spec: Spec, results: dict, config) -> dict:
         "train_time_s": results["train_time_s"], "steps": results["steps"],
         "model": config.model, "dataset": config.dataset,
         "image_size": config.image_size, "batch_size": config.batch_size,
+        "code": code_version(),
     }
 
 
@@ -398,7 +423,7 @@ def write_csv(rows: list[dict], path: str) -> None:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
+            writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, ""))
                              for k in CSV_FIELDS})
 
 
@@ -578,6 +603,7 @@ def main(argv=None) -> int:
         parse_method(m)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    code_version()  # The library as imported now, before a long grid.
     shared = shared_config(args)
     epochs = args.epochs or int(shared.num_epochs)
     shared.num_epochs = epochs

@@ -141,3 +141,8 @@ def test_floor_is_bound_only_during_the_run(bench):
     with bench.score_lr_floor(0.3, shared):
         assert optg_jax.optg_optax.keywords == {"score_lr_floor": 0.3}
     assert optg_jax.optg_optax is original
+
+
+def test_code_version_names_the_library(bench):
+    head, _, digest = bench.code_version().rpartition(":")
+    assert head and len(digest) == 8
