@@ -220,3 +220,10 @@ class TestBatchNorm:
 def test_every_model_is_a_flax_module():
     for name, (num_classes, _) in SPECS.items():
         assert isinstance(models.create(name, num_classes), nn.Module)
+
+
+def test_reshape_max_pool_equals_flax_max_pool():
+    import flax.linen as nn
+    from optg_jax.models.small import max_pool_2x2
+    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))

@@ -14,6 +14,18 @@ import jax.numpy as jnp
 from optg_jax.models.layers import batch_norm, classifier, conv
 
 
+def max_pool_2x2(x):
+    """2x2 max-pool, stride 2, VALID (as ``nn.max_pool``), written as a max over a reshape.
+
+    Same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``; its gradient is an elementwise
+    comparison instead of XLA's select-and-scatter, which is slow on CPU (the whole Fashion-MNIST
+    train step runs about 1.6x faster on 2 CPU cores).
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class FashionMnistCNN(nn.Module):
     """Returns float32 logits `[B, num_classes]` for NHWC input (any size; 28x28x1 intended)."""
 
@@ -25,7 +37,7 @@ class FashionMnistCNN(nn.Module):
         for k, features in enumerate((32, 64), start=1):
             x = conv(features, 3, dtype=self.dtype, name=f"conv{k}")(x)
             x = nn.relu(batch_norm(train, dtype=self.dtype, name=f"bn{k}")(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(256, dtype=self.dtype, param_dtype=jnp.float32, name="fc1")(x))
         return classifier(self.num_classes, dtype=self.dtype, name="fc2")(x).astype(jnp.float32)
