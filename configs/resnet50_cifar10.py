@@ -3,23 +3,9 @@
   python train.py --config=configs/resnet50_cifar10.py --workdir=runs/resnet50_cifar10 --config.sparsity=0.98
 """
 
-from optg_jax.config import base_config
+from optg_jax.config import paper_config
 
 
 def get_config():
-  c = base_config()
-  c.model = "resnet50_cifar"
-  c.dataset = "cifar10"
-  c.image_size = 32
-  c.num_epochs = 160
-  c.batch_size = 256
-  c.learning_rate = 0.1
-  c.weight_decay = 5e-4
-  c.label_smoothing = 0.0
-  c.warmup_epochs = 5.0
-  # As in the paper: the sigmoid (beta = 1 per epoch) is centred at the middle of training and
-  # within 1% of the target about 5 epochs later, leaving ~45% of the run to recover.
-  c.pruning_end_fraction = 1.0
-  c.sparsity = 0.95
-  c.checkpoint_every_steps = 2000
-  return c
+  return paper_config("resnet50_cifar", "cifar10", sparsity=0.95, num_epochs=160,
+                      learning_rate=0.1, weight_decay=5e-4)

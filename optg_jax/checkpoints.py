@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from optg_jax.config import ConfigError
+from optg_jax.optg import path_to_name
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -74,23 +75,10 @@ def checkpoint_steps_on_disk(workdir: str) -> list[int]:
   return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
 
 
-def path_str(path) -> str:
-  """'params/conv1/kernel' from a jax key path."""
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
-
-
 def shapes(tree) -> dict[str, list[int]]:
   """{'conv1/kernel': [3, 3, 1, 32], ...} for the array leaves of `tree`."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {path_str(p): list(np.shape(x)) for p, x in leaves}
+  return {path_to_name(p): list(np.shape(x)) for p, x in leaves}
 
 
 # --------------------------------------------------------------------------- workdir identity
@@ -156,7 +144,7 @@ def _metadata_shapes(mngr, step) -> dict:
   tree = getattr(tree, "tree", tree)
   leaves = jax.tree_util.tree_flatten_with_path(
       tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
-  return {path_str(p): list(x.shape) for p, x in leaves if hasattr(x, "shape")}
+  return {path_to_name(p): list(x.shape) for p, x in leaves if hasattr(x, "shape")}
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, workdir: str,
@@ -218,7 +206,7 @@ def export(workdir: str, masked_params, batch_stats, info: dict) -> str:
   arrays = {}
   for prefix, tree in (("params", masked_params), ("batch_stats", batch_stats or {})):
     for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      arrays[f"{prefix}/{path_str(p)}"] = np.asarray(jax.device_get(x))
+      arrays[f"{prefix}/{path_to_name(p)}"] = np.asarray(jax.device_get(x))
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   path = out / "model.npz"

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
+from optg_jax.optg import path_to_name
+
 UNATTRIBUTED = "(no param)"
 
 # Primitives that only move, cast or replicate a kernel: its origin carries through them.
@@ -57,7 +59,7 @@ def count_by_layer(model, variables, input_shape: Sequence[int], masks=None) -> 
     """
     params = variables.get("params", {})
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    paths = [_path_str(path) for path, _ in path_leaves]
+    paths = [path_to_name(path) for path, _ in path_leaves]
     others = {k: v for k, v in variables.items() if k != "params"}
 
     def forward(param_leaves, others, x):
@@ -83,24 +85,12 @@ def count_by_layer(model, variables, input_shape: Sequence[int], masks=None) -> 
     return result
 
 
-def _path_str(path) -> str:
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
-
-
 def _density(masks, paths: list[str], leaves: list[Any]) -> dict[int, tuple[int, int]]:
     """{param index: (nnz, size)} for every param that has a mask."""
     if masks is None:
         return {}
     by_path = {
-        _path_str(path): m
+        path_to_name(path): m
         for path, m in jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda m: m is None)[0]
         if m is not None
     }
