@@ -11,7 +11,8 @@ the params), and the exact global threshold over ResNet-50's 25.6M kernel weight
   .venv/bin/python benchmarks/step_overhead.py            # CPU: ResNet-20 and the Fashion-MNIST net
   .venv/bin/python benchmarks/step_overhead.py --resnet50 # adds ResNet-50 at 224 (accelerators)
 
-Writes the tables to benchmarks/results/step_overhead.md (and prints them).
+Prints the tables and writes them to benchmarks/results/step_overhead.md and to the
+`step_overhead` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import optg_jax  # noqa: E402
 from optg_jax import config as config_lib  # noqa: E402
 from optg_jax import models, topk, training  # noqa: E402
+from report import BENCHMARKS_MD, update_section  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "step_overhead.md")
 
@@ -191,7 +194,8 @@ def main():
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         f.write(text)
-    print(f"written to {OUT}")
+    update_section(BENCHMARKS_MD, "step_overhead", text)
+    print(f"written to {OUT} and {BENCHMARKS_MD}")
 
 
 if __name__ == "__main__":
