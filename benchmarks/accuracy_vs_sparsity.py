@@ -25,8 +25,10 @@ runs under the root: `benchmarks/results/accuracy_vs_sparsity.csv` (one row per 
 (the rest of that file is left alone). Hand-written findings go in
 `benchmarks/results/accuracy_vs_sparsity_notes.md` and are copied into that section.
 
-Method names: `dense`, `magnitude`, `taylor`, `supermask`, `optg`, and `optg-floor<F>` (OptG with
-the score learning-rate factor `F + (1 - F) * p(t)/P`, `optg_optax(score_lr_floor=F)`).
+Method names: `dense`, `magnitude`, `taylor`, `supermask`, `optg`; variants (ablations, not in the
+verdict): `optg-floor<F>` (score learning-rate factor `F + (1 - F) * p(t)/P`,
+`optg_optax(score_lr_floor=F)`) and `<method>-frozen` (no mask refresh after the ramp,
+`optg_optax(update_masks_after_pruning=False)`).
 """
 
 from __future__ import annotations
@@ -83,35 +85,53 @@ class Spec(NamedTuple):
         return f"{self.method}-s{self.sparsity * 100:g}-seed{self.seed}-e{self.epochs}"
 
 
-def parse_method(method: str) -> tuple[str, float | None]:
-    """'optg-floor0.5' -> ('optg', 0.5); other names -> (name, None). Raises ValueError."""
-    if method.startswith("optg-floor"):
-        floor = float(method[len("optg-floor"):])
-        if not 0.0 <= floor <= 1.0:
-            raise ValueError(f"score-lr floor of {method!r} is outside [0, 1]")
-        return "optg", floor
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: one of {', '.join(METHODS)} or optg-floor<F>")
-    return method, None
+def parse_method(method: str) -> tuple[str, dict]:
+    """A method name -> (criterion, extra `optg_optax` keyword arguments). Raises ValueError.
+
+    'optg' -> ('optg', {}); 'optg-floor0.5' -> ('optg', {'score_lr_floor': 0.5});
+    'optg-frozen' -> ('optg', {'update_masks_after_pruning': False}); suffixes combine.
+    """
+    criterion, *suffixes = method.split("-")
+    if criterion not in METHODS or (suffixes and criterion == "dense"):
+        raise ValueError(f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally "
+                         "with -floor<F> (optg) and/or -frozen")
+    options = {}
+    for suffix in suffixes:
+        if suffix.startswith("floor") and criterion == "optg":
+            floor = float(suffix[len("floor"):])
+            if not 0.0 <= floor <= 1.0:
+                raise ValueError(f"score-lr floor of {method!r} is outside [0, 1]")
+            options["score_lr_floor"] = floor
+        elif suffix == "frozen":
+            options["update_masks_after_pruning"] = False
+        else:
+            raise ValueError(f"unknown suffix {suffix!r} in method {method!r}")
+    return criterion, options
 
 
 def label(method: str) -> str:
-    criterion, floor = parse_method(method)
-    return LABELS[criterion] if floor is None else f"OptG, score-lr floor {floor:g}"
+    criterion, options = parse_method(method)
+    text = LABELS[criterion]
+    if "score_lr_floor" in options:
+        text = f"{text}, score-lr floor {options['score_lr_floor']:g}"
+    if options.get("update_masks_after_pruning") is False:
+        text = f"{text}, masks frozen after the ramp"
+    return text
 
 
 def method_order(method: str) -> tuple:
-    criterion, floor = parse_method(method)
-    return (METHODS.index(criterion), -1.0 if floor is None else floor)
+    criterion, options = parse_method(method)
+    return (METHODS.index(criterion), sorted(options.items()))
 
 
 def grid_specs(methods: Iterable[str], sparsities: Iterable[float], seeds: Iterable[int],
                epochs: int) -> list[Spec]:
     """Seed-major order (all cells of seed 0 first), so a partial grid covers every cell."""
+    methods = list(methods)
     specs = []
     for seed in seeds:
         for method in methods:
-            if parse_method(method)[0] == "dense":
+            if method == "dense":
                 specs.append(Spec("dense", 0.0, seed, epochs))
                 continue
             specs.extend(Spec(method, s, seed, epochs) for s in sparsities)
@@ -168,29 +188,31 @@ def protocol_tag(config) -> str:
 
 def run_config(shared, spec: Spec):
     config = shared.copy_and_resolve_references()
-    criterion, floor = parse_method(spec.method)
+    criterion, options = parse_method(spec.method)
     config.criterion = criterion
     config.sparsity = float(spec.sparsity) if criterion != "dense" else 0.0
     config.seed = int(spec.seed)
     config.num_epochs = int(spec.epochs)
-    if floor is not None and "score_lr_floor" in config:
-        config.score_lr_floor = float(floor)
+    for field, value in options.items():
+        if field in config:
+            config[field] = value
     return config
 
 
 @contextlib.contextmanager
-def score_lr_floor(floor: float | None, config):
-    """Makes the training program build `optg_optax(score_lr_floor=floor)`.
+def optg_options(options: dict, config):
+    """Makes the training program build `optg_optax(**options)` for the options the config lacks.
 
-    The config has no such field (yet); the training program calls `optg_jax.optg_optax` through
-    the package, so the floor is bound there for the duration of one run.
+    The config has no fields for them (yet); the training program calls `optg_jax.optg_optax`
+    through the package, so they are bound there for the duration of one run.
     """
     import optg_jax  # pylint: disable=import-outside-toplevel
-    if floor is None or "score_lr_floor" in config:
+    extra = {k: v for k, v in options.items() if k not in config}
+    if not extra:
         yield
         return
     original = optg_jax.optg_optax
-    optg_jax.optg_optax = functools.partial(original, score_lr_floor=float(floor))
+    optg_jax.optg_optax = functools.partial(original, **extra)
     try:
         yield
     finally:
@@ -291,7 +313,7 @@ def run_all(specs: list[Spec], shared, root: str,
         os.makedirs(os.path.join(root, "logs"), exist_ok=True)
         log_path = os.path.join(root, "logs", spec.name + ".log")
         t0 = time.time()
-        with score_lr_floor(parse_method(spec.method)[1], config):
+        with optg_options(parse_method(spec.method)[1], config):
             results = train_fn(config, workdir, log_path)
         seconds = time.time() - t0
         row = row_from_results(spec, results, config)
@@ -339,7 +361,7 @@ def verdicts(cells: dict, sparsities: list[float]) -> list[str]:
     for s in sparsities:
         optg = cells.get(("optg", s))
         others = {m: v for (m, sp), v in cells.items()
-                  if sp == s and m != "optg" and m != "dense" and not m.startswith("optg-")}
+                  if sp == s and m in ("magnitude", "taylor", "supermask")}
         if optg is None or not others:
             continue
         best_m, best = max(others.items(), key=lambda kv: kv[1][0])

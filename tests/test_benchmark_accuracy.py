@@ -57,10 +57,14 @@ def test_grid_sizes_and_order(bench):
 
 
 def test_parse_method(bench):
-    assert bench.parse_method("optg") == ("optg", None)
-    assert bench.parse_method("optg-floor0.25") == ("optg", 0.25)
-    with pytest.raises(ValueError, match="unknown method"):
-        bench.parse_method("snip")
+    assert bench.parse_method("optg") == ("optg", {})
+    assert bench.parse_method("optg-floor0.25") == ("optg", {"score_lr_floor": 0.25})
+    assert bench.parse_method("supermask-frozen") == (
+        "supermask", {"update_masks_after_pruning": False})
+    assert "floor 0.5, masks frozen" in bench.label("optg-floor0.5-frozen")
+    for bad in ("snip", "dense-frozen", "magnitude-floor0.5", "optg-fast"):
+        with pytest.raises(ValueError, match="unknown"):
+            bench.parse_method(bad)
     with pytest.raises(ValueError, match="outside"):
         bench.parse_method("optg-floor2")
 
@@ -138,8 +142,9 @@ def test_run_all_resumes_and_binds_the_floor(bench, tmp_path):
 def test_floor_is_bound_only_during_the_run(bench):
     shared = config_lib.base_config()
     original = optg_jax.optg_optax
-    with bench.score_lr_floor(0.3, shared):
-        assert optg_jax.optg_optax.keywords == {"score_lr_floor": 0.3}
+    with bench.optg_options({"score_lr_floor": 0.3, "update_masks_after_pruning": False}, shared):
+        assert optg_jax.optg_optax.keywords == {"score_lr_floor": 0.3,
+                                                "update_masks_after_pruning": False}
     assert optg_jax.optg_optax is original
 
 
