@@ -347,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "sparsity": figures["sparsity"], "flops": figures["flops"],
       "dense_flops": figures["dense_flops"], "steps": step,
       "model": config.model, "dataset": config.dataset, "criterion": config.criterion,
-      "schedule": config.schedule, "target_sparsity": float(config.sparsity),
+      "schedule": config.schedule, "target_sparsity": float(config.sparsity) if run.sparse else 0.0,
       "layer_sparsity": figures["layer_sparsity"], "num_eval_examples": ev["num_examples"],
       "num_devices": jax.device_count(), "batch_size": config.batch_size,
       "train_time_s": train_time, "wall_time_s": time.time() - wall_start,
