@@ -130,3 +130,15 @@ def test_train_py_missing_config_file(tmp_path):
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert lines[-1].startswith("error:") and "no_such_config.py" in lines[-1], proc.stderr
   assert "Traceback" not in proc.stderr and not workdir.exists()
+
+
+def test_train_py_missing_data_names_what_is_needed(tmp_path):
+  workdir, data_dir = tmp_path / "run", tmp_path / "empty_tfds"
+  data_dir.mkdir()
+  proc = run_train_py(tmp_path, "--config=configs/resnet32_cifar10.py", f"--workdir={workdir}",
+                      f"--config.data_dir={data_dir}")
+  assert proc.returncode != 0
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert lines[-1].startswith("error:") and "cifar10" in lines[-1], proc.stderr
+  assert str(data_dir) in lines[-1] and "Traceback" not in proc.stderr
+  assert not workdir.exists()
