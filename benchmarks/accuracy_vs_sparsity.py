@@ -116,7 +116,7 @@ def label(method: str) -> str:
         text = f"{text}, score-lr floor {options['score_lr_floor']:g}"
     if options.get("update_masks_after_pruning") is False:
         text = f"{text}, masks frozen after the ramp"
-    return text
+    return f"ablation: {text}" if options else text
 
 
 def method_order(method: str) -> tuple:
@@ -389,7 +389,7 @@ def accuracy_table(rows: list[dict], epochs: int) -> list[str]:
     sparsities = sorted({s for (m, s) in cells if m != "dense"})
     methods = sorted({m for (m, s) in cells if m != "dense"}, key=method_order)
     lines = [f"Top-1 (%) on the test set after {epochs} epochs: mean ± std over seeds (number of "
-             "seeds); the best sparse mean per column in bold.", ""]
+             "seeds); the best sparse mean per column (ablations included) in bold.", ""]
     if ("dense", 0.0) in cells:
         lines += [f"Dense: {fmt_cell(cells[('dense', 0.0)])}.", ""]
     lines += ["| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |",
