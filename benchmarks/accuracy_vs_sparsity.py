@@ -467,13 +467,15 @@ def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = Non
             ax.errorbar([p[0] + shift for p in pts], [100 * p[1] for p in pts],
                         yerr=[100 * p[2] for p in pts], marker="o", capsize=3, label=label(m))
         if ("dense", 0.0) in cells:
-            ax.axhline(100 * cells[("dense", 0.0)][0], color="k", ls="--", lw=1, label="dense")
+            dense = 100 * cells[("dense", 0.0)][0]
+            ax.axhline(dense, color="k", ls="--", lw=1, label="dense")
+            ax.set_ylim(top=max(ax.get_ylim()[1], dense + 0.4))
         ax.set_xticks(range(len(sparsities)), [f"{100 * s:g}%" for s in sparsities])
         ax.set_xlabel("sparsity")
         ax.set_ylabel("top-1 (%)")
         ax.set_title(f"{rows[0]['model']} on {rows[0]['dataset']}, {epochs} epochs")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower left")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
