@@ -48,11 +48,14 @@ from typing import Callable, Iterable, NamedTuple
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import report  # noqa: E402  (benchmarks/report.py)
 
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
-BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+BENCHMARKS_MD = report.BENCHMARKS_MD
 SECTION = "accuracy_vs_sparsity"
-BEGIN, END = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
+BEGIN, END = report.markers(SECTION)
 
 METHODS = ("dense", "magnitude", "taylor", "supermask", "optg")
 LABELS = {"dense": "dense", "magnitude": "GMP (magnitude)", "taylor": "Taylor",
@@ -525,22 +528,8 @@ def report_markdown(rows: list[dict], epochs: int, header: str, notes: str) -> s
 
 
 def update_section(path: str, body: str) -> None:
-    """Replaces the text between this benchmark's markers in `path` (creating what is missing)."""
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    text = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    start, stop = text.find(BEGIN), text.find(END)
-    if start >= 0 and stop > start:
-        text = text[:start] + block + text[stop + len(END):]
-    elif text.strip():
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        text = "# Benchmarks\n\n" + block + "\n"
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    """Replaces this benchmark's section of `path` (see benchmarks/report.py)."""
+    report.update_section(path, SECTION, body)
 
 
 def write_report(rows: list[dict], epochs: int, header: str, results_dir: str = RESULTS_DIR,
