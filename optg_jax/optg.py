@@ -268,10 +268,14 @@ def optg_optax(
         # (total - kept) in integers: exactly 0 when nothing is removed.
         return ((total - kept) / max(total, 1)).astype(jnp.float32)
 
-    def reselect_if(pred, step, rank_scores, masks_leaves, sparsity):
-        """(masks, realised sparsity) selected at ``step`` when ``pred``, else unchanged."""
+    def reselect_if(pred, step, rank_fn, masks_leaves, sparsity):
+        """(masks, realised sparsity) selected at ``step`` when ``pred``, else unchanged.
+
+        ``rank_fn()`` gives the ranking scores; it is called inside the taken branch only, so an
+        ordinary step does not compute them (``magnitude`` would pay ``|W * M|`` every step).
+        """
         def reselect(_):
-            new = select(rank_scores, sparsity_fn(step))
+            new = select(rank_fn(), sparsity_fn(step))
             return new, realized_sparsity(new)
         return lax.cond(pred, reselect, lambda _: (list(masks_leaves), sparsity), None)
 
@@ -326,7 +330,8 @@ def optg_optax(
         new_m_leaves, sparsity = m_leaves, state.sparsity
         if m_leaves:
             new_m_leaves, sparsity = reselect_if(
-                refresh, count, ranking(s_leaves, w_leaves, m_leaves), m_leaves, state.sparsity)
+                refresh, count, lambda: ranking(s_leaves, w_leaves, m_leaves), m_leaves,
+                state.sparsity)
 
         if criterion in ("optg", "supermask"):
             new_v, new_s = [], []
@@ -348,8 +353,8 @@ def optg_optax(
             # that they remove exactly the target fraction.
             final = new_count == total_steps
             new_m_leaves, sparsity = reselect_if(
-                final, new_count, ranking(s_leaves, w_leaves, new_m_leaves), new_m_leaves,
-                sparsity)
+                final, new_count, lambda: ranking(s_leaves, w_leaves, new_m_leaves),
+                new_m_leaves, sparsity)
             last_refresh = jnp.where(final, new_count, last_refresh)
 
         # The rest of the chain sees G * M: removed weights get no loss gradient.

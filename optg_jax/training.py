@@ -354,9 +354,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   if config.eval_only:
     results["eval_only"] = True
-    previous = _read_results(workdir)
-    if previous is not None:
-      results["train_time_s"] = previous.get("train_time_s", 0.0)
+    if done is not None:  # the training run's results, read above
+      results["train_time_s"] = done.get("train_time_s", 0.0)
   masked = masked_params(state.params, state.opt_state, run.sparse)
   export_info = {k: results[k] for k in ("model", "dataset", "criterion", "steps", "sparsity",
                                          "top1", "top5", "flops", "dense_flops")}
