@@ -62,7 +62,13 @@ LABELS = {"dense": "dense", "magnitude": "GMP (magnitude)", "taylor": "Taylor",
           "supermask": "supermask (no supermask optimizer)", "optg": "OptG"}
 SPARSITIES = (0.90, 0.95, 0.98, 0.99)
 QUICK_SPARSITIES = (0.98, 0.99)
-BUDGET_METHODS = ("optg", "magnitude", "taylor")
+# OptG with its OptG-specific settings (refresh policy, β, score momentum) chosen on a validation
+# split carved from the training set (`--validation`; section accuracy_vs_sparsity_validation of
+# BENCHMARKS.md): every other setting is the shared protocol's.
+TUNED_OPTG = "optg-frozen"
+GRID_METHODS = (*METHODS, TUNED_OPTG)
+BUDGET_METHODS = ("optg", TUNED_OPTG, "magnitude", "taylor")
+BUDGET_BASELINES = ("magnitude", "taylor")
 BUDGET_SPARSITY = 0.99
 
 # The shared protocol for the Fashion-MNIST net, chosen before any comparison was run (see
@@ -88,38 +94,63 @@ class Spec(NamedTuple):
         return f"{self.method}-s{self.sparsity * 100:g}-seed{self.seed}-e{self.epochs}"
 
 
+# Method-name suffixes -> (config field, type, label). Each variant is a config override of
+# the shared protocol for that method alone (ablations and the validation-tuned OptG).
+SUFFIXES = {
+    "floor": ("score_lr_floor", float, "score-lr floor {:g}"),
+    "every": ("mask_update_every", int, "refresh every {} steps"),
+    "mom": ("score_momentum", float, "score momentum {:g}"),
+    "beta": ("beta", float, "β = {:g}"),
+}
+SCORED = ("optg", "supermask")  # Criteria whose scores have a learning rate and momentum.
+
+
 def parse_method(method: str) -> tuple[str, dict]:
-    """A method name -> (criterion, extra `optg_optax` keyword arguments). Raises ValueError.
+    """A method name -> (criterion, config overrides). Raises ValueError naming the bad part.
 
     'optg' -> ('optg', {}); 'optg-floor0.5' -> ('optg', {'score_lr_floor': 0.5});
-    'optg-frozen' -> ('optg', {'update_masks_after_pruning': False}); suffixes combine.
+    'optg-every50-frozen' -> ('optg', {'mask_update_every': 50,
+    'update_masks_after_pruning': False}). Suffixes: floor<F> (optg), mom<M> (optg, supermask),
+    every<N>, beta<B>, frozen (sparse methods).
     """
     criterion, *suffixes = method.split("-")
     if criterion not in METHODS or (suffixes and criterion == "dense"):
         raise ValueError(f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally "
-                         "with -floor<F> (optg) and/or -frozen")
+                         "with -floor<F>, -mom<M>, -every<N>, -beta<B> and/or -frozen")
     options = {}
     for suffix in suffixes:
-        if suffix.startswith("floor") and criterion == "optg":
-            floor = float(suffix[len("floor"):])
-            if not 0.0 <= floor <= 1.0:
-                raise ValueError(f"score-lr floor of {method!r} is outside [0, 1]")
-            options["score_lr_floor"] = floor
-        elif suffix == "frozen":
+        if suffix == "frozen":
             options["update_masks_after_pruning"] = False
-        else:
+            continue
+        prefix = next((p for p in SUFFIXES if suffix.startswith(p)), None)
+        allowed = prefix is not None and (
+            (prefix == "floor" and criterion == "optg") or
+            (prefix == "mom" and criterion in SCORED) or prefix in ("every", "beta"))
+        if not allowed:
             raise ValueError(f"unknown suffix {suffix!r} in method {method!r}")
+        field, kind, _ = SUFFIXES[prefix]
+        try:
+            value = kind(suffix[len(prefix):])
+        except ValueError:
+            raise ValueError(f"bad value in suffix {suffix!r} of method {method!r}") from None
+        bounds = {"floor": (0.0, 1.0), "mom": (0.0, 0.999999)}.get(prefix)
+        if (bounds and not bounds[0] <= value <= bounds[1]) or (not bounds and value <= 0):
+            raise ValueError(f"{field}={value!r} of method {method!r} is outside its range")
+        options[field] = value
     return criterion, options
 
 
 def label(method: str) -> str:
     criterion, options = parse_method(method)
-    text = LABELS[criterion]
-    if "score_lr_floor" in options:
-        text = f"{text}, score-lr floor {options['score_lr_floor']:g}"
+    parts = [LABELS[criterion]]
+    for prefix, (field, _, text) in SUFFIXES.items():
+        if field in options:
+            parts.append(text.format(options[field]))
     if options.get("update_masks_after_pruning") is False:
-        text = f"{text}, masks frozen after the ramp"
-    return f"ablation: {text}" if options else text
+        parts.append("masks frozen after the ramp")
+    if method == TUNED_OPTG:
+        return f"OptG tuned on validation ({', '.join(parts[1:])})"
+    return f"ablation: {', '.join(parts)}" if options else parts[0]
 
 
 def method_order(method: str) -> tuple:
@@ -168,7 +199,8 @@ def shared_config(args):
     protocol = dict(FASHION_PROTOCOL) if config.dataset == "fashion_mnist" else {}
     for field, value in (("image_size", args.image_size), ("batch_size", args.batch_size),
                          ("mask_update_every", args.mask_update_every),
-                         ("learning_rate", args.learning_rate)):
+                         ("learning_rate", args.learning_rate),
+                         ("validation_examples", args.validation)):
         if value is not None:
             protocol[field] = value
     for field, value in protocol.items():
@@ -179,14 +211,19 @@ def shared_config(args):
     return config
 
 
+# Identity fields that each run sets itself, or that the tag spells out (validation_examples).
+PER_RUN_FIELDS = ("sparsity", "criterion", "seed", "num_epochs", "score_lr_floor",
+                  "update_masks_after_pruning", "validation_examples")
+
+
 def protocol_tag(config) -> str:
     """A directory name for the shared protocol: runs under other settings never mix."""
     from optg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-    shared = {k: v for k, v in config_lib.identity(config).items()
-              if k not in ("sparsity", "criterion", "seed", "num_epochs")}
+    shared = {k: v for k, v in config_lib.identity(config).items() if k not in PER_RUN_FIELDS}
     digest = hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
     size = config.image_size or "native"
-    return f"{config.dataset}-{config.model}-{size}px-b{config.batch_size}-{digest}"
+    held_out = f"-val{config.validation_examples}" if config.validation_examples else ""
+    return f"{config.dataset}-{config.model}-{size}px-b{config.batch_size}-{digest}{held_out}"
 
 
 def run_config(shared, spec: Spec):
@@ -197,29 +234,10 @@ def run_config(shared, spec: Spec):
     config.seed = int(spec.seed)
     config.num_epochs = int(spec.epochs)
     for field, value in options.items():
-        if field in config:
-            config[field] = value
+        if field not in config:
+            raise ValueError(f"method {spec.method!r} sets {field!r}, which the config lacks")
+        config[field] = value
     return config
-
-
-@contextlib.contextmanager
-def optg_options(options: dict, config):
-    """Makes the training program build `optg_optax(**options)` for the options the config lacks.
-
-    The config has no fields for them (yet); the training program calls `optg_jax.optg_optax`
-    through the package, so they are bound there for the duration of one run.
-    """
-    import optg_jax  # pylint: disable=import-outside-toplevel
-    extra = {k: v for k, v in options.items() if k not in config}
-    if not extra:
-        yield
-        return
-    original = optg_jax.optg_optax
-    optg_jax.optg_optax = functools.partial(original, **extra)
-    try:
-        yield
-    finally:
-        optg_jax.optg_optax = original
 
 
 @functools.lru_cache(maxsize=None)
@@ -316,8 +334,7 @@ def run_all(specs: list[Spec], shared, root: str,
         os.makedirs(os.path.join(root, "logs"), exist_ok=True)
         log_path = os.path.join(root, "logs", spec.name + ".log")
         t0 = time.time()
-        with optg_options(parse_method(spec.method)[1], config):
-            results = train_fn(config, workdir, log_path)
+        results = train_fn(config, workdir, log_path)
         seconds = time.time() - t0
         row = row_from_results(spec, results, config)
         write_record(root, spec, row)
@@ -359,10 +376,19 @@ def fmt_cell(stats, bold=False) -> str:
 
 
 def verdicts(cells: dict, sparsities: list[float]) -> list[str]:
-    """The issue's goals, checked per sparsity: lines of Markdown."""
+    """The goals, checked per sparsity for OptG (paper defaults) and the tuned OptG: Markdown."""
+    lines = []
+    for method in ("optg", TUNED_OPTG):
+        lines += [f"{label(method)}:", ""] if any((method, s) in cells for s in sparsities) else []
+        lines += [f"  {line}" for line in _verdicts_of(method, cells, sparsities)]
+        lines += [""] if lines and lines[-1] else []
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
+def _verdicts_of(method: str, cells: dict, sparsities: list[float]) -> list[str]:
     lines = []
     for s in sparsities:
-        optg = cells.get(("optg", s))
+        optg = cells.get((method, s))
         others = {m: v for (m, sp), v in cells.items()
                   if sp == s and m in ("magnitude", "taylor", "supermask")}
         if optg is None or not others:
@@ -385,14 +411,31 @@ def verdicts(cells: dict, sparsities: list[float]) -> list[str]:
     return lines
 
 
-def accuracy_table(rows: list[dict], epochs: int) -> list[str]:
+def best_tuned(cells: dict, sparsities: list[float]) -> list[str]:
+    """Validation report: the OptG variant (criterion optg) with the best mean over sparsities."""
+    means = {}
+    for (m, s), stats in cells.items():
+        if m != "dense" and parse_method(m)[0] == "optg" and s in sparsities:
+            means.setdefault(m, {})[s] = stats[0]
+    complete = {m: v for m, v in means.items() if len(v) == len(sparsities)}
+    if not complete:
+        return []
+    best = max(complete, key=lambda m: statistics.fmean(complete[m].values()))
+    mean = statistics.fmean(complete[best].values())
+    return [f"Best OptG variant on the validation split (mean top-1 over "
+            f"{', '.join(f'{100 * s:g}%' for s in sparsities)}): `{best}` ({100 * mean:.2f}); "
+            f"the grid's tuned OptG is `{TUNED_OPTG}`."]
+
+
+def accuracy_table(rows: list[dict], epochs: int, split: str = "test") -> list[str]:
     cells = summarize(rows, epochs)
     if not cells:
         return []
     sparsities = sorted({s for (m, s) in cells if m != "dense"})
     methods = sorted({m for (m, s) in cells if m != "dense"}, key=method_order)
-    lines = [f"Top-1 (%) on the test set after {epochs} epochs: mean ± std over seeds (number of "
-             "seeds); the best sparse mean per column (ablations included) in bold.", ""]
+    lines = [f"Top-1 (%) on the {split} split after {epochs} epochs: mean ± std over seeds "
+             "(number of seeds); the best sparse mean per column (ablations included) in bold.",
+             ""]
     if ("dense", 0.0) in cells:
         lines += [f"Dense: {fmt_cell(cells[('dense', 0.0)])}.", ""]
     lines += ["| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |",
@@ -413,6 +456,9 @@ def accuracy_table(rows: list[dict], epochs: int) -> list[str]:
                       f"{dense_macs / 1e6:.2f}M): " + ", ".join(
                           f"{100 * s:g}%: {statistics.fmean(v) / 1e6:.3f}M"
                           for s, v in sorted(macs.items())) + "."]
+    if split != "test":
+        pick = best_tuned(cells, sparsities)
+        return lines + (["", *pick] if pick else [])
     check = verdicts(cells, sparsities)
     if check:
         lines += ["", "Against the goal:", ""] + check
@@ -427,17 +473,21 @@ def budget_table(rows: list[dict], sparsity=BUDGET_SPARSITY, seed: int = 0) -> l
         return []
     methods = [m for m in BUDGET_METHODS if any(r["method"] == m for r in picked)]
     top1 = {(r["method"], int(r["epochs"])): float(r["top1"]) for r in picked}
+    optgs = [m for m in methods if m not in BUDGET_BASELINES]
     lines = [f"Budget study: top-1 (%) at {100 * sparsity:g}%, seed {seed}, by run length (the "
-             "ramp always ends at two-thirds of the run).", "",
-             "| epochs | " + " | ".join(label(m) for m in methods) + " | OptG − best other |",
-             "|---:|" + "---:|" * (len(methods) + 1)]
+             "ramp always ends at two-thirds of the run); the last columns are each OptG's "
+             "lead over the better of GMP and Taylor.", "",
+             "| epochs | " + " | ".join(label(m) for m in methods) + " | " +
+             " | ".join(f"{'OptG' if m == 'optg' else 'tuned OptG'} − best baseline"
+                        for m in optgs) + " |",
+             "|---:|" + "---:|" * (len(methods) + len(optgs))]
     for e in epochs:
         vals = [top1.get((m, e)) for m in methods]
-        others = [top1[(m, e)] for m in methods if m != "optg" and (m, e) in top1]
-        gap = (f"{100 * (top1[('optg', e)] - max(others)):+.2f}"
-               if ("optg", e) in top1 and others else "—")
+        others = [top1[(m, e)] for m in BUDGET_BASELINES if (m, e) in top1]
+        gaps = [f"{100 * (top1[(m, e)] - max(others)):+.2f}" if (m, e) in top1 and others
+                else "—" for m in optgs]
         lines.append(f"| {e} | " + " | ".join("—" if v is None else f"{100 * v:.2f}"
-                                              for v in vals) + f" | {gap} |")
+                                              for v in vals) + " | " + " | ".join(gaps) + " |")
     return lines
 
 
@@ -452,7 +502,8 @@ def write_csv(rows: list[dict], path: str) -> None:
                              for k in CSV_FIELDS})
 
 
-def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = None) -> list[str]:
+def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = None,
+         split: str = "test") -> list[str]:
     """Writes the PNG(s); returns the paths written."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
@@ -475,7 +526,7 @@ def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = Non
             ax.set_ylim(top=max(ax.get_ylim()[1], dense + 0.4))
         ax.set_xticks(range(len(sparsities)), [f"{100 * s:g}%" for s in sparsities])
         ax.set_xlabel("sparsity")
-        ax.set_ylabel("top-1 (%)")
+        ax.set_ylabel(f"top-1 (%), {split} split")
         ax.set_title(f"{rows[0]['model']} on {rows[0]['dataset']}, {epochs} epochs")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
@@ -505,9 +556,12 @@ def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = Non
     return written
 
 
-def report_markdown(rows: list[dict], epochs: int, header: str, notes: str) -> str:
-    lines = ["## Accuracy against sparsity (benchmarks/accuracy_vs_sparsity.py)", "", header, ""]
-    table = accuracy_table(rows, epochs)
+def report_markdown(rows: list[dict], epochs: int, header: str, notes: str,
+                    section: str = SECTION, split: str = "test") -> str:
+    title = ("Accuracy against sparsity" if split == "test" else
+             "Tuning OptG on a validation split (never the test split)")
+    lines = [f"## {title} (benchmarks/accuracy_vs_sparsity.py)", "", header, ""]
+    table = accuracy_table(rows, epochs, split)
     lines += table or ["No grid run has finished yet."]
     budget = budget_table(rows)
     if budget:
@@ -517,38 +571,42 @@ def report_markdown(rows: list[dict], epochs: int, header: str, notes: str) -> s
         lines += ["", f"{len(rows)} runs, {total / 60:.0f} min of wall time in all (per run: "
                       f"{min(float(r['wall_time_s']) for r in rows):.0f}–"
                       f"{max(float(r['wall_time_s']) for r in rows):.0f} s). Every run is a row of "
-                      "[benchmarks/results/accuracy_vs_sparsity.csv]"
-                      "(benchmarks/results/accuracy_vs_sparsity.csv)."]
-        lines += ["", "![top-1 against sparsity](benchmarks/results/accuracy_vs_sparsity.png)"]
+                      f"[benchmarks/results/{section}.csv](benchmarks/results/{section}.csv)."]
+        lines += ["", f"![top-1 against sparsity](benchmarks/results/{section}.png)"]
         if budget:
-            lines += ["", "![budget study](benchmarks/results/accuracy_vs_sparsity_budget.png)"]
+            lines += ["", f"![budget study](benchmarks/results/{section}_budget.png)"]
     if notes.strip():
         lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
 
 
-def update_section(path: str, body: str) -> None:
+def update_section(path: str, body: str, section: str = SECTION) -> None:
     """Replaces this benchmark's section of `path` (see benchmarks/report.py)."""
-    report.update_section(path, SECTION, body)
+    report.update_section(path, section, body)
 
 
 def write_report(rows: list[dict], epochs: int, header: str, results_dir: str = RESULTS_DIR,
-                 benchmarks_md: str = BENCHMARKS_MD) -> str:
-    """CSV, Markdown, PNGs and the BENCHMARKS.md section; returns the Markdown."""
+                 benchmarks_md: str = BENCHMARKS_MD, validation: bool = False) -> str:
+    """CSV, Markdown, PNGs and the BENCHMARKS.md section; returns the Markdown.
+
+    Runs evaluated on a validation split (`validation`) go to files and a section of their own
+    (`accuracy_vs_sparsity_validation*`), never mixed with the test results.
+    """
+    section, split = (f"{SECTION}_validation", "validation") if validation else (SECTION, "test")
     os.makedirs(results_dir, exist_ok=True)
-    notes_path = os.path.join(results_dir, f"{SECTION}_notes.md")
+    notes_path = os.path.join(results_dir, f"{section}_notes.md")
     notes = ""
     if os.path.exists(notes_path):
         with open(notes_path, encoding="utf-8") as f:
             notes = f.read()
-    write_csv(rows, os.path.join(results_dir, f"{SECTION}.csv"))
+    write_csv(rows, os.path.join(results_dir, f"{section}.csv"))
     if rows:
-        plot(rows, epochs, os.path.join(results_dir, f"{SECTION}.png"),
-             os.path.join(results_dir, f"{SECTION}_budget.png"))
-    text = report_markdown(rows, epochs, header, notes)
-    with open(os.path.join(results_dir, f"{SECTION}.md"), "w", encoding="utf-8") as f:
+        plot(rows, epochs, os.path.join(results_dir, f"{section}.png"),
+             os.path.join(results_dir, f"{section}_budget.png"), split)
+    text = report_markdown(rows, epochs, header, notes, section, split)
+    with open(os.path.join(results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
         f.write(text)
-    update_section(benchmarks_md, text)
+    update_section(benchmarks_md, text, section)
     return text
 
 
@@ -590,7 +648,7 @@ def protocol_header(shared, epochs: int, root: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="98%% and 99%%, seed 0 only")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(GRID_METHODS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None,
@@ -608,6 +666,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--mask-update-every", type=int, default=None)
+    parser.add_argument("--validation", type=int, default=None, metavar="N",
+                        help="train on all but the last N training examples and evaluate on "
+                             "them (tuning OptG-specific settings; the test split is not read)")
     parser.add_argument("--workdir-root", default=os.path.join(ROOT, "runs", "bench", SECTION))
     parser.add_argument("--results-dir", default=RESULTS_DIR)
     parser.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
@@ -635,15 +696,17 @@ def main(argv=None) -> int:
         specs += [s for s in budget_specs(args.budget_epochs) if s not in specs]
     header = protocol_header(shared, epochs, root)
 
+    validation = bool(shared.validation_examples)
+
     def report():
         write_report(read_all_records(root), epochs, header, args.results_dir,
-                     args.benchmarks_md)
+                     args.benchmarks_md, validation)
 
     if not args.report_only:
         run_all(specs, shared, root, on_row=report)
     report()
     rows = read_all_records(root)
-    print("\n".join(accuracy_table(rows, epochs)))
+    print("\n".join(accuracy_table(rows, epochs, "validation" if validation else "test")))
     budget = budget_table(rows)
     if budget:
         print("\n" + "\n".join(budget))

@@ -33,7 +33,8 @@ IDENTITY_FIELDS = (
     "model", "dataset", "image_size", "num_epochs", "num_train_steps", "steps_per_epoch",
     "batch_size", "learning_rate", "sparsity", "criterion", "schedule", "beta",
     "pruning_end_fraction", "mask_update_every", "seed", "warmup_epochs", "weight_decay",
-    "label_smoothing", "momentum", "dtype", "allocation", "score_momentum",
+    "label_smoothing", "momentum", "dtype", "allocation", "score_momentum", "score_lr_floor",
+    "update_masks_after_pruning", "validation_examples",
 )
 
 
@@ -53,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = "imagenet2012"
   c.data_dir = ""  # "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR).
   c.image_size = 0  # 0 = the dataset's native/standard size.
+  # > 0: hold out the last N training examples and evaluate on them instead of the test split
+  # (tuning without looking at test); results.json names the split it evaluated.
+  c.validation_examples = 0
   c.dtype = "float32"  # Compute dtype of the model ('float32' | 'bfloat16'); params stay float32.
 
   # How long. Learning rate and pruning schedules are in steps derived from these.
@@ -80,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mask_update_every = 0  # Steps between mask refreshes; 0 = one epoch.
   c.allocation = "global"
   c.score_momentum = 0.9
+  # optg only: the score lr factor is floor + (1 - floor) * p(t)/P (0 = the paper's form).
+  c.score_lr_floor = 0.0
+  # Keep re-selecting masks at the target sparsity after the ramp (the paper's code does). Only
+  # optg/supermask masks can change then; GMP/Taylor never revive a removed weight.
+  c.update_masks_after_pruning = True
 
   # Bookkeeping.
   c.seed = 0
@@ -141,7 +150,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("beta", config.beta, "must be > 0")
   if not 0.0 < config.pruning_end_fraction <= 1.0:
     _fail("pruning_end_fraction", config.pruning_end_fraction, "is outside (0, 1]")
-  for field in ("warmup_epochs", "weight_decay", "mask_update_every", "image_size"):
+  if not 0.0 <= config.score_lr_floor <= 1.0:
+    _fail("score_lr_floor", config.score_lr_floor, "is outside [0, 1]")
+  if not isinstance(config.update_masks_after_pruning, bool):
+    _fail("update_masks_after_pruning", config.update_masks_after_pruning, "must be True or False")
+  for field in ("warmup_epochs", "weight_decay", "mask_update_every", "image_size",
+                "validation_examples"):
     if config[field] < 0:
       _fail(field, config[field], "must be >= 0")
   for field in ("momentum", "score_momentum", "label_smoothing"):

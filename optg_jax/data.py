@@ -56,6 +56,7 @@ class _Spec(NamedTuple):
     std: tuple[float, ...]
     fits_in_memory: bool  # The whole split as uint8 numpy is small (under 200 MB).
     augment: bool  # Default for `train_iterator(augment=None)`.
+    held_out: int = 0  # > 0: the last `held_out` training examples are the eval split.
 
 
 _SPECS: Mapping[str, _Spec] = types.MappingProxyType({
@@ -75,10 +76,27 @@ _EVAL_RESIZE_RATIO = 256 / 224  # ImageNet eval: resize the shorter side to 256,
 _SHUFFLE, _AUGMENT = 0, 1
 
 
-def _spec(name: str) -> _Spec:
+def _spec(name: str, validation_examples: int = 0) -> _Spec:
+    """The spec of `name`; with `validation_examples` = n > 0, train on all but the last n
+    examples of the training split and evaluate on those n (a validation split for tuning that
+    never touches the test split)."""
     if name not in _SPECS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(_SPECS))}")
-    return _SPECS[name]
+    spec = _SPECS[name]
+    n = validation_examples
+    if not isinstance(n, (int, np.integer)) or not 0 <= n < spec.num_train:
+        raise ValueError(f"validation_examples={n!r} must be an integer in [0, {spec.num_train}) "
+                         f"for {name}")
+    if not n:
+        return spec
+    return spec._replace(train_split=f"{spec.train_split}[:-{n}]",
+                         eval_split=f"{spec.train_split}[-{n}:]",
+                         num_train=spec.num_train - n, num_eval=n, held_out=int(n))
+
+
+def _base_split(split: str) -> str:
+    """'train[:-5000]' -> 'train'."""
+    return split.split("[", 1)[0]
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -147,18 +165,27 @@ def ensure_dataset(name: str, data_dir: str | None = None) -> None:
     fashion_mnist.prepare(data_dir)
 
 
-def dataset_info(name: str, data_dir: str | None = None,
-                 image_size: int | None = None) -> DatasetInfo:
+def dataset_info(name: str, data_dir: str | None = None, image_size: int | None = None,
+                 validation_examples: int = 0) -> DatasetInfo:
     """Returns the `DatasetInfo` of `name` at model-input size `image_size` (None/0: native).
 
     Counts come from the data in `data_dir` when it is loadable (so mocked data reports its
-    mocked size), otherwise from the published split sizes.
+    mocked size), otherwise from the published split sizes. With `validation_examples` = n > 0
+    the training split loses its last n examples and the eval split is those n.
     """
-    spec = _spec(name)
+    spec = _spec(name, validation_examples)
     size = _image_size(spec, image_size)
     builder = tfds.builder(name, data_dir=resolve_data_dir(data_dir))
-    num_train = _num_examples(builder, spec.train_split)
-    num_eval = _num_examples(builder, spec.eval_split)
+    if spec.held_out:
+        total = _num_examples(builder, _base_split(spec.train_split))
+        num_train = None if total is None else total - spec.held_out
+        num_eval = None if total is None else spec.held_out
+        if num_train is not None and num_train <= 0:
+            raise ValueError(f"validation_examples={spec.held_out} leaves no training examples "
+                             f"of the {total} in {name}")
+    else:
+        num_train = _num_examples(builder, spec.train_split)
+        num_eval = _num_examples(builder, spec.eval_split)
     return DatasetInfo(
         num_classes=spec.num_classes,
         num_train_examples=spec.num_train if num_train is None else num_train,
@@ -239,6 +266,19 @@ def _load_split(name: str, data_dir: str, split: str, size: int) -> tuple[np.nda
                    for i in range(0, len(images), 4096)]
         images = np.clip(np.round(np.concatenate(resized)), 0, 255).astype(np.uint8)
     return images, labels
+
+
+def _load_rows(name: str, data_dir: str, spec: _Spec, train: bool,
+               size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training (`train`) or eval rows of `spec` as `_load_split` returns them."""
+    if not spec.held_out:
+        return _load_split(name, data_dir, spec.train_split if train else spec.eval_split, size)
+    images, labels = _load_split(name, data_dir, _base_split(spec.train_split), size)
+    if spec.held_out >= len(labels):
+        raise ValueError(f"validation_examples={spec.held_out} leaves no training examples of "
+                         f"the {len(labels)} in {name}")
+    rows = slice(None, -spec.held_out) if train else slice(-spec.held_out, None)
+    return images[rows], labels[rows]
 
 
 def _pad_crop_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -> np.ndarray:
@@ -444,7 +484,8 @@ def _streamed_eval(builder, spec, n, global_batch, local_batch, process_index,
 def train_iterator(name: str, data_dir: str | None, global_batch_size: int, seed: int,
                    start_step: int = 0, process_index: int = 0, process_count: int = 1,
                    image_size: int | None = None, cache: bool = True,
-                   augment: bool | None = None) -> Iterator[Batch]:
+                   augment: bool | None = None,
+                   validation_examples: int = 0) -> Iterator[Batch]:
     """Yields this process's training batches forever, from global step `start_step` on.
 
     Each batch is {'image': float32 [local, H, W, C] normalised per channel, 'label': int32
@@ -459,15 +500,18 @@ def train_iterator(name: str, data_dir: str | None, global_batch_size: int, seed
     seconds) and batched with numpy; `cache=False` streams them through tf.data like ImageNet,
     with a different (file- and buffer-shuffled, equally deterministic) order. ImageNet is always
     streamed: every process reads the whole split and decodes only its own rows.
+
+    `validation_examples` = n > 0 leaves out the last n examples of the training split (see
+    `eval_iterator`).
     """
-    spec = _spec(name)
+    spec = _spec(name, validation_examples)
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)
     _check_seed_and_step(seed, start_step)
     size = _image_size(spec, image_size)
     augment = spec.augment if augment is None else augment
     data_dir = resolve_data_dir(data_dir)
     if cache and spec.fits_in_memory:
-        images, labels = _load_split(name, data_dir, spec.train_split, size)
+        images, labels = _load_rows(name, data_dir, spec, True, size)
         _check_enough_examples(len(labels), global_batch_size)
         return _in_memory_train(images, labels, spec, global_batch_size, local_batch,
                                 process_index, seed, start_step, augment)
@@ -482,20 +526,25 @@ def train_iterator(name: str, data_dir: str | None, global_batch_size: int, seed
 
 def eval_iterator(name: str, data_dir: str | None, global_batch_size: int,
                   process_index: int = 0, process_count: int = 1,
-                  image_size: int | None = None) -> Iterator[Batch]:
+                  image_size: int | None = None,
+                  validation_examples: int = 0) -> Iterator[Batch]:
     """Yields one pass over the eval split in stored order, padded to whole global batches.
+
+    The eval split is the data set's test split (ImageNet: validation), or with
+    `validation_examples` = n > 0 the last n examples of the training split, which
+    `train_iterator(validation_examples=n)` never yields.
 
     Each batch is {'image': float32 [local, H, W, C], 'label': int32 [local], 'mask': float32
     [local]}; mask is 1 for real examples and 0 for padding, so summing masked metrics over all
     processes counts every example exactly once. Every process yields
     ceil(num_eval_examples / global_batch_size) batches.
     """
-    spec = _spec(name)
+    spec = _spec(name, validation_examples)
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)
     size = _image_size(spec, image_size)
     data_dir = resolve_data_dir(data_dir)
     if spec.fits_in_memory:
-        images, labels = _load_split(name, data_dir, spec.eval_split, size)
+        images, labels = _load_rows(name, data_dir, spec, False, size)
         return _in_memory_eval(images, labels, spec, global_batch_size, local_batch,
                                process_index)
     builder = tfds.builder(name, data_dir=data_dir)

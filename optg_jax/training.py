@@ -83,6 +83,8 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int, steps_per_
         pruning_end_step=pruning_end_step(config, num_steps),
         allocation=config.allocation,
         score_momentum=float(config.score_momentum),
+        score_lr_floor=float(config.score_lr_floor),
+        update_masks_after_pruning=bool(config.update_masks_after_pruning),
     ))
   if config.weight_decay:
     links.append(optax.add_decayed_weights(config.weight_decay))
@@ -204,7 +206,8 @@ def evaluate(p_eval_step, state, data, config, run: _Run, batch_sharding) -> dic
   local_batch = config.batch_size // jax.process_count()
   it = data.eval_iterator(config.dataset, run.data_dir, config.batch_size,
                           process_index=jax.process_index(),
-                          process_count=jax.process_count(), image_size=run.image_size)
+                          process_count=jax.process_count(), image_size=run.image_size,
+                          validation_examples=int(config.validation_examples))
   totals = None
   for i, batch in enumerate(it):
     if 0 < config.steps_per_eval <= i:
@@ -270,7 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   data.ensure_dataset(config.dataset, config.data_dir or None)
   info = data.dataset_info(config.dataset, config.data_dir or None,
-                           image_size=config.image_size or None)
+                           image_size=config.image_size or None,
+                           validation_examples=int(config.validation_examples))
   run = _Run(config, data, info)
   model = models.create(config.model, num_classes=info.num_classes,
                         dtype=jnp.dtype(config.dtype))
@@ -349,6 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "model": config.model, "dataset": config.dataset, "criterion": config.criterion,
       "schedule": config.schedule, "target_sparsity": float(config.sparsity) if run.sparse else 0.0,
       "layer_sparsity": figures["layer_sparsity"], "num_eval_examples": ev["num_examples"],
+      "eval_split": info.eval_split,
       "num_devices": jax.device_count(), "batch_size": config.batch_size,
       "train_time_s": train_time, "wall_time_s": time.time() - wall_start,
   }
@@ -381,7 +386,8 @@ def _train_loop(config, run: _Run, model, tx, lr_schedule, state, start_step, mn
   local_batch = config.batch_size // jax.process_count()
   it = data.train_iterator(config.dataset, run.data_dir, config.batch_size, config.seed,
                            start_step=start_step, process_index=jax.process_index(),
-                           process_count=jax.process_count(), image_size=run.image_size)
+                           process_count=jax.process_count(), image_size=run.image_size,
+                           validation_examples=int(config.validation_examples))
   is_main = jax.process_index() == 0
   bar = metrics_lib.ProgressBar(run.num_steps, start_step, enabled=is_main)
   epoch_sums: dict[str, float] = {}

@@ -45,12 +45,12 @@ def _fake_rows(bench):
 
 
 def test_grid_sizes_and_order(bench):
-    full = bench.grid_specs(bench.METHODS, bench.SPARSITIES, [0, 1, 2], 4)
-    assert len(full) == 4 * 4 * 3 + 3
+    full = bench.grid_specs(bench.GRID_METHODS, bench.SPARSITIES, [0, 1, 2], 4)
+    assert len(full) == 5 * 4 * 3 + 3
     assert len(set(full)) == len(full)
     assert [s.seed for s in full] == sorted(s.seed for s in full)  # seed-major
-    quick = bench.grid_specs(bench.METHODS, bench.QUICK_SPARSITIES, [0], 4)
-    assert len(quick) == 4 * 2 + 1
+    quick = bench.grid_specs(bench.GRID_METHODS, bench.QUICK_SPARSITIES, [0], 4)
+    assert len(quick) == 5 * 2 + 1
     budget = bench.budget_specs([2, 4, 8])
     assert {s.method for s in budget} == set(bench.BUDGET_METHODS)
     assert set(budget) & set(quick) == {bench.Spec(m, 0.99, 0, 4) for m in bench.BUDGET_METHODS}
@@ -61,12 +61,22 @@ def test_parse_method(bench):
     assert bench.parse_method("optg-floor0.25") == ("optg", {"score_lr_floor": 0.25})
     assert bench.parse_method("supermask-frozen") == (
         "supermask", {"update_masks_after_pruning": False})
+    assert bench.parse_method("optg-every50-mom0.99-beta2-frozen") == (
+        "optg", {"mask_update_every": 50, "score_momentum": 0.99, "beta": 2.0,
+                 "update_masks_after_pruning": False})
+    assert bench.parse_method("magnitude-every10") == ("magnitude", {"mask_update_every": 10})
     assert "floor 0.5, masks frozen" in bench.label("optg-floor0.5-frozen")
-    for bad in ("snip", "dense-frozen", "magnitude-floor0.5", "optg-fast"):
+    assert bench.label("optg-every50-frozen") == (
+        "ablation: OptG, refresh every 50 steps, masks frozen after the ramp")
+    assert bench.label(bench.TUNED_OPTG).startswith("OptG tuned on validation")
+    for bad in ("snip", "dense-frozen", "magnitude-floor0.5", "taylor-mom0.5", "optg-fast"):
         with pytest.raises(ValueError, match="unknown"):
             bench.parse_method(bad)
-    with pytest.raises(ValueError, match="outside"):
-        bench.parse_method("optg-floor2")
+    for bad in ("optg-floor2", "optg-every0", "optg-mom1", "optg-beta-1"):
+        with pytest.raises(ValueError):
+            bench.parse_method(bad)
+    with pytest.raises(ValueError, match="bad value"):
+        bench.parse_method("optg-everyx")
 
 
 def test_report_files(bench, tmp_path):
@@ -87,7 +97,8 @@ def test_report_files(bench, tmp_path):
     assert "Dense: 91.00 ± 1.00 (3)." in text
     assert "99%: OptG has the best mean top-1 of the sparse methods: **yes**" in text
     assert "90%: OptG within one std" in text
-    assert "| 8 | 80.00 | 78.00 | 78.00 | +2.00 |" in text  # budget table row
+    # Budget row: OptG, tuned OptG, GMP, Taylor, then each OptG minus the better baseline.
+    assert "| 8 | 80.00 | 78.00 | 78.00 | 78.00 | +2.00 | +0.00 |" in text
     assert "Hand-written finding." in text and "HEADER" in text
     for name in ("accuracy_vs_sparsity.png", "accuracy_vs_sparsity_budget.png"):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -102,8 +113,11 @@ def test_report_files(bench, tmp_path):
 
 def test_verdict_says_when_optg_loses(bench):
     rows = [_row(bench, "optg", 0.98, 0, 0.80), _row(bench, "supermask", 0.98, 0, 0.81)]
+    rows.append(_row(bench, bench.TUNED_OPTG, 0.98, 0, 0.815))
     lines = bench.verdicts(bench.summarize(rows, 4), [0.98])
-    assert "**no**" in lines[0] and "one seed" in lines[0] and "-1.00 points" in lines[0]
+    assert lines[0] == "OptG:" and lines[4] == bench.label(bench.TUNED_OPTG) + ":"
+    assert "**no**" in lines[2] and "one seed" in lines[2] and "-1.00 points" in lines[2]
+    assert "**yes**" in lines[6] and "+0.50 points" in lines[6]
 
 
 def test_update_section_creates_file(bench, tmp_path):
@@ -112,23 +126,23 @@ def test_update_section_creates_file(bench, tmp_path):
     assert path.read_text() == f"# Benchmarks\n\n{bench.BEGIN}\nbody\n{bench.END}\n"
 
 
-def test_run_all_resumes_and_binds_the_floor(bench, tmp_path):
+def test_run_all_resumes_and_applies_method_options(bench, tmp_path):
     shared = config_lib.base_config()
-    specs = [bench.Spec("magnitude", 0.9, 0, 1), bench.Spec("optg-floor0.5", 0.9, 0, 1)]
+    shared.mask_update_every = 25
+    specs = [bench.Spec("magnitude", 0.9, 0, 1), bench.Spec("optg-floor0.5-every50-frozen", 0.9, 0, 1)]
     calls = []
 
     def fake_train(config, workdir, log_path):
-        floor = getattr(optg_jax.optg_optax, "keywords", {}).get("score_lr_floor")
-        calls.append((config.criterion, config.sparsity, config.num_epochs, floor))
+        calls.append((config.criterion, config.sparsity, config.num_epochs, config.score_lr_floor,
+                      config.mask_update_every, config.update_masks_after_pruning))
         return {"top1": 0.8, "top5": 0.99, "sparsity": config.sparsity, "flops": 1,
                 "dense_flops": 2, "wall_time_s": 1.0, "train_time_s": 1.0, "steps": 10}
 
-    original = optg_jax.optg_optax
     lines = []
     rows = bench.run_all(specs, shared, str(tmp_path), train_fn=fake_train, say=lines.append)
-    assert optg_jax.optg_optax is original
-    assert calls == [("magnitude", 0.9, 1, None), ("optg", 0.9, 1, 0.5)]
-    assert rows[1]["method"] == "optg-floor0.5" and rows[1]["top1"] == 0.8
+    assert calls == [("magnitude", 0.9, 1, 0.0, 25, True), ("optg", 0.9, 1, 0.5, 50, False)]
+    assert shared.mask_update_every == 25  # The shared config is not touched.
+    assert rows[1]["method"] == "optg-floor0.5-every50-frozen" and rows[1]["top1"] == 0.8
     assert "run 2/2" in lines[-1] and "ETA" in lines[-1]
     with open(bench.record_path(str(tmp_path), specs[0])) as f:
         assert json.load(f)["sparsity"] == 0.9
@@ -139,15 +153,26 @@ def test_run_all_resumes_and_binds_the_floor(bench, tmp_path):
     assert len(bench.read_all_records(str(tmp_path))) == 2
 
 
-def test_floor_is_bound_only_during_the_run(bench):
+def test_validation_runs_have_their_own_protocol_and_report(bench, tmp_path):
     shared = config_lib.base_config()
-    original = optg_jax.optg_optax
-    with bench.optg_options({"score_lr_floor": 0.3, "update_masks_after_pruning": False}, shared):
-        assert optg_jax.optg_optax.keywords == {"score_lr_floor": 0.3,
-                                                "update_masks_after_pruning": False}
-    assert optg_jax.optg_optax is original
+    tag = bench.protocol_tag(shared)
+    shared.validation_examples = 5000
+    assert bench.protocol_tag(shared) == tag + "-val5000"
+    shared.validation_examples = 0
+    shared.score_lr_floor = 0.5  # A per-method field: same protocol.
+    assert bench.protocol_tag(shared) == tag
+    shared.learning_rate = 0.05  # A shared field: another protocol.
+    assert bench.protocol_tag(shared) != tag
 
-
-def test_code_version_names_the_library(bench):
-    head, _, digest = bench.code_version().rpartition(":")
-    assert head and len(digest) == 8
+    md = tmp_path / "BENCHMARKS.md"
+    results = tmp_path / "results"
+    rows = [_row(bench, m, s, 0, a - (s - 0.98)) for m, a in
+            (("magnitude", 0.85), ("optg", 0.84), ("optg-frozen", 0.86), ("optg-every50", 0.87))
+            for s in (0.98, 0.99)]
+    rows.append(_row(bench, "optg-every10", 0.99, 0, 0.95))  # Not run at 98%: not a candidate.
+    text = bench.write_report(rows, 4, "VAL", str(results), str(md), validation=True)
+    assert "validation split" in text and "Against the goal" not in text
+    assert "`optg-every50` (86.50)" in text
+    assert (results / "accuracy_vs_sparsity_validation.csv").exists()
+    assert not (results / "accuracy_vs_sparsity.csv").exists()
+    assert md.read_text().count(bench.report.markers("accuracy_vs_sparsity_validation")[0]) == 1

@@ -90,7 +90,7 @@ def test_known_names_match_the_model_zoo():
 @pytest.mark.parametrize("field,value", [
     ("sparsity", 1.0), ("sparsity", -0.1), ("model", "resnet5O"), ("dataset", "imagenet"),
     ("criterion", "optq"), ("schedule", "linear"), ("dtype", "float16"), ("batch_size", 0),
-    ("pruning_end_fraction", 1.5),
+    ("pruning_end_fraction", 1.5), ("score_lr_floor", 1.5), ("validation_examples", -5),
 ])
 def test_validate_names_the_bad_value(field, value):
   config = load("fashion_mnist")

@@ -205,6 +205,30 @@ def test_dataset_info_and_steps(mock_small):
         data.steps_per_epoch(info, 64)
 
 
+def test_validation_split_holds_out_the_last_training_examples(mock_small):
+    # 50 mocked training examples, 12 held out: train on rows 0..37, evaluate on rows 38..49.
+    info = data.dataset_info("fashion_mnist", MOCK_DIR, validation_examples=12)
+    assert (info.num_train_examples, info.num_eval_examples) == (38, 12)
+    assert (info.train_split, info.eval_split) == ("train[:-12]", "train[-12:]")
+    (held,) = data.eval_iterator("fashion_mnist", MOCK_DIR, 16, validation_examples=12)
+    assert held["mask"].sum() == 12 and len(held["label"]) == 16
+    full = data._load_split("fashion_mnist", data.resolve_data_dir(MOCK_DIR), "train", 28)
+    np.testing.assert_array_equal(held["label"][:12], full[1][-12:])
+    np.testing.assert_allclose(held["image"][:12], data._normalize(full[0][-12:],
+                                                                     data._spec("fashion_mnist")))
+    # One epoch of the training iterator (batch 19: 2 steps) covers only rows 0..37.
+    it = data.train_iterator("fashion_mnist", MOCK_DIR, 19, seed=3, validation_examples=12)
+    seen = np.concatenate([next(it)["image"] for _ in range(2)])
+    flat = data._normalize(full[0], data._spec("fashion_mnist")).reshape(50, -1)
+    rows = [int(np.flatnonzero((flat == x.reshape(-1)).all(axis=1))[0]) for x in seen]
+    assert len(set(rows)) == 38 and max(rows) < 38
+    for bad in (-1, 60_000, 1.5):
+        with pytest.raises(ValueError, match=f"validation_examples={bad!r}"):
+            data.dataset_info("fashion_mnist", MOCK_DIR, validation_examples=bad)
+    with pytest.raises(ValueError, match="leaves no training examples"):
+        data.dataset_info("fashion_mnist", MOCK_DIR, validation_examples=50)
+
+
 def test_dataset_info_of_unprepared_data_uses_published_sizes(tmp_path):
     info = data.dataset_info("imagenet2012", str(tmp_path), image_size=128)
     assert info == data.DatasetInfo(1000, 1_281_167, 50_000, (128, 128, 3), "train", "validation")

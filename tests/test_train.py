@@ -190,3 +190,30 @@ def test_train_py_end_to_end_and_rerun(tmp_path):
   assert "top-1 accuracy" in first.stdout
   again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and "holds a finished run" in again.stdout
+
+
+def test_validation_split_is_evaluated_instead_of_test(tmp_path):
+  config = imagenet_test_config(dataset="fashion_mnist", model="fmnist_cnn", image_size=28,
+                                validation_examples=12, steps_per_eval=-1, num_epochs=1)
+  results = run(config, tmp_path / "w")  # 32 mocked training examples: 20 train, 12 held out.
+  assert results["eval_split"] == "train[-12:]" and results["num_eval_examples"] == 12
+  config.validation_examples = 0
+  results = run(config, tmp_path / "t")
+  assert results["eval_split"] == "test" and results["num_eval_examples"] == 32
+
+
+def test_config_fields_reach_optg_optax(monkeypatch):
+  import optg_jax  # pylint: disable=import-outside-toplevel
+  seen = {}
+  original = optg_jax.optg_optax
+
+  def spy(*args, **kwargs):
+    seen.update(kwargs)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(optg_jax, "optg_optax", spy)
+  config = imagenet_test_config(score_lr_floor=0.25, update_masks_after_pruning=False,
+                                score_momentum=0.5, mask_update_every=2)
+  training.make_optimizer(config, 6, 3, lambda step: 0.1)
+  assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
+  assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
