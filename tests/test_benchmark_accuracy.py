@@ -172,7 +172,12 @@ def test_validation_runs_have_their_own_protocol_and_report(bench, tmp_path):
     rows.append(_row(bench, "optg-every10", 0.99, 0, 0.95))  # Not run at 98%: not a candidate.
     text = bench.write_report(rows, 4, "VAL", str(results), str(md), validation=True)
     assert "validation split" in text and "Against the goal" not in text
-    assert "`optg-every50` (86.50)" in text
+    assert "1 seed): `optg-every50` (86.50)" in text
+    # With a second seed for two variants, only those two are candidates.
+    rows += [_row(bench, m, s, 1, 0.85) for m in ("optg", "optg-frozen") for s in (0.98, 0.99)]
+    text = bench.write_report(rows, 4, "VAL", str(results), str(md), validation=True)
+    # optg-frozen: 98% (0.86 + 0.85) / 2, 99% (0.85 + 0.85) / 2 -> 85.25 beats optg's 84.75.
+    assert "2 seeds): `optg-frozen` (85.25)" in text
     assert (results / "accuracy_vs_sparsity_validation.csv").exists()
     assert not (results / "accuracy_vs_sparsity.csv").exists()
     assert md.read_text().count(bench.report.markers("accuracy_vs_sparsity_validation")[0]) == 1
