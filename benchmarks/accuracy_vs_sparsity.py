@@ -68,7 +68,7 @@ QUICK_SPARSITIES = (0.98, 0.99)
 # OptG with its OptG-specific settings (refresh policy, β, score momentum) chosen on a validation
 # split carved from the training set (`--validation`; section accuracy_vs_sparsity_validation of
 # BENCHMARKS.md): every other setting is the shared protocol's.
-TUNED_OPTG = "optg-frozen"
+TUNED_OPTG = "optg-every50-mom0.99-frozen"
 GRID_METHODS = (*METHODS, TUNED_OPTG)
 BUDGET_METHODS = ("optg", TUNED_OPTG, "magnitude", "taylor")
 BUDGET_BASELINES = ("magnitude", "taylor")
