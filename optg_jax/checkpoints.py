@@ -84,8 +84,13 @@ def shapes(tree) -> dict[str, list[int]]:
 # --------------------------------------------------------------------------- workdir identity
 
 
-def check_workdir(workdir: str, identity: dict, param_shapes: dict) -> bool:
+def check_workdir(workdir: str, identity: dict, param_shapes: dict,
+                  defaults: dict | None = None) -> bool:
   """Refuses a workdir created by another experiment; returns whether config.json exists.
+
+  `defaults` gives the value that an identity field had before it existed (a workdir written by
+  an older version lacks it): such a workdir is the same experiment if this config keeps that
+  value.
 
   Raises:
     ConfigError: one line naming the differing fields (or the first differing parameter).
@@ -97,8 +102,10 @@ def check_workdir(workdir: str, identity: dict, param_shapes: dict) -> bool:
   if not isinstance(stored, dict) or not {"identity", "param_shapes"} <= set(stored):
     raise ConfigError(f"{path} is unreadable; use another --workdir")
   old_identity, old_shapes = stored["identity"], stored["param_shapes"]
-  diffs = [f"{k}={old_identity.get(k)!r} (this config: {v!r})"
-           for k, v in identity.items() if old_identity.get(k) != v]
+  defaults = defaults or {}
+  old_identity = {k: old_identity.get(k, defaults.get(k)) for k in identity}
+  diffs = [f"{k}={old_identity[k]!r} (this config: {v!r})"
+           for k, v in identity.items() if old_identity[k] != v]
   if diffs:
     raise ConfigError(f"workdir {workdir} holds another run: " + ", ".join(diffs[:4])
                       + "; use another --workdir")

@@ -299,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   identity = config_lib.identity(config)
 
   # Everything above only reads; refuse another experiment's workdir before writing anything.
-  has_config = checkpoints.check_workdir(workdir, identity, param_shapes)
+  has_config = checkpoints.check_workdir(workdir, identity, param_shapes,
+                                         config_lib.identity(config_lib.base_config()))
   has_checkpoints = bool(checkpoints.checkpoint_steps_on_disk(workdir))
   if config.eval_only and not has_checkpoints:
     raise ConfigError(f"config.eval_only=True but {workdir}/{checkpoints.CHECKPOINT_DIR} holds "

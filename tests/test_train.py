@@ -217,3 +217,18 @@ def test_config_fields_reach_optg_optax(monkeypatch):
   training.make_optimizer(config, 6, 3, lambda step: 0.1)
   assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
   assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
+
+
+def test_workdir_written_before_a_field_existed_takes_its_old_default(tmp_path):
+  """An identity field added later is read as its default from an older workdir's config.json."""
+  identity = {"model": "tiny_resnet", "sparsity": 0.9, "validation_examples": 0}
+  shapes = {"w": [2, 2]}
+  checkpoints.write_workdir_config(str(tmp_path), {}, {"model": "tiny_resnet", "sparsity": 0.9},
+                                   shapes)
+  defaults = {"validation_examples": 0}
+  assert checkpoints.check_workdir(str(tmp_path), identity, shapes, defaults)
+  with pytest.raises(ConfigError, match=r"validation_examples=0 \(this config: 500\)"):
+    checkpoints.check_workdir(str(tmp_path), dict(identity, validation_examples=500), shapes,
+                              defaults)
+  with pytest.raises(ConfigError, match=r"validation_examples=None \(this config: 0\)"):
+    checkpoints.check_workdir(str(tmp_path), identity, shapes)  # No default known.
