@@ -94,6 +94,13 @@ def _spec(name: str, validation_examples: int = 0) -> _Spec:
                          num_train=spec.num_train - n, num_eval=n, held_out=int(n))
 
 
+def _check_held_out(spec: _Spec, total: int, name: str) -> None:
+    """The data on disk (`total` training examples) must keep some after the held-out ones."""
+    if spec.held_out >= total:
+        raise ValueError(f"validation_examples={spec.held_out} leaves no training examples of "
+                         f"the {total} in {name}")
+
+
 def _base_split(split: str) -> str:
     """'train[:-5000]' -> 'train'."""
     return split.split("[", 1)[0]
@@ -180,9 +187,8 @@ def dataset_info(name: str, data_dir: str | None = None, image_size: int | None 
         total = _num_examples(builder, _base_split(spec.train_split))
         num_train = None if total is None else total - spec.held_out
         num_eval = None if total is None else spec.held_out
-        if num_train is not None and num_train <= 0:
-            raise ValueError(f"validation_examples={spec.held_out} leaves no training examples "
-                             f"of the {total} in {name}")
+        if total is not None:
+            _check_held_out(spec, total, name)
     else:
         num_train = _num_examples(builder, spec.train_split)
         num_eval = _num_examples(builder, spec.eval_split)
@@ -274,9 +280,7 @@ def _load_rows(name: str, data_dir: str, spec: _Spec, train: bool,
     if not spec.held_out:
         return _load_split(name, data_dir, spec.train_split if train else spec.eval_split, size)
     images, labels = _load_split(name, data_dir, _base_split(spec.train_split), size)
-    if spec.held_out >= len(labels):
-        raise ValueError(f"validation_examples={spec.held_out} leaves no training examples of "
-                         f"the {len(labels)} in {name}")
+    _check_held_out(spec, len(labels), name)
     rows = slice(None, -spec.held_out) if train else slice(-spec.held_out, None)
     return images[rows], labels[rows]
 
