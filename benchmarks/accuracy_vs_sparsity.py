@@ -87,7 +87,7 @@ CSV_FIELDS = ("method", "sparsity", "seed", "epochs", "top1", "top5", "final_spa
 
 class Spec(NamedTuple):
     """One run of the benchmark."""
-    method: str  # One of METHODS or 'optg-floor<F>'.
+    method: str  # A method name: one of METHODS, optionally with suffixes (parse_method).
     sparsity: float  # Target sparsity (0 for dense).
     seed: int
     epochs: int
@@ -146,7 +146,7 @@ def parse_method(method: str) -> tuple[str, dict]:
 def label(method: str) -> str:
     criterion, options = parse_method(method)
     parts = [LABELS[criterion]]
-    for prefix, (field, _, text) in SUFFIXES.items():
+    for field, _, text in SUFFIXES.values():
         if field in options:
             parts.append(text.format(options[field]))
     if options.get("update_masks_after_pruning") is False:
