@@ -61,8 +61,13 @@ SECTION = "accuracy_vs_sparsity"
 BEGIN, END = report.markers(SECTION)
 
 METHODS = ("dense", "magnitude", "taylor", "supermask", "optg")
-LABELS = {"dense": "dense", "magnitude": "GMP (magnitude)", "taylor": "Taylor",
-          "supermask": "supermask (no supermask optimizer)", "optg": "OptG"}
+LABELS = {
+    "dense": "dense",
+    "magnitude": "GMP (magnitude)",
+    "taylor": "Taylor",
+    "supermask": "supermask (no supermask optimizer)",
+    "optg": "OptG",
+}
 SPARSITIES = (0.90, 0.95, 0.98, 0.99)
 QUICK_SPARSITIES = (0.98, 0.99)
 # OptG with its OptG-specific settings (refresh policy, β, score momentum) chosen on a validation
@@ -80,13 +85,30 @@ BUDGET_SPARSITY = 0.99
 # ramp has ~25 refreshes even in a 4-epoch run (one refresh per epoch would give three).
 FASHION_PROTOCOL = dict(image_size=14, batch_size=256, num_epochs=4, mask_update_every=25)
 
-CSV_FIELDS = ("method", "sparsity", "seed", "epochs", "top1", "top5", "final_sparsity", "flops",
-              "dense_flops", "wall_time_s", "train_time_s", "steps", "model", "dataset",
-              "image_size", "batch_size", "code")
+CSV_FIELDS = (
+    "method",
+    "sparsity",
+    "seed",
+    "epochs",
+    "top1",
+    "top5",
+    "final_sparsity",
+    "flops",
+    "dense_flops",
+    "wall_time_s",
+    "train_time_s",
+    "steps",
+    "model",
+    "dataset",
+    "image_size",
+    "batch_size",
+    "code",
+)
 
 
 class Spec(NamedTuple):
     """One run of the benchmark."""
+
     method: str  # A method name: one of METHODS, optionally with suffixes (parse_method).
     sparsity: float  # Target sparsity (0 for dense).
     seed: int
@@ -118,8 +140,10 @@ def parse_method(method: str) -> tuple[str, dict]:
     """
     criterion, *suffixes = method.split("-")
     if criterion not in METHODS or (suffixes and criterion == "dense"):
-        raise ValueError(f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally "
-                         "with -floor<F>, -mom<M>, -every<N>, -beta<B> and/or -frozen")
+        raise ValueError(
+            f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally "
+            "with -floor<F>, -mom<M>, -every<N>, -beta<B> and/or -frozen"
+        )
     options = {}
     for suffix in suffixes:
         if suffix == "frozen":
@@ -127,13 +151,15 @@ def parse_method(method: str) -> tuple[str, dict]:
             continue
         prefix = next((p for p in SUFFIXES if suffix.startswith(p)), None)
         allowed = prefix is not None and (
-            (prefix == "floor" and criterion == "optg") or
-            (prefix == "mom" and criterion in SCORED) or prefix in ("every", "beta"))
+            (prefix == "floor" and criterion == "optg")
+            or (prefix == "mom" and criterion in SCORED)
+            or prefix in ("every", "beta")
+        )
         if not allowed:
             raise ValueError(f"unknown suffix {suffix!r} in method {method!r}")
         field, kind, _ = SUFFIXES[prefix]
         try:
-            value = kind(suffix[len(prefix):])
+            value = kind(suffix[len(prefix) :])
         except ValueError:
             raise ValueError(f"bad value in suffix {suffix!r} of method {method!r}") from None
         bounds = {"floor": (0.0, 1.0), "mom": (0.0, 0.999999)}.get(prefix)
@@ -161,8 +187,9 @@ def method_order(method: str) -> tuple:
     return (METHODS.index(criterion), sorted(options.items()))
 
 
-def grid_specs(methods: Iterable[str], sparsities: Iterable[float], seeds: Iterable[int],
-               epochs: int) -> list[Spec]:
+def grid_specs(
+    methods: Iterable[str], sparsities: Iterable[float], seeds: Iterable[int], epochs: int
+) -> list[Spec]:
     """Seed-major order (all cells of seed 0 first), so a partial grid covers every cell."""
     methods = list(methods)
     specs = []
@@ -175,8 +202,9 @@ def grid_specs(methods: Iterable[str], sparsities: Iterable[float], seeds: Itera
     return specs
 
 
-def budget_specs(budget_epochs: Iterable[int], methods=BUDGET_METHODS,
-                 sparsity=BUDGET_SPARSITY, seed: int = 0) -> list[Spec]:
+def budget_specs(
+    budget_epochs: Iterable[int], methods=BUDGET_METHODS, sparsity=BUDGET_SPARSITY, seed: int = 0
+) -> list[Spec]:
     return [Spec(m, sparsity, seed, e) for e in budget_epochs for m in methods]
 
 
@@ -200,10 +228,13 @@ def shared_config(args):
     if args.data_dir:
         config.data_dir = args.data_dir
     protocol = dict(FASHION_PROTOCOL) if config.dataset == "fashion_mnist" else {}
-    for field, value in (("image_size", args.image_size), ("batch_size", args.batch_size),
-                         ("mask_update_every", args.mask_update_every),
-                         ("learning_rate", args.learning_rate),
-                         ("validation_examples", args.validation)):
+    for field, value in (
+        ("image_size", args.image_size),
+        ("batch_size", args.batch_size),
+        ("mask_update_every", args.mask_update_every),
+        ("learning_rate", args.learning_rate),
+        ("validation_examples", args.validation),
+    ):
         if value is not None:
             protocol[field] = value
     for field, value in protocol.items():
@@ -215,13 +246,21 @@ def shared_config(args):
 
 
 # Identity fields that each run sets itself, or that the tag spells out (validation_examples).
-PER_RUN_FIELDS = ("sparsity", "criterion", "seed", "num_epochs", "score_lr_floor",
-                  "update_masks_after_pruning", "validation_examples")
+PER_RUN_FIELDS = (
+    "sparsity",
+    "criterion",
+    "seed",
+    "num_epochs",
+    "score_lr_floor",
+    "update_masks_after_pruning",
+    "validation_examples",
+)
 
 
 def protocol_tag(config) -> str:
     """A directory name for the shared protocol: runs under other settings never mix."""
     from optg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+
     shared = {k: v for k, v in config_lib.identity(config).items() if k not in PER_RUN_FIELDS}
     digest = hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
     size = config.image_size or "native"
@@ -251,6 +290,7 @@ def code_version() -> str:
     trained each run (each invocation imports the library once).
     """
     import subprocess  # pylint: disable=import-outside-toplevel
+
     package = os.path.join(ROOT, "optg_jax")
     digest = hashlib.sha1()
     for directory, _, files in sorted(os.walk(package)):
@@ -258,10 +298,18 @@ def code_version() -> str:
             with open(os.path.join(directory, name), "rb") as f:
                 digest.update(f.read())
     try:
-        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", package],
-                               check=False).returncode != 0
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", package], check=False
+            ).returncode
+            != 0
+        )
     except (OSError, subprocess.CalledProcessError):
         head, dirty = "nogit", False
     return f"{head}{'+dirty' if dirty else ''}:{digest.hexdigest()[:8]}"
@@ -269,13 +317,22 @@ def code_version() -> str:
 
 def row_from_results(spec: Spec, results: dict, config) -> dict:
     return {
-        "method": spec.method, "sparsity": spec.sparsity, "seed": spec.seed,
-        "epochs": spec.epochs, "top1": results["top1"], "top5": results["top5"],
-        "final_sparsity": results["sparsity"], "flops": results["flops"],
-        "dense_flops": results["dense_flops"], "wall_time_s": results["wall_time_s"],
-        "train_time_s": results["train_time_s"], "steps": results["steps"],
-        "model": config.model, "dataset": config.dataset,
-        "image_size": config.image_size, "batch_size": config.batch_size,
+        "method": spec.method,
+        "sparsity": spec.sparsity,
+        "seed": spec.seed,
+        "epochs": spec.epochs,
+        "top1": results["top1"],
+        "top5": results["top5"],
+        "final_sparsity": results["sparsity"],
+        "flops": results["flops"],
+        "dense_flops": results["dense_flops"],
+        "wall_time_s": results["wall_time_s"],
+        "train_time_s": results["train_time_s"],
+        "steps": results["steps"],
+        "model": config.model,
+        "dataset": config.dataset,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
         "code": code_version(),
     }
 
@@ -283,8 +340,12 @@ def row_from_results(spec: Spec, results: dict, config) -> dict:
 def train_real(config, workdir: str, log_path: str) -> dict:
     """`train_and_evaluate` with its progress bar and tables sent to `log_path`."""
     from optg_jax import training  # pylint: disable=import-outside-toplevel
-    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
+
+    with (
+        open(log_path, "a", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
         return training.train_and_evaluate(config, workdir)
 
 
@@ -318,9 +379,14 @@ def write_record(root: str, spec: Spec, row: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def run_all(specs: list[Spec], shared, root: str,
-            train_fn: Callable[[object, str, str], dict] = train_real,
-            on_row: Callable[[], None] | None = None, say=print) -> list[dict]:
+def run_all(
+    specs: list[Spec],
+    shared,
+    root: str,
+    train_fn: Callable[[object, str, str], dict] = train_real,
+    on_row: Callable[[], None] | None = None,
+    say=print,
+) -> list[dict]:
     """Runs every spec not yet recorded under `root`; returns the rows of all specs.
 
     Prints `run i/N name: top-1 ... (wall s) ETA` per run; the ETA assumes the seconds per epoch of
@@ -328,8 +394,10 @@ def run_all(specs: list[Spec], shared, root: str,
     report).
     """
     todo = [s for s in specs if read_record(root, s) is None]
-    say(f"{len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to train "
-        f"(workdirs under {root})")
+    say(
+        f"{len(specs)} runs, {len(specs) - len(todo)} already done, {len(todo)} to train "
+        f"(workdirs under {root})"
+    )
     spent, epochs_done = 0.0, 0
     for i, spec in enumerate(todo, start=1):
         config = run_config(shared, spec)
@@ -343,8 +411,10 @@ def run_all(specs: list[Spec], shared, root: str,
         write_record(root, spec, row)
         spent, epochs_done = spent + seconds, epochs_done + spec.epochs
         left = sum(s.epochs for s in todo[i:]) * spent / epochs_done
-        say(f"run {i}/{len(todo)} {spec.name}: top-1 {100 * row['top1']:.2f}% sparsity "
-            f"{100 * row['final_sparsity']:.2f}% ({seconds:.0f} s) ETA {left / 60:.0f} min")
+        say(
+            f"run {i}/{len(todo)} {spec.name}: top-1 {100 * row['top1']:.2f}% sparsity "
+            f"{100 * row['final_sparsity']:.2f}% ({seconds:.0f} s) ETA {left / 60:.0f} min"
+        )
         if on_row is not None:
             on_row()
     return [read_record(root, s) for s in specs]
@@ -392,8 +462,11 @@ def _verdicts_of(method: str, cells: dict, sparsities: list[float]) -> list[str]
     lines = []
     for s in sparsities:
         optg = cells.get((method, s))
-        others = {m: v for (m, sp), v in cells.items()
-                  if sp == s and m in ("magnitude", "taylor", "supermask")}
+        others = {
+            m: v
+            for (m, sp), v in cells.items()
+            if sp == s and m in ("magnitude", "taylor", "supermask")
+        }
         if optg is None or not others:
             continue
         best_m, best = max(others.items(), key=lambda kv: kv[1][0])
@@ -404,13 +477,17 @@ def _verdicts_of(method: str, cells: dict, sparsities: list[float]) -> list[str]
         else:
             tolerance = max(optg[1], best[1])
             ok = optg[0] >= best[0] - tolerance
-            goal = (f"OptG within one std ({100 * tolerance:.2f}, the larger of the two) of the "
-                    "best baseline")
+            goal = (
+                f"OptG within one std ({100 * tolerance:.2f}, the larger of the two) of the "
+                "best baseline"
+            )
         seeds = min(optg[2], best[2])
         note = " (one seed: not a statistical statement)" if seeds < 2 else ""
-        lines.append(f"- {100 * s:g}%: {goal}: **{'yes' if ok else 'no'}** — OptG "
-                     f"{100 * optg[0]:.2f} vs best baseline {label(best_m)} {100 * best[0]:.2f} "
-                     f"(OptG {gap:+.2f} points){note}.")
+        lines.append(
+            f"- {100 * s:g}%: {goal}: **{'yes' if ok else 'no'}** — OptG "
+            f"{100 * optg[0]:.2f} vs best baseline {label(best_m)} {100 * best[0]:.2f} "
+            f"(OptG {gap:+.2f} points){note}."
+        )
     return lines
 
 
@@ -432,10 +509,12 @@ def best_tuned(cells: dict, sparsities: list[float]) -> list[str]:
     complete = {m: v for m, v in complete.items() if seeds[m] == most}
     best = max(complete, key=lambda m: statistics.fmean(complete[m].values()))
     mean = statistics.fmean(complete[best].values())
-    return [f"Best OptG variant on the validation split (mean top-1 over "
-            f"{', '.join(f'{100 * s:g}%' for s in sparsities)}, among the variants with "
-            f"{most} seed{'s' if most > 1 else ''}): `{best}` ({100 * mean:.2f}); the grid's "
-            f"tuned OptG is `{TUNED_OPTG}`."]
+    return [
+        f"Best OptG variant on the validation split (mean top-1 over "
+        f"{', '.join(f'{100 * s:g}%' for s in sparsities)}, among the variants with "
+        f"{most} seed{'s' if most > 1 else ''}): `{best}` ({100 * mean:.2f}); the grid's "
+        f"tuned OptG is `{TUNED_OPTG}`."
+    ]
 
 
 def accuracy_table(rows: list[dict], epochs: int, split: str = "test") -> list[str]:
@@ -444,29 +523,45 @@ def accuracy_table(rows: list[dict], epochs: int, split: str = "test") -> list[s
         return []
     sparsities = sorted({s for (m, s) in cells if m != "dense"})
     methods = sorted({m for (m, s) in cells if m != "dense"}, key=method_order)
-    lines = [f"Top-1 (%) on the {split} split after {epochs} epochs: mean ± std over seeds "
-             "(number of seeds); the best sparse mean per column (ablations included) in bold.",
-             ""]
+    lines = [
+        f"Top-1 (%) on the {split} split after {epochs} epochs: mean ± std over seeds "
+        "(number of seeds); the best sparse mean per column (ablations included) in bold.",
+        "",
+    ]
     if ("dense", 0.0) in cells:
         lines += [f"Dense: {fmt_cell(cells[('dense', 0.0)])}.", ""]
-    lines += ["| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |",
-              "|---|" + "---:|" * len(sparsities)]
-    best = {s: max((cells[(m, s)][0] for m in methods if (m, s) in cells), default=None)
-            for s in sparsities}
+    lines += [
+        "| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |",
+        "|---|" + "---:|" * len(sparsities),
+    ]
+    best = {
+        s: max((cells[(m, s)][0] for m in methods if (m, s) in cells), default=None)
+        for s in sparsities
+    }
     for m in methods:
-        lines.append(f"| {label(m)} | " + " | ".join(
-            fmt_cell(cells.get((m, s)), bold=(m, s) in cells and cells[(m, s)][0] == best[s])
-            for s in sparsities) + " |")
+        lines.append(
+            f"| {label(m)} | "
+            + " | ".join(
+                fmt_cell(cells.get((m, s)), bold=(m, s) in cells and cells[(m, s)][0] == best[s])
+                for s in sparsities
+            )
+            + " |"
+        )
     macs = {}
     for r in rows:
         if int(r["epochs"]) == epochs and r["method"] != "dense":
             macs.setdefault(float(r["sparsity"]), []).append(float(r["flops"]))
     dense_macs = next((float(r["dense_flops"]) for r in rows), None)
     if macs and dense_macs:
-        lines += ["", f"Sparse MACs per example (mean over methods and seeds; dense "
-                      f"{dense_macs / 1e6:.2f}M): " + ", ".join(
-                          f"{100 * s:g}%: {statistics.fmean(v) / 1e6:.3f}M"
-                          for s, v in sorted(macs.items())) + "."]
+        lines += [
+            "",
+            f"Sparse MACs per example (mean over methods and seeds; dense "
+            f"{dense_macs / 1e6:.2f}M): "
+            + ", ".join(
+                f"{100 * s:g}%: {statistics.fmean(v) / 1e6:.3f}M" for s, v in sorted(macs.items())
+            )
+            + ".",
+        ]
     if split != "test":
         pick = best_tuned(cells, sparsities)
         return lines + (["", *pick] if pick else [])
@@ -477,48 +572,79 @@ def accuracy_table(rows: list[dict], epochs: int, split: str = "test") -> list[s
 
 
 def budget_table(rows: list[dict], sparsity=BUDGET_SPARSITY, seed: int = 0) -> list[str]:
-    picked = [r for r in rows if float(r["sparsity"]) == sparsity and int(r["seed"]) == seed
-              and r["method"] in BUDGET_METHODS]
+    picked = [
+        r
+        for r in rows
+        if float(r["sparsity"]) == sparsity
+        and int(r["seed"]) == seed
+        and r["method"] in BUDGET_METHODS
+    ]
     epochs = sorted({int(r["epochs"]) for r in picked})
     if len(epochs) < 2:
         return []
     methods = [m for m in BUDGET_METHODS if any(r["method"] == m for r in picked)]
     top1 = {(r["method"], int(r["epochs"])): float(r["top1"]) for r in picked}
     optgs = [m for m in methods if m not in BUDGET_BASELINES]
-    lines = [f"Budget study: top-1 (%) at {100 * sparsity:g}%, seed {seed}, by run length (the "
-             "ramp always ends at two-thirds of the run); the last columns are each OptG's "
-             "lead over the better of GMP and Taylor.", "",
-             "| epochs | " + " | ".join(label(m) for m in methods) + " | " +
-             " | ".join(f"{'OptG' if m == 'optg' else 'tuned OptG'} − best baseline"
-                        for m in optgs) + " |",
-             "|---:|" + "---:|" * (len(methods) + len(optgs))]
+    lines = [
+        f"Budget study: top-1 (%) at {100 * sparsity:g}%, seed {seed}, by run length (the "
+        "ramp always ends at two-thirds of the run); the last columns are each OptG's "
+        "lead over the better of GMP and Taylor.",
+        "",
+        "| epochs | "
+        + " | ".join(label(m) for m in methods)
+        + " | "
+        + " | ".join(f"{'OptG' if m == 'optg' else 'tuned OptG'} − best baseline" for m in optgs)
+        + " |",
+        "|---:|" + "---:|" * (len(methods) + len(optgs)),
+    ]
     for e in epochs:
         vals = [top1.get((m, e)) for m in methods]
         others = [top1[(m, e)] for m in BUDGET_BASELINES if (m, e) in top1]
-        gaps = [f"{100 * (top1[(m, e)] - max(others)):+.2f}" if (m, e) in top1 and others
-                else "—" for m in optgs]
-        lines.append(f"| {e} | " + " | ".join("—" if v is None else f"{100 * v:.2f}"
-                                              for v in vals) + " | " + " | ".join(gaps) + " |")
+        gaps = [
+            f"{100 * (top1[(m, e)] - max(others)):+.2f}" if (m, e) in top1 and others else "—"
+            for m in optgs
+        ]
+        lines.append(
+            f"| {e} | "
+            + " | ".join("—" if v is None else f"{100 * v:.2f}" for v in vals)
+            + " | "
+            + " | ".join(gaps)
+            + " |"
+        )
     return lines
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-    rows = sorted(rows, key=lambda r: (int(r["epochs"]), method_order(r["method"]),
-                                       float(r["sparsity"]), int(r["seed"])))
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            int(r["epochs"]),
+            method_order(r["method"]),
+            float(r["sparsity"]),
+            int(r["seed"]),
+        ),
+    )
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, ""))
-                             for k in CSV_FIELDS})
+            writer.writerow(
+                {
+                    k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, ""))
+                    for k in CSV_FIELDS
+                }
+            )
 
 
-def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = None,
-         split: str = "test") -> list[str]:
+def plot(
+    rows: list[dict], epochs: int, path: str, budget_path: str | None = None, split: str = "test"
+) -> list[str]:
     """Writes the PNG(s); returns the paths written."""
     import matplotlib  # pylint: disable=import-outside-toplevel
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
     written = []
     cells = summarize(rows, epochs)
     sparsities = sorted({s for (m, s) in cells if m != "dense"})
@@ -530,8 +656,14 @@ def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = Non
         for k, m in enumerate(methods):
             pts = [(x[s], *cells[(m, s)][:2]) for s in sparsities if (m, s) in cells]
             shift = (k - (len(methods) - 1) / 2) * 0.04
-            ax.errorbar([p[0] + shift for p in pts], [100 * p[1] for p in pts],
-                        yerr=[100 * p[2] for p in pts], marker="o", capsize=3, label=label(m))
+            ax.errorbar(
+                [p[0] + shift for p in pts],
+                [100 * p[1] for p in pts],
+                yerr=[100 * p[2] for p in pts],
+                marker="o",
+                capsize=3,
+                label=label(m),
+            )
         if ("dense", 0.0) in cells:
             dense = 100 * cells[("dense", 0.0)][0]
             ax.axhline(dense, color="k", ls="--", lw=1, label="dense")
@@ -546,13 +678,19 @@ def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = Non
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    picked = [r for r in rows if float(r["sparsity"]) == BUDGET_SPARSITY and int(r["seed"]) == 0
-              and r["method"] in BUDGET_METHODS]
+    picked = [
+        r
+        for r in rows
+        if float(r["sparsity"]) == BUDGET_SPARSITY
+        and int(r["seed"]) == 0
+        and r["method"] in BUDGET_METHODS
+    ]
     if budget_path and len({int(r["epochs"]) for r in picked}) >= 2:
         fig, ax = plt.subplots(figsize=(5.6, 5.0))
         for m in BUDGET_METHODS:
-            pts = sorted((int(r["epochs"]), 100 * float(r["top1"])) for r in picked
-                         if r["method"] == m)
+            pts = sorted(
+                (int(r["epochs"]), 100 * float(r["top1"])) for r in picked if r["method"] == m
+            )
             if pts:
                 # The tuned variant's settings are spelled out in the tables; short here.
                 ax.plot(*zip(*pts), marker="o", label=label(m).split(" (")[0])
@@ -569,10 +707,19 @@ def plot(rows: list[dict], epochs: int, path: str, budget_path: str | None = Non
     return written
 
 
-def report_markdown(rows: list[dict], epochs: int, header: str, notes: str,
-                    section: str = SECTION, split: str = "test") -> str:
-    title = ("Accuracy against sparsity" if split == "test" else
-             "Tuning OptG on a validation split (never the test split)")
+def report_markdown(
+    rows: list[dict],
+    epochs: int,
+    header: str,
+    notes: str,
+    section: str = SECTION,
+    split: str = "test",
+) -> str:
+    title = (
+        "Accuracy against sparsity"
+        if split == "test"
+        else "Tuning OptG on a validation split (never the test split)"
+    )
     lines = [f"## {title} (benchmarks/accuracy_vs_sparsity.py)", "", header, ""]
     table = accuracy_table(rows, epochs, split)
     lines += table or ["No grid run has finished yet."]
@@ -581,10 +728,13 @@ def report_markdown(rows: list[dict], epochs: int, header: str, notes: str,
         lines += ["", "### Budget study", ""] + budget
     if rows:
         total = sum(float(r["wall_time_s"]) for r in rows)
-        lines += ["", f"{len(rows)} runs, {total / 60:.0f} min of wall time in all (per run: "
-                      f"{min(float(r['wall_time_s']) for r in rows):.0f}–"
-                      f"{max(float(r['wall_time_s']) for r in rows):.0f} s). Every run is a row of "
-                      f"[benchmarks/results/{section}.csv](benchmarks/results/{section}.csv)."]
+        lines += [
+            "",
+            f"{len(rows)} runs, {total / 60:.0f} min of wall time in all (per run: "
+            f"{min(float(r['wall_time_s']) for r in rows):.0f}–"
+            f"{max(float(r['wall_time_s']) for r in rows):.0f} s). Every run is a row of "
+            f"[benchmarks/results/{section}.csv](benchmarks/results/{section}.csv).",
+        ]
         lines += ["", f"![top-1 against sparsity](benchmarks/results/{section}.png)"]
         if budget:
             lines += ["", f"![budget study](benchmarks/results/{section}_budget.png)"]
@@ -598,8 +748,14 @@ def update_section(path: str, body: str, section: str = SECTION) -> None:
     report.update_section(path, section, body)
 
 
-def write_report(rows: list[dict], epochs: int, header: str, results_dir: str = RESULTS_DIR,
-                 benchmarks_md: str = BENCHMARKS_MD, validation: bool = False) -> str:
+def write_report(
+    rows: list[dict],
+    epochs: int,
+    header: str,
+    results_dir: str = RESULTS_DIR,
+    benchmarks_md: str = BENCHMARKS_MD,
+    validation: bool = False,
+) -> str:
     """CSV, Markdown, PNGs and the BENCHMARKS.md section; returns the Markdown.
 
     Runs evaluated on a validation split (`validation`) go to files and a section of their own
@@ -614,8 +770,13 @@ def write_report(rows: list[dict], epochs: int, header: str, results_dir: str = 
             notes = f.read()
     write_csv(rows, os.path.join(results_dir, f"{section}.csv"))
     if rows:
-        plot(rows, epochs, os.path.join(results_dir, f"{section}.png"),
-             os.path.join(results_dir, f"{section}_budget.png"), split)
+        plot(
+            rows,
+            epochs,
+            os.path.join(results_dir, f"{section}.png"),
+            os.path.join(results_dir, f"{section}_budget.png"),
+            split,
+        )
     text = report_markdown(rows, epochs, header, notes, section, split)
     with open(os.path.join(results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
         f.write(text)
@@ -625,46 +786,50 @@ def write_report(rows: list[dict], epochs: int, header: str, results_dir: str = 
 
 def protocol_header(shared, epochs: int, root: str) -> str:
     from optg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+
     c = shared
     size = f" at {c.image_size}x{c.image_size}" if c.image_size else ""
-    return "\n".join([
-        "Every method (dense, GMP = `magnitude`, `taylor`, `supermask` = OptG without the "
-        "supermask optimizer, `optg`) is trained with the same protocol, fixed before any "
-        "comparison was run:",
-        "",
-        f"- `{c.model}` on `{c.dataset}`{size}, {epochs} epochs (grid), batch {c.batch_size}, "
-        f"SGD momentum {c.momentum}, peak lr {config_lib.effective_learning_rate(c):g} "
-        f"(warm-up {c.warmup_epochs:g} epochs, then cosine), weight decay {c.weight_decay:g}, "
-        f"label smoothing {c.label_smoothing:g};",
-        f"- `{c.schedule}` sparsity ramp (β = {c.beta:g} per epoch) from step 0 to "
-        f"{c.pruning_end_fraction:.3g} of training for every sparse method, global allocation, "
-        f"a mask refresh every {c.mask_update_every} steps (during and after the ramp); "
-        f"OptG/supermask score momentum {c.score_momentum:g};",
-        "- top-1 on the test split. The shared hyper-parameters were not tuned. OptG and "
-        "supermask use the paper's OptG-specific settings (β = 1, score momentum 0.9, masks "
-        "re-selected after the ramp as in the paper's code); the row *OptG tuned on "
-        "validation* changes only OptG-specific settings, picked on a validation split carved "
-        "from the training set (section *Tuning OptG on a validation split* below), never on "
-        "test." if not c.validation_examples else
-        f"- top-1 on a validation split: the last {c.validation_examples} training examples, "
-        "held out of training; the test split is not read.",
-        "",
-        f"Workdirs: `{os.path.relpath(root, ROOT)}`. Commands:",
-        "",
-        "```",
-        ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --quick   # 98%, 99%, seed 0",
-        ".venv/bin/python benchmarks/accuracy_vs_sparsity.py           # 90-99%, seeds 0-2",
-        ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --no-grid --budget \\",
-        "    --budget-epochs 2 4 8 16                                  # the budget study",
-        "# the OptG-specific settings, on the last 10,000 training examples:",
-        ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --validation 10000 \\",
-        "    --sparsities 0.98 0.99 --seeds 0 --methods magnitude optg optg-frozen ...",
-        "# CIFAR-10 from TFDS (not run here):",
-        ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --config configs/resnet32_cifar10.py"
-        " \\",
-        "    --data-dir ~/tensorflow_datasets --epochs 160 --budget-epochs 40 80 160",
-        "```",
-    ])
+    return "\n".join(
+        [
+            "Every method (dense, GMP = `magnitude`, `taylor`, `supermask` = OptG without the "
+            "supermask optimizer, `optg`) is trained with the same protocol, fixed before any "
+            "comparison was run:",
+            "",
+            f"- `{c.model}` on `{c.dataset}`{size}, {epochs} epochs (grid), batch {c.batch_size}, "
+            f"SGD momentum {c.momentum}, peak lr {config_lib.effective_learning_rate(c):g} "
+            f"(warm-up {c.warmup_epochs:g} epochs, then cosine), weight decay {c.weight_decay:g}, "
+            f"label smoothing {c.label_smoothing:g};",
+            f"- `{c.schedule}` sparsity ramp (β = {c.beta:g} per epoch) from step 0 to "
+            f"{c.pruning_end_fraction:.3g} of training for every sparse method, global allocation, "
+            f"a mask refresh every {c.mask_update_every} steps (during and after the ramp); "
+            f"OptG/supermask score momentum {c.score_momentum:g};",
+            "- top-1 on the test split. The shared hyper-parameters were not tuned. OptG and "
+            "supermask use the paper's OptG-specific settings (β = 1, score momentum 0.9, masks "
+            "re-selected after the ramp as in the paper's code); the row *OptG tuned on "
+            "validation* changes only OptG-specific settings, picked on a validation split carved "
+            "from the training set (section *Tuning OptG on a validation split* below), never on "
+            "test."
+            if not c.validation_examples
+            else f"- top-1 on a validation split: the last {c.validation_examples} training examples, "
+            "held out of training; the test split is not read.",
+            "",
+            f"Workdirs: `{os.path.relpath(root, ROOT)}`. Commands:",
+            "",
+            "```",
+            ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --quick   # 98%, 99%, seed 0",
+            ".venv/bin/python benchmarks/accuracy_vs_sparsity.py           # 90-99%, seeds 0-2",
+            ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --no-grid --budget \\",
+            "    --budget-epochs 2 4 8 16                                  # the budget study",
+            "# the OptG-specific settings, on the last 10,000 training examples:",
+            ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --validation 10000 \\",
+            "    --sparsities 0.98 0.99 --seeds 0 --methods magnitude optg optg-frozen ...",
+            "# CIFAR-10 from TFDS (not run here):",
+            ".venv/bin/python benchmarks/accuracy_vs_sparsity.py --config configs/resnet32_cifar10.py"
+            " \\",
+            "    --data-dir ~/tensorflow_datasets --epochs 160 --budget-epochs 40 80 160",
+            "```",
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -673,13 +838,20 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(GRID_METHODS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="grid run length (default: the protocol's, 4 for Fashion-MNIST)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="grid run length (default: the protocol's, 4 for Fashion-MNIST)",
+    )
     parser.add_argument("--budget", action="store_true", help="also run the budget study")
     parser.add_argument("--budget-epochs", nargs="+", type=int, default=[2, 4, 8, 16])
     parser.add_argument("--no-grid", action="store_true", help="skip the grid (e.g. budget only)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite the report from finished runs; train nothing")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report from finished runs; train nothing",
+    )
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "fashion_mnist.py"))
     parser.add_argument("--dataset", default="")
     parser.add_argument("--model", default="")
@@ -688,9 +860,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--mask-update-every", type=int, default=None)
-    parser.add_argument("--validation", type=int, default=None, metavar="N",
-                        help="train on all but the last N training examples and evaluate on "
-                             "them (tuning OptG-specific settings; the test split is not read)")
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on all but the last N training examples and evaluate on "
+        "them (tuning OptG-specific settings; the test split is not read)",
+    )
     parser.add_argument("--workdir-root", default=os.path.join(ROOT, "runs", "bench", SECTION))
     parser.add_argument("--results-dir", default=RESULTS_DIR)
     parser.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
@@ -707,6 +884,7 @@ def main(argv=None) -> int:
     os.makedirs(root, exist_ok=True)
 
     import jax  # pylint: disable=import-outside-toplevel
+
     # Runs of one protocol compile the same steps: reuse them across runs and invocations.
     jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir_root, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -721,8 +899,9 @@ def main(argv=None) -> int:
     validation = bool(shared.validation_examples)
 
     def report():
-        write_report(read_all_records(root), epochs, header, args.results_dir,
-                     args.benchmarks_md, validation)
+        write_report(
+            read_all_records(root), epochs, header, args.results_dir, args.benchmarks_md, validation
+        )
 
     if not args.report_only:
         run_all(specs, shared, root, on_row=report)

@@ -13,7 +13,7 @@ def markers(section: str) -> tuple[str, str]:
 
 
 def update_section(path: str, section: str, body: str) -> None:
-    """Replaces the text between ``section``'s markers in ``path`` (creating what is missing).
+    """Replaces the text between `section`'s markers in `path` (creating what is missing).
 
     The file is rewritten atomically; other sections are left as they are.
     """
@@ -25,7 +25,7 @@ def update_section(path: str, section: str, body: str) -> None:
             text = f.read()
     start, stop = text.find(begin), text.find(end)
     if start >= 0 and stop > start:
-        text = text[:start] + block + text[stop + len(end):]
+        text = text[:start] + block + text[stop + len(end) :]
     elif text.strip():
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     else:

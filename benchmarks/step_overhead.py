@@ -31,16 +31,25 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from report import BENCHMARKS_MD, update_section  # noqa: E402
+
 import optg_jax  # noqa: E402
 from optg_jax import config as config_lib  # noqa: E402
 from optg_jax import models, topk, training  # noqa: E402
-from report import BENCHMARKS_MD, update_section  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "step_overhead.md")
 
 
-def build_step(model_name, image_shape, num_classes, batch, criterion, dtype="float32",
-               mask_update_every=10**6, total_steps=10**7):
+def build_step(
+    model_name,
+    image_shape,
+    num_classes,
+    batch,
+    criterion,
+    dtype="float32",
+    mask_update_every=10**6,
+    total_steps=10**7,
+):
     """Returns (jitted step, initial TrainState, the jitted function for cache inspection)."""
     config = config_lib.base_config()
     config.model, config.criterion, config.dtype = model_name, criterion, dtype
@@ -53,12 +62,23 @@ def build_step(model_name, image_shape, num_classes, batch, criterion, dtype="fl
     lr = training.learning_rate_schedule(config, total_steps, 1000)
     tx = training.make_optimizer(config, total_steps, 1000, lr)
     params = variables["params"]
-    state = training.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                batch_stats=variables.get("batch_stats", {}),
-                                opt_state=tx.init(params))
-    fn = jax.jit(functools.partial(training.train_step, model=model, tx=tx,
-                                   num_classes=num_classes, label_smoothing=0.0,
-                                   sparse=criterion != "dense"), donate_argnums=0)
+    state = training.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+    )
+    fn = jax.jit(
+        functools.partial(
+            training.train_step,
+            model=model,
+            tx=tx,
+            num_classes=num_classes,
+            label_smoothing=0.0,
+            sparse=criterion != "dense",
+        ),
+        donate_argnums=0,
+    )
     return fn, state
 
 
@@ -81,7 +101,9 @@ def time_interleaved(steps: dict, states: dict, batch, rounds: int, warmup: int 
 def optg_state_bytes(state) -> tuple[int, int]:
     """(bytes of scores + momentum + masks, number of masked weights)."""
     s = optg_jax.get_optg_state(state.opt_state)
-    nbytes = sum(x.nbytes for tree in (s.scores, s.momentum, s.masks) for x in jax.tree.leaves(tree))
+    nbytes = sum(
+        x.nbytes for tree in (s.scores, s.momentum, s.masks) for x in jax.tree.leaves(tree)
+    )
     return nbytes, sum(m.size for m in jax.tree.leaves(s.masks))
 
 
@@ -89,17 +111,21 @@ def memory_row(fn, state, batch) -> dict:
     compiled = fn.lower(state, batch).compile()
     mem = compiled.memory_analysis()
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(state.params))
-    return {"param_MB": param_bytes / 2**20,
-            "argument_MB": mem.argument_size_in_bytes / 2**20,
-            "alias_MB": mem.alias_size_in_bytes / 2**20,
-            "temp_MB": mem.temp_size_in_bytes / 2**20,
-            "output_MB": mem.output_size_in_bytes / 2**20}
+    return {
+        "param_MB": param_bytes / 2**20,
+        "argument_MB": mem.argument_size_in_bytes / 2**20,
+        "alias_MB": mem.alias_size_in_bytes / 2**20,
+        "temp_MB": mem.temp_size_in_bytes / 2**20,
+        "output_MB": mem.output_size_in_bytes / 2**20,
+    }
 
 
 def bench_model(model_name, image_shape, num_classes, batch_size, rounds, lines):
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.normal(size=(batch_size, *image_shape)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32)}
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(batch_size, *image_shape)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
+    }
     variants = {
         "dense": dict(criterion="dense"),
         "optg": dict(criterion="optg"),
@@ -111,35 +137,45 @@ def bench_model(model_name, image_shape, num_classes, batch_size, rounds, lines)
     }
     steps, states = {}, {}
     for name, kw in variants.items():
-        steps[name], states[name] = build_step(model_name, image_shape, num_classes, batch_size,
-                                               **kw)
+        steps[name], states[name] = build_step(
+            model_name, image_shape, num_classes, batch_size, **kw
+        )
     mem = memory_row(steps["optg"], states["optg"], batch)
     med, states = time_interleaved(steps, states, batch, rounds)
     nbytes, n_masked = optg_state_bytes(states["optg"])
     refresh_compiles = steps["optg refresh"]._cache_size()
-    lines.append(f"\n### {model_name}, batch {batch_size}, input {image_shape}, "
-                 f"{jax.devices()[0].device_kind}, {rounds} interleaved rounds\n")
+    lines.append(
+        f"\n### {model_name}, batch {batch_size}, input {image_shape}, "
+        f"{jax.devices()[0].device_kind}, {rounds} interleaved rounds\n"
+    )
     lines.append("| variant | median step (ms) | ratio to dense (same dtype) |")
     lines.append("|---|---:|---:|")
     for name, t in med.items():
         base = med["dense bf16"] if "bf16" in name else med["dense"]
         lines.append(f"| {name} | {t * 1e3:.2f} | {t / base:.3f} |")
     lines.append("")
-    lines.append(f"- compiled versions of the refresh-every-step function after "
-                 f"{rounds + 3} steps: {refresh_compiles} (no recompilation)")
-    lines.append(f"- OptG state: {nbytes / n_masked:.2f} bytes per masked weight "
-                 f"({n_masked:,} masked weights)")
-    lines.append(f"- compiled optg step: params {mem['param_MB']:.2f} MB, arguments "
-                 f"{mem['argument_MB']:.2f} MB of which donated/aliased {mem['alias_MB']:.2f} MB, "
-                 f"temporaries {mem['temp_MB']:.2f} MB")
+    lines.append(
+        f"- compiled versions of the refresh-every-step function after "
+        f"{rounds + 3} steps: {refresh_compiles} (no recompilation)"
+    )
+    lines.append(
+        f"- OptG state: {nbytes / n_masked:.2f} bytes per masked weight "
+        f"({n_masked:,} masked weights)"
+    )
+    lines.append(
+        f"- compiled optg step: params {mem['param_MB']:.2f} MB, arguments "
+        f"{mem['argument_MB']:.2f} MB of which donated/aliased {mem['alias_MB']:.2f} MB, "
+        f"temporaries {mem['temp_MB']:.2f} MB"
+    )
     return med
 
 
 def bench_threshold(lines, repeats=5):
     """Exact global top-k mask over ResNet-50's kernels at 90% sparsity."""
     model = models.create("resnet50", 1000)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
-                                               train=False))["params"]
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    )["params"]
     leaves = [s for s in jax.tree.leaves(shapes) if len(s.shape) >= 2]
     keys = jax.random.split(jax.random.key(1), len(leaves))
     scores = [jax.random.normal(k, s.shape, jnp.float32) for k, s in zip(keys, leaves)]
@@ -148,8 +184,10 @@ def bench_threshold(lines, repeats=5):
     threshold_fn = jax.jit(lambda s: topk.kth_largest_key(s, k))
     masks_fn = jax.jit(lambda s: topk.topk_masks(s, k))
     results = {}
-    for name, fn in (("threshold (k-th largest)", threshold_fn), ("masks (threshold + ties)",
-                                                                  masks_fn)):
+    for name, fn in (
+        ("threshold (k-th largest)", threshold_fn),
+        ("masks (threshold + ties)", masks_fn),
+    ):
         jax.block_until_ready(fn(scores))
         times = []
         for _ in range(repeats):
@@ -162,15 +200,19 @@ def bench_threshold(lines, repeats=5):
     want = np.partition(flat, flat.size - k)[flat.size - k]
     got_kept = sum(int(np.asarray(m).sum()) for m in masks)
     min_kept = min(float(np.asarray(s)[np.asarray(m) == 1].min()) for s, m in zip(scores, masks))
-    lines.append(f"\n### Exact global threshold, ResNet-50 kernels ({n:,} scores, "
-                 f"{len(leaves)} leaves), keep {k:,}\n")
+    lines.append(
+        f"\n### Exact global threshold, ResNet-50 kernels ({n:,} scores, "
+        f"{len(leaves)} leaves), keep {k:,}\n"
+    )
     lines.append("| operation | median (s) |")
     lines.append("|---|---:|")
     for name, t in results.items():
         lines.append(f"| {name} | {t:.3f} |")
     lines.append("")
-    lines.append(f"- kept {got_kept:,} (exact k: {got_kept == k}); smallest kept score equals "
-                 f"NumPy's k-th largest: {min_kept == float(want)}")
+    lines.append(
+        f"- kept {got_kept:,} (exact k: {got_kept == k}); smallest kept score equals "
+        f"NumPy's k-th largest: {min_kept == float(want)}"
+    )
     return results
 
 
@@ -180,9 +222,11 @@ def main():
     parser.add_argument("--resnet50", action="store_true", help="add ResNet-50 at 224x224")
     parser.add_argument("--skip-threshold", action="store_true")
     args = parser.parse_args()
-    lines = ["## Step overhead of OptG (benchmarks/step_overhead.py)", "",
-             f"jax {jax.__version__}, backend {jax.default_backend()}, "
-             f"{os.cpu_count()} CPU cores"]
+    lines = [
+        "## Step overhead of OptG (benchmarks/step_overhead.py)",
+        "",
+        f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPU cores",
+    ]
     bench_model("resnet20", (32, 32, 3), 10, 128, args.rounds, lines)
     bench_model("fmnist_cnn", (28, 28, 1), 10, 128, args.rounds, lines)
     if args.resnet50:

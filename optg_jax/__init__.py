@@ -23,6 +23,15 @@ from optg_jax.optg import (
 )
 
 __all__ = [
-    "ALLOCATIONS", "CRITERIA", "OptGState", "apply_masks", "default_is_masked", "get_masks",
-    "get_optg_state", "optg_optax", "path_to_name", "schedules", "sparsity_summary",
+    "ALLOCATIONS",
+    "CRITERIA",
+    "OptGState",
+    "apply_masks",
+    "default_is_masked",
+    "get_masks",
+    "get_optg_state",
+    "optg_optax",
+    "path_to_name",
+    "schedules",
+    "sparsity_summary",
 ]

@@ -35,188 +35,215 @@ EXPORT_DIR = "export"
 
 
 class CheckpointError(RuntimeError):
-  """No usable checkpoint where one was expected; the message is one line."""
+    """No usable checkpoint where one was expected; the message is one line."""
 
 
 # File helpers over etils.epath, so a workdir may be local or remote (gs://...).
 
 
 def is_remote(path) -> bool:
-  return "://" in str(path)
+    return "://" in str(path)
 
 
 def workdir_path(workdir: str) -> epath.Path:
-  """The workdir as an epath.Path (absolute when local)."""
-  return epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir))
+    """The workdir as an epath.Path (absolute when local)."""
+    return epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir))
 
 
 def read_json(path) -> dict | None:
-  """The JSON object at `path`, or None when the file is absent or unreadable."""
-  try:
-    return json.loads(epath.Path(path).read_text())
-  except (OSError, ValueError):
-    return None
+    """The JSON object at `path`, or None when the file is absent or unreadable."""
+    try:
+        return json.loads(epath.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def write_json(path, obj: dict) -> None:
-  """Writes `obj` as JSON (through a temporary file, so a reader never sees half a file)."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1, default=str))
-  tmp.replace(path)
+    """Writes `obj` as JSON (through a temporary file, so a reader never sees half a file)."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)
 
 
 def checkpoint_steps_on_disk(workdir: str) -> list[int]:
-  """Steps of the finished checkpoints under workdir/checkpoints (without opening orbax)."""
-  d = workdir_path(workdir) / CHECKPOINT_DIR
-  if not d.exists():
-    return []
-  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
+    """Steps of the finished checkpoints under workdir/checkpoints (without opening orbax)."""
+    d = workdir_path(workdir) / CHECKPOINT_DIR
+    if not d.exists():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
 
 
 def shapes(tree) -> dict[str, list[int]]:
-  """{'conv1/kernel': [3, 3, 1, 32], ...} for the array leaves of `tree`."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {path_to_name(p): list(np.shape(x)) for p, x in leaves}
+    """{'conv1/kernel': [3, 3, 1, 32], ...} for the array leaves of `tree`."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_to_name(p): list(np.shape(x)) for p, x in leaves}
 
 
 # --------------------------------------------------------------------------- workdir identity
 
 
-def check_workdir(workdir: str, identity: dict, param_shapes: dict,
-                  defaults: dict | None = None) -> bool:
-  """Refuses a workdir created by another experiment; returns whether config.json exists.
+def check_workdir(
+    workdir: str, identity: dict, param_shapes: dict, defaults: dict | None = None
+) -> bool:
+    """Refuses a workdir created by another experiment; returns whether config.json exists.
 
-  `defaults` gives the value that an identity field had before it existed (a workdir written by
-  an older version lacks it): such a workdir is the same experiment if this config keeps that
-  value.
+    `defaults` gives the value that an identity field had before it existed (a workdir written by
+    an older version lacks it): such a workdir is the same experiment if this config keeps that
+    value.
 
-  Raises:
-    ConfigError: one line naming the differing fields (or the first differing parameter).
-  """
-  path = workdir_path(workdir) / CONFIG_FILE
-  if not path.exists():
-    return False
-  stored = read_json(path)
-  if not isinstance(stored, dict) or not {"identity", "param_shapes"} <= set(stored):
-    raise ConfigError(f"{path} is unreadable; use another --workdir")
-  old_identity, old_shapes = stored["identity"], stored["param_shapes"]
-  defaults = defaults or {}
-  old_identity = {k: old_identity.get(k, defaults.get(k)) for k in identity}
-  diffs = [f"{k}={old_identity[k]!r} (this config: {v!r})"
-           for k, v in identity.items() if old_identity[k] != v]
-  if diffs:
-    raise ConfigError(f"workdir {workdir} holds another run: " + ", ".join(diffs[:4])
-                      + "; use another --workdir")
-  if old_shapes != param_shapes:
-    bad = sorted(set(old_shapes) ^ set(param_shapes)) or [
-        k for k in param_shapes if old_shapes[k] != param_shapes[k]]
-    raise ConfigError(f"workdir {workdir} holds a model with other parameters (first "
-                      f"difference: {bad[0]}); use another --workdir")
-  return True
+    Raises:
+      ConfigError: one line naming the differing fields (or the first differing parameter).
+    """
+    path = workdir_path(workdir) / CONFIG_FILE
+    if not path.exists():
+        return False
+    stored = read_json(path)
+    if not isinstance(stored, dict) or not {"identity", "param_shapes"} <= set(stored):
+        raise ConfigError(f"{path} is unreadable; use another --workdir")
+    old_identity, old_shapes = stored["identity"], stored["param_shapes"]
+    defaults = defaults or {}
+    old_identity = {k: old_identity.get(k, defaults.get(k)) for k in identity}
+    diffs = [
+        f"{k}={old_identity[k]!r} (this config: {v!r})"
+        for k, v in identity.items()
+        if old_identity[k] != v
+    ]
+    if diffs:
+        raise ConfigError(
+            f"workdir {workdir} holds another run: "
+            + ", ".join(diffs[:4])
+            + "; use another --workdir"
+        )
+    if old_shapes != param_shapes:
+        bad = sorted(set(old_shapes) ^ set(param_shapes)) or [
+            k for k in param_shapes if old_shapes[k] != param_shapes[k]
+        ]
+        raise ConfigError(
+            f"workdir {workdir} holds a model with other parameters (first "
+            f"difference: {bad[0]}); use another --workdir"
+        )
+    return True
 
 
-def write_workdir_config(workdir: str, config_dict: dict, identity: dict,
-                         param_shapes: dict) -> None:
-  """Writes workdir/config.json (process 0, first run only)."""
-  write_json(workdir_path(workdir) / CONFIG_FILE,
-             {"config": config_dict, "identity": identity, "param_shapes": param_shapes})
+def write_workdir_config(
+    workdir: str, config_dict: dict, identity: dict, param_shapes: dict
+) -> None:
+    """Writes workdir/config.json (process 0, first run only)."""
+    write_json(
+        workdir_path(workdir) / CONFIG_FILE,
+        {"config": config_dict, "identity": identity, "param_shapes": param_shapes},
+    )
 
 
 # --------------------------------------------------------------------------- train state
 
 
 def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
-  """An orbax CheckpointManager over workdir/checkpoints keeping the last `keep` steps."""
-  # Synchronous saves: a checkpoint is on disk when `save` returns (the "last good checkpoint"
-  # of a diverged run is real), and no background thread writes while the input pipeline runs
-  # (tfds.testing.mock_data swaps the file system under every thread while it builds a
-  # dataset). A save costs a few seconds every `checkpoint_every_steps` steps at most.
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(workdir_path(workdir) / CHECKPOINT_DIR,
-                               options=options, item_handlers=ocp.StandardCheckpointHandler())
+    """An orbax CheckpointManager over workdir/checkpoints keeping the last `keep` steps."""
+    # Synchronous saves: a checkpoint is on disk when `save` returns (the "last good checkpoint"
+    # of a diverged run is real), and no background thread writes while the input pipeline runs
+    # (tfds.testing.mock_data swaps the file system under every thread while it builds a
+    # dataset). A save costs a few seconds every `checkpoint_every_steps` steps at most.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=create, enable_async_checkpointing=False
+    )
+    return ocp.CheckpointManager(
+        workdir_path(workdir) / CHECKPOINT_DIR,
+        options=options,
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-  """Saves `state` at `step` (a no-op when that step is already saved)."""
-  if step in mngr.all_steps():
-    return
-  mngr.save(step, args=ocp.args.StandardSave(state))
+    """Saves `state` at `step` (a no-op when that step is already saved)."""
+    if step in mngr.all_steps():
+        return
+    mngr.save(step, args=ocp.args.StandardSave(state))
 
 
 def _metadata_shapes(mngr, step) -> dict:
-  tree = mngr.item_metadata(step)
-  tree = getattr(tree, "tree", tree)
-  leaves = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict))[0]
-  return {path_to_name(p): list(x.shape) for p, x in leaves if hasattr(x, "shape")}
+    tree = mngr.item_metadata(step)
+    tree = getattr(tree, "tree", tree)
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict)
+    )[0]
+    return {path_to_name(p): list(x.shape) for p, x in leaves if hasattr(x, "shape")}
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, workdir: str,
-                   log: Callable[[str], None] = logging.warning) -> tuple[Any, int]:
-  """Restores the newest readable checkpoint onto `abstract_state`'s shapes and shardings.
+def restore_latest(
+    mngr: ocp.CheckpointManager,
+    abstract_state,
+    workdir: str,
+    log: Callable[[str], None] = logging.warning,
+) -> tuple[Any, int]:
+    """Restores the newest readable checkpoint onto `abstract_state`'s shapes and shardings.
 
-  A checkpoint that cannot be read (truncated, corrupt) is moved to workdir/corrupt_checkpoints
-  with a one-line message, and the previous one is tried.
+    A checkpoint that cannot be read (truncated, corrupt) is moved to workdir/corrupt_checkpoints
+    with a one-line message, and the previous one is tried.
 
-  Returns:
-    (state, step), or (None, 0) when the workdir holds no checkpoint.
-  Raises:
-    ConfigError: the checkpoint's parameters do not fit the model (another experiment).
-    CheckpointError: checkpoints exist but none can be read.
-  """
-  steps = sorted(mngr.all_steps(), reverse=True)
-  want = shapes(abstract_state)
-  for i, step in enumerate(steps):
-    try:
-      got = _metadata_shapes(mngr, step)
-    except Exception as e:  # pylint: disable=broad-except
-      got, error = None, e
-    if got is not None:
-      params_got = {k: v for k, v in got.items() if k.startswith("params/")}
-      params_want = {k: v for k, v in want.items() if k.startswith("params/")}
-      if params_got and params_got != params_want:
-        raise ConfigError(f"the checkpoint at step {step} in {mngr.directory} holds parameters "
-                          "of another model; use another --workdir")
-      try:
-        return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
-      except Exception as e:  # pylint: disable=broad-except
-        error = e
-    message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-    later = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
-    log(f"checkpoint at step {step} is unreadable ({type(error).__name__}: {message}); "
-        f"moving it to corrupt_checkpoints/ and {later}")
-    if jax.process_index() == 0:
-      aside = workdir_path(workdir) / "corrupt_checkpoints"
-      aside.mkdir(parents=True, exist_ok=True)
-      (epath.Path(mngr.directory) / str(step)).rename(aside / str(step))
-    mngr.reload()
-  if steps:
-    raise CheckpointError(f"no readable checkpoint in {mngr.directory} (tried steps "
-                          f"{', '.join(map(str, steps))})")
-  return None, 0
+    Returns:
+      (state, step), or (None, 0) when the workdir holds no checkpoint.
+    Raises:
+      ConfigError: the checkpoint's parameters do not fit the model (another experiment).
+      CheckpointError: checkpoints exist but none can be read.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    want = shapes(abstract_state)
+    for i, step in enumerate(steps):
+        try:
+            got = _metadata_shapes(mngr, step)
+        except Exception as e:  # pylint: disable=broad-except
+            got, error = None, e
+        if got is not None:
+            params_got = {k: v for k, v in got.items() if k.startswith("params/")}
+            params_want = {k: v for k, v in want.items() if k.startswith("params/")}
+            if params_got and params_got != params_want:
+                raise ConfigError(
+                    f"the checkpoint at step {step} in {mngr.directory} holds parameters "
+                    "of another model; use another --workdir"
+                )
+            try:
+                return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
+            except Exception as e:  # pylint: disable=broad-except
+                error = e
+        message = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+        later = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
+        log(
+            f"checkpoint at step {step} is unreadable ({type(error).__name__}: {message}); "
+            f"moving it to corrupt_checkpoints/ and {later}"
+        )
+        if jax.process_index() == 0:
+            aside = workdir_path(workdir) / "corrupt_checkpoints"
+            aside.mkdir(parents=True, exist_ok=True)
+            (epath.Path(mngr.directory) / str(step)).rename(aside / str(step))
+        mngr.reload()
+    if steps:
+        raise CheckpointError(
+            f"no readable checkpoint in {mngr.directory} (tried steps {', '.join(map(str, steps))})"
+        )
+    return None, 0
 
 
 # --------------------------------------------------------------------------- export
 
 
 def export(workdir: str, masked_params, batch_stats, info: dict) -> str:
-  """Writes the masked parameters (zeros in place) and BN statistics as a plain .npz.
+    """Writes the masked parameters (zeros in place) and BN statistics as a plain .npz.
 
-  Keys are 'params/<module path>' and 'batch_stats/<module path>'; `info` goes to
-  export/info.json. Returns the .npz path.
-  """
-  out = workdir_path(workdir) / EXPORT_DIR
-  out.mkdir(parents=True, exist_ok=True)
-  arrays = {}
-  for prefix, tree in (("params", masked_params), ("batch_stats", batch_stats or {})):
-    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      arrays[f"{prefix}/{path_to_name(p)}"] = np.asarray(jax.device_get(x))
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  path = out / "model.npz"
-  path.write_bytes(buffer.getvalue())
-  write_json(out / "info.json", info)
-  return str(path)
+    Keys are 'params/<module path>' and 'batch_stats/<module path>'; `info` goes to
+    export/info.json. Returns the .npz path.
+    """
+    out = workdir_path(workdir) / EXPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, tree in (("params", masked_params), ("batch_stats", batch_stats or {})):
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            arrays[f"{prefix}/{path_to_name(p)}"] = np.asarray(jax.device_get(x))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = out / "model.npz"
+    path.write_bytes(buffer.getvalue())
+    write_json(out / "info.json", info)
+    return str(path)

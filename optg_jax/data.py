@@ -14,6 +14,7 @@ Fashion-MNIST and CIFAR-10 are held in memory as uint8 numpy arrays and batched 
 shuffle; its augmentation uses stateless TF random ops seeded per example. Everything also runs
 under `tfds.testing.mock_data`.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,6 +37,7 @@ class DatasetInfo(NamedTuple):
     `image_shape` is (H, W, C) of the model input after preprocessing; the example counts are
     those the iterators actually produce (under `tfds.testing.mock_data`, the mocked count).
     """
+
     num_classes: int
     num_train_examples: int
     num_eval_examples: int
@@ -59,16 +61,49 @@ class _Spec(NamedTuple):
     held_out: int = 0  # > 0: the last `held_out` training examples are the eval split.
 
 
-_SPECS: Mapping[str, _Spec] = types.MappingProxyType({
-    "fashion_mnist": _Spec(10, 28, 1, "train", "test", 60_000, 10_000,
-                           (0.2860,), (0.3530,), fits_in_memory=True, augment=False),
-    "cifar10": _Spec(10, 32, 3, "train", "test", 50_000, 10_000,
-                     (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                     fits_in_memory=True, augment=True),
-    "imagenet2012": _Spec(1000, 224, 3, "train", "validation", 1_281_167, 50_000,
-                          (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                          fits_in_memory=False, augment=True),
-})
+_SPECS: Mapping[str, _Spec] = types.MappingProxyType(
+    {
+        "fashion_mnist": _Spec(
+            10,
+            28,
+            1,
+            "train",
+            "test",
+            60_000,
+            10_000,
+            (0.2860,),
+            (0.3530,),
+            fits_in_memory=True,
+            augment=False,
+        ),
+        "cifar10": _Spec(
+            10,
+            32,
+            3,
+            "train",
+            "test",
+            50_000,
+            10_000,
+            (0.4914, 0.4822, 0.4465),
+            (0.2470, 0.2435, 0.2616),
+            fits_in_memory=True,
+            augment=True,
+        ),
+        "imagenet2012": _Spec(
+            1000,
+            224,
+            3,
+            "train",
+            "validation",
+            1_281_167,
+            50_000,
+            (0.485, 0.456, 0.406),
+            (0.229, 0.224, 0.225),
+            fits_in_memory=False,
+            augment=True,
+        ),
+    }
+)
 
 _CIFAR_PAD = 4
 _EVAL_RESIZE_RATIO = 256 / 224  # ImageNet eval: resize the shorter side to 256, crop 224.
@@ -85,20 +120,27 @@ def _spec(name: str, validation_examples: int = 0) -> _Spec:
     spec = _SPECS[name]
     n = validation_examples
     if not isinstance(n, (int, np.integer)) or not 0 <= n < spec.num_train:
-        raise ValueError(f"validation_examples={n!r} must be an integer in [0, {spec.num_train}) "
-                         f"for {name}")
+        raise ValueError(
+            f"validation_examples={n!r} must be an integer in [0, {spec.num_train}) for {name}"
+        )
     if not n:
         return spec
-    return spec._replace(train_split=f"{spec.train_split}[:-{n}]",
-                         eval_split=f"{spec.train_split}[-{n}:]",
-                         num_train=spec.num_train - n, num_eval=n, held_out=int(n))
+    return spec._replace(
+        train_split=f"{spec.train_split}[:-{n}]",
+        eval_split=f"{spec.train_split}[-{n}:]",
+        num_train=spec.num_train - n,
+        num_eval=n,
+        held_out=int(n),
+    )
 
 
 def _check_held_out(spec: _Spec, total: int, name: str) -> None:
     """The data on disk (`total` training examples) must keep some after the held-out ones."""
     if spec.held_out >= total:
-        raise ValueError(f"validation_examples={spec.held_out} leaves no training examples of "
-                         f"the {total} in {name}")
+        raise ValueError(
+            f"validation_examples={spec.held_out} leaves no training examples of "
+            f"the {total} in {name}"
+        )
 
 
 def _base_split(split: str) -> str:
@@ -139,14 +181,18 @@ def _num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int | None:
 
 def _not_prepared_message(name: str, data_dir: str) -> str:
     if name == "imagenet2012":
-        return (f"imagenet2012 is not prepared under {data_dir}: download ILSVRC2012_img_train.tar "
-                f"and ILSVRC2012_img_val.tar manually from image-net.org into "
-                f"{os.path.join(data_dir, 'downloads', 'manual')} and run "
-                f"`tfds build imagenet2012 --data_dir={data_dir}`, or set --config.data_dir to a "
-                "directory where it is prepared.")
-    return (f"{name} is not prepared under {data_dir}: on a machine with network access run "
-            f"`tfds build {name} --data_dir={data_dir}` and copy the result here, or set "
-            "--config.data_dir to a directory where it is prepared.")
+        return (
+            f"imagenet2012 is not prepared under {data_dir}: download ILSVRC2012_img_train.tar "
+            f"and ILSVRC2012_img_val.tar manually from image-net.org into "
+            f"{os.path.join(data_dir, 'downloads', 'manual')} and run "
+            f"`tfds build imagenet2012 --data_dir={data_dir}`, or set --config.data_dir to a "
+            "directory where it is prepared."
+        )
+    return (
+        f"{name} is not prepared under {data_dir}: on a machine with network access run "
+        f"`tfds build {name} --data_dir={data_dir}` and copy the result here, or set "
+        "--config.data_dir to a directory where it is prepared."
+    )
 
 
 def ensure_dataset(name: str, data_dir: str | None = None) -> None:
@@ -168,12 +214,17 @@ def ensure_dataset(name: str, data_dir: str | None = None) -> None:
         raise FileNotFoundError(_not_prepared_message(name, data_dir))
     if not os.path.isdir(fashion_mnist.DEBIAN_DIR):
         raise FileNotFoundError(
-            fashion_mnist.missing_debian_files_message(fashion_mnist.DEBIAN_DIR, data_dir))
+            fashion_mnist.missing_debian_files_message(fashion_mnist.DEBIAN_DIR, data_dir)
+        )
     fashion_mnist.prepare(data_dir)
 
 
-def dataset_info(name: str, data_dir: str | None = None, image_size: int | None = None,
-                 validation_examples: int = 0) -> DatasetInfo:
+def dataset_info(
+    name: str,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    validation_examples: int = 0,
+) -> DatasetInfo:
     """Returns the `DatasetInfo` of `name` at model-input size `image_size` (None/0: native).
 
     Counts come from the data in `data_dir` when it is loadable (so mocked data reports its
@@ -198,7 +249,8 @@ def dataset_info(name: str, data_dir: str | None = None, image_size: int | None 
         num_eval_examples=spec.num_eval if num_eval is None else num_eval,
         image_shape=(size, size, spec.channels),
         train_split=spec.train_split,
-        eval_split=spec.eval_split)
+        eval_split=spec.eval_split,
+    )
 
 
 def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
@@ -222,15 +274,18 @@ def _local_batch_size(global_batch_size: int, process_index: int, process_count:
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
     if global_batch_size % process_count:
-        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
-                         f"process_count={process_count}")
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not divisible by "
+            f"process_count={process_count}"
+        )
     return global_batch_size // process_count
 
 
 def _check_enough_examples(num_examples: int, global_batch_size: int) -> None:
     if num_examples < global_batch_size:
-        raise ValueError(f"global_batch_size={global_batch_size} exceeds the {num_examples} "
-                         "training examples")
+        raise ValueError(
+            f"global_batch_size={global_batch_size} exceeds the {num_examples} training examples"
+        )
 
 
 def _check_seed_and_step(seed: int, start_step: int) -> None:
@@ -260,22 +315,27 @@ def _load_split(name: str, data_dir: str, split: str, size: int) -> tuple[np.nda
     builder = tfds.builder(name, data_dir=data_dir)
     n = _num_examples(builder, split)
     if n is None:
-        raise FileNotFoundError(_not_prepared_message(name, data_dir)
-                                if name != "fashion_mnist" else
-                                f"fashion_mnist is not prepared under {data_dir}: call "
-                                "optg_jax.data.ensure_dataset('fashion_mnist', data_dir) first")
+        raise FileNotFoundError(
+            _not_prepared_message(name, data_dir)
+            if name != "fashion_mnist"
+            else f"fashion_mnist is not prepared under {data_dir}: call "
+            "optg_jax.data.ensure_dataset('fashion_mnist', data_dir) first"
+        )
     ds = builder.as_dataset(split=split, shuffle_files=False)
     arrays = next(iter(tfds.as_numpy(ds.batch(max(n, 1)))))
     images, labels = arrays["image"], arrays["label"].astype(np.int32)
     if images.shape[1:3] != (size, size):
-        resized = [tf.image.resize(images[i:i + 4096], (size, size), antialias=True)
-                   for i in range(0, len(images), 4096)]
+        resized = [
+            tf.image.resize(images[i : i + 4096], (size, size), antialias=True)
+            for i in range(0, len(images), 4096)
+        ]
         images = np.clip(np.round(np.concatenate(resized)), 0, 255).astype(np.uint8)
     return images, labels
 
 
-def _load_rows(name: str, data_dir: str, spec: _Spec, train: bool,
-               size: int) -> tuple[np.ndarray, np.ndarray]:
+def _load_rows(
+    name: str, data_dir: str, spec: _Spec, train: bool, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The training (`train`) or eval rows of `spec` as `_load_split` returns them."""
     if not spec.held_out:
         return _load_split(name, data_dir, spec.train_split if train else spec.eval_split, size)
@@ -295,8 +355,9 @@ def _pad_crop_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -
     return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def _in_memory_train(images, labels, spec, global_batch, local_batch, process_index, seed,
-                     start_step, augment) -> Iterator[Batch]:
+def _in_memory_train(
+    images, labels, spec, global_batch, local_batch, process_index, seed, start_step, augment
+) -> Iterator[Batch]:
     n = len(labels)
     steps = n // global_batch
     rows = slice(process_index * local_batch, (process_index + 1) * local_batch)
@@ -304,7 +365,7 @@ def _in_memory_train(images, labels, spec, global_batch, local_batch, process_in
     while True:
         order = np.random.default_rng(_derive_seed(seed, _SHUFFLE, epoch)).permutation(n)
         for step in range(first_step, steps):
-            index = order[step * global_batch:(step + 1) * global_batch][rows]
+            index = order[step * global_batch : (step + 1) * global_batch][rows]
             batch = images[index]
             if augment:
                 # Draws cover the whole global batch, so every process count sees the same ones.
@@ -316,8 +377,9 @@ def _in_memory_train(images, labels, spec, global_batch, local_batch, process_in
         epoch, first_step = epoch + 1, 0
 
 
-def _in_memory_eval(images, labels, spec, global_batch, local_batch,
-                    process_index) -> Iterator[Batch]:
+def _in_memory_eval(
+    images, labels, spec, global_batch, local_batch, process_index
+) -> Iterator[Batch]:
     n = len(labels)
     for start in range(0, n, global_batch):
         lo = min(n, start + process_index * local_batch)
@@ -343,13 +405,20 @@ def _imagenet_train_image(encoded: tf.Tensor, seed: tf.Tensor, size: int) -> tf.
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shape = tf.io.extract_jpeg_shape(encoded)
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-        seed=crop_seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        seed=crop_seed,
+        min_object_covered=0.1,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     offset_y, offset_x, _ = tf.unstack(begin)
     height, width, _ = tf.unstack(crop_size)
     image = tf.io.decode_and_crop_jpeg(
-        encoded, tf.stack([offset_y, offset_x, height, width]), channels=3)
+        encoded, tf.stack([offset_y, offset_x, height, width]), channels=3
+    )
     image = tf.image.resize(image, (size, size), method="bicubic", antialias=True)
     return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
@@ -363,7 +432,7 @@ def _imagenet_eval_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
     image = tf.image.resize(image, new_shape, method="bicubic", antialias=True)
     top = (new_shape[0] - size) // 2
     left = (new_shape[1] - size) // 2
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
 
 def _tf_normalize(image: tf.Tensor, spec: _Spec) -> tf.Tensor:
@@ -380,9 +449,11 @@ def _deterministic_options() -> tf.data.Options:
 
 def _own_rows(global_batch: int, local_batch: int, process_index: int):
     """Returns a filter keeping the (index, example) pairs in this process's rows."""
+
     def keep(index, example):
         del example
         return (index % global_batch) // local_batch == process_index
+
     return keep
 
 
@@ -422,8 +493,9 @@ def _decoders(name: str):
     return {"image": tfds.decode.SkipDecoding()} if name == "imagenet2012" else None
 
 
-def _streamed_train(builder, spec, n, global_batch, local_batch, process_index, seed,
-                    start_step, size, augment) -> Iterator[Batch]:
+def _streamed_train(
+    builder, spec, n, global_batch, local_batch, process_index, seed, start_step, size, augment
+) -> Iterator[Batch]:
     steps = n // global_batch
     buffer = min(n, 16 * global_batch)
     train_image = _streamed_train_image(builder.name, size, augment)
@@ -432,10 +504,15 @@ def _streamed_train(builder, spec, n, global_batch, local_batch, process_index, 
         shuffle_seed = _derive_seed(seed, _SHUFFLE, epoch)
         augment_seed = tf.constant(_derive_seed(seed, _AUGMENT, epoch), tf.int64)
         # No autocache: each epoch builds a fresh pipeline, so TFDS's cache would never be reused.
-        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
-                                      options=_deterministic_options())
-        ds = builder.as_dataset(split=spec.train_split, shuffle_files=True,
-                                read_config=read_config, decoders=_decoders(builder.name))
+        read_config = tfds.ReadConfig(
+            shuffle_seed=shuffle_seed, try_autocache=False, options=_deterministic_options()
+        )
+        ds = builder.as_dataset(
+            split=spec.train_split,
+            shuffle_files=True,
+            read_config=read_config,
+            decoders=_decoders(builder.name),
+        )
         ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
         # Index within the epoch: decides the row of the global batch and the augmentation seed.
         ds = ds.take(steps * global_batch).enumerate().skip(first_step * global_batch)
@@ -443,8 +520,10 @@ def _streamed_train(builder, spec, n, global_batch, local_batch, process_index, 
 
         def preprocess(index, example):
             image = train_image(example["image"], tf.stack([augment_seed, index]))
-            return {"image": _tf_normalize(image, spec),
-                    "label": tf.cast(example["label"], tf.int32)}
+            return {
+                "image": _tf_normalize(image, spec),
+                "label": tf.cast(example["label"], tf.int32),
+            }
 
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
@@ -456,18 +535,24 @@ def _streamed_train(builder, spec, n, global_batch, local_batch, process_index, 
         epoch, first_step = epoch + 1, 0
 
 
-def _streamed_eval(builder, spec, n, global_batch, local_batch, process_index,
-                   size) -> Iterator[Batch]:
-    ds = builder.as_dataset(split=spec.eval_split, shuffle_files=False,
-                            read_config=tfds.ReadConfig(try_autocache=False),
-                            decoders=_decoders(builder.name))
+def _streamed_eval(
+    builder, spec, n, global_batch, local_batch, process_index, size
+) -> Iterator[Batch]:
+    ds = builder.as_dataset(
+        split=spec.eval_split,
+        shuffle_files=False,
+        read_config=tfds.ReadConfig(try_autocache=False),
+        decoders=_decoders(builder.name),
+    )
     ds = ds.enumerate().filter(_own_rows(global_batch, local_batch, process_index))
     eval_image = _streamed_eval_image(builder.name, size)
 
     def preprocess(index, example):
         del index
-        return {"image": _tf_normalize(eval_image(example["image"]), spec),
-                "label": tf.cast(example["label"], tf.int32)}
+        return {
+            "image": _tf_normalize(eval_image(example["image"]), spec),
+            "label": tf.cast(example["label"], tf.int32),
+        }
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch).prefetch(2).with_options(_deterministic_options())
@@ -485,11 +570,19 @@ def _streamed_eval(builder, spec, n, global_batch, local_batch, process_index,
 # ------------------------------------------------------------------------------------ public
 
 
-def train_iterator(name: str, data_dir: str | None, global_batch_size: int, seed: int,
-                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
-                   image_size: int | None = None, cache: bool = True,
-                   augment: bool | None = None,
-                   validation_examples: int = 0) -> Iterator[Batch]:
+def train_iterator(
+    name: str,
+    data_dir: str | None,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    image_size: int | None = None,
+    cache: bool = True,
+    augment: bool | None = None,
+    validation_examples: int = 0,
+) -> Iterator[Batch]:
     """Yields this process's training batches forever, from global step `start_step` on.
 
     Each batch is {'image': float32 [local, H, W, C] normalised per channel, 'label': int32
@@ -517,21 +610,45 @@ def train_iterator(name: str, data_dir: str | None, global_batch_size: int, seed
     if cache and spec.fits_in_memory:
         images, labels = _load_rows(name, data_dir, spec, True, size)
         _check_enough_examples(len(labels), global_batch_size)
-        return _in_memory_train(images, labels, spec, global_batch_size, local_batch,
-                                process_index, seed, start_step, augment)
+        return _in_memory_train(
+            images,
+            labels,
+            spec,
+            global_batch_size,
+            local_batch,
+            process_index,
+            seed,
+            start_step,
+            augment,
+        )
     builder = tfds.builder(name, data_dir=data_dir)
     n = _num_examples(builder, spec.train_split)
     if n is None:
         raise FileNotFoundError(_not_prepared_message(name, data_dir))
     _check_enough_examples(n, global_batch_size)
-    return _streamed_train(builder, spec, n, global_batch_size, local_batch, process_index,
-                           seed, start_step, size, augment)
+    return _streamed_train(
+        builder,
+        spec,
+        n,
+        global_batch_size,
+        local_batch,
+        process_index,
+        seed,
+        start_step,
+        size,
+        augment,
+    )
 
 
-def eval_iterator(name: str, data_dir: str | None, global_batch_size: int,
-                  process_index: int = 0, process_count: int = 1,
-                  image_size: int | None = None,
-                  validation_examples: int = 0) -> Iterator[Batch]:
+def eval_iterator(
+    name: str,
+    data_dir: str | None,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    image_size: int | None = None,
+    validation_examples: int = 0,
+) -> Iterator[Batch]:
     """Yields one pass over the eval split in stored order, padded to whole global batches.
 
     The eval split is the data set's test split (ImageNet: validation), or with
@@ -549,8 +666,7 @@ def eval_iterator(name: str, data_dir: str | None, global_batch_size: int,
     data_dir = resolve_data_dir(data_dir)
     if spec.fits_in_memory:
         images, labels = _load_rows(name, data_dir, spec, False, size)
-        return _in_memory_eval(images, labels, spec, global_batch_size, local_batch,
-                               process_index)
+        return _in_memory_eval(images, labels, spec, global_batch_size, local_batch, process_index)
     builder = tfds.builder(name, data_dir=data_dir)
     n = _num_examples(builder, spec.eval_split)
     if n is None:

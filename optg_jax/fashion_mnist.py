@@ -6,6 +6,7 @@ we splice the upstream header back onto the unchanged deflate stream and trailer
 result against TFDS's own recorded checksums, and let TFDS build the data set from those files.
 No network is needed and nothing is recompressed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,7 @@ def gzip_payload_offset(data: bytes) -> int:
     flags = data[3]
     pos = 10
     if flags & _FEXTRA:
-        (xlen,) = struct.unpack("<H", data[pos:pos + 2])
+        (xlen,) = struct.unpack("<H", data[pos : pos + 2])
         pos += 2 + xlen
     for flag in (_FNAME, _FCOMMENT):
         if flags & flag:
@@ -58,7 +59,7 @@ def rebuild_gzip_header(data: bytes, name: str, mtime: int) -> bytes:
     encoded_name = name.encode("latin-1")
     if b"\0" in encoded_name:
         raise ValueError(f"file name must not contain NUL, got {name!r}")
-    payload = data[gzip_payload_offset(data):]
+    payload = data[gzip_payload_offset(data) :]
     xfl_os = data[8:10]
     header = _GZIP_MAGIC + bytes([8, _FNAME]) + struct.pack("<I", mtime) + xfl_os
     return header + encoded_name + b"\0" + payload
@@ -68,8 +69,9 @@ def tfds_checksums() -> dict[str, tuple[int, str]]:
     """Returns {file name: (size, sha256)} from TFDS's checksums file for fashion_mnist."""
     from importlib import resources
 
-    text = (resources.files("tensorflow_datasets") / "url_checksums" / "fashion_mnist.txt"
-            ).read_text()
+    text = (
+        resources.files("tensorflow_datasets") / "url_checksums" / "fashion_mnist.txt"
+    ).read_text()
     checksums = {}
     for line in text.splitlines():
         if not line.strip() or line.startswith("#"):
@@ -81,9 +83,11 @@ def tfds_checksums() -> dict[str, tuple[int, str]]:
 
 def missing_debian_files_message(source_dir: str, data_dir: str | None = None) -> str:
     target = f" at {data_dir}" if data_dir else ""
-    return (f"Fashion-MNIST IDX files not found under {source_dir}. Install the Debian package "
-            "`dataset-fashion-mnist` (apt-get install dataset-fashion-mnist) or point `data_dir` "
-            f"at a prepared TFDS directory{target}.")
+    return (
+        f"Fashion-MNIST IDX files not found under {source_dir}. Install the Debian package "
+        "`dataset-fashion-mnist` (apt-get install dataset-fashion-mnist) or point `data_dir` "
+        f"at a prepared TFDS directory{target}."
+    )
 
 
 def rebuild_upstream_files(out_dir: str, source_dir: str = DEBIAN_DIR) -> dict[str, str]:
@@ -99,14 +103,15 @@ def rebuild_upstream_files(out_dir: str, source_dir: str = DEBIAN_DIR) -> dict[s
         if not os.path.isfile(source):
             raise FileNotFoundError(missing_debian_files_message(source_dir))
         with open(source, "rb") as f:
-            rebuilt = rebuild_gzip_header(f.read(), filename[:-len(".gz")], mtime)
+            rebuilt = rebuild_gzip_header(f.read(), filename[: -len(".gz")], mtime)
         size, sha256 = checksums[filename]
         got = hashlib.sha256(rebuilt).hexdigest()
         if len(rebuilt) != size or got != sha256:
             raise ValueError(
                 f"rebuilt {filename} from {source} does not match TFDS's checksum: expected "
                 f"{size} bytes sha256 {sha256}, got {len(rebuilt)} bytes sha256 {got}. The "
-                "Debian files may be a different Fashion-MNIST release or damaged.")
+                "Debian files may be a different Fashion-MNIST release or damaged."
+            )
         path = os.path.join(out_dir, filename)
         with open(path, "wb") as f:
             f.write(rebuilt)
@@ -126,4 +131,5 @@ def prepare(data_dir: str, source_dir: str = DEBIAN_DIR) -> None:
         # TFDS extracts the archives under download_dir; keep that scratch out of data_dir.
         builder.download_and_prepare(
             download_dir=os.path.join(scratch, "downloads"),
-            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+        )

@@ -27,10 +27,21 @@ from optg_jax.optg import path_to_name
 UNATTRIBUTED = "(no param)"
 
 # Primitives that only move, cast or replicate a kernel: its origin carries through them.
-_TRANSPARENT = frozenset({
-    "convert_element_type", "reshape", "broadcast_in_dim", "transpose", "squeeze",
-    "expand_dims", "copy", "copy_p", "reduce_precision", "rev", "optimization_barrier",
-})
+_TRANSPARENT = frozenset(
+    {
+        "convert_element_type",
+        "reshape",
+        "broadcast_in_dim",
+        "transpose",
+        "squeeze",
+        "expand_dims",
+        "copy",
+        "copy_p",
+        "reduce_precision",
+        "rev",
+        "optimization_barrier",
+    }
+)
 
 
 def count(model, variables, input_shape: Sequence[int], masks=None) -> int:

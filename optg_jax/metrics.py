@@ -17,174 +17,195 @@ from etils import epath
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """Flattens nested dicts into {'a/b/c': leaf}."""
-  out = {}
-  for k, v in tree.items():
-    key = f"{prefix}/{k}" if prefix else str(k)
-    if isinstance(v, Mapping):
-      out.update(flatten(v, key))
-    else:
-      out[key] = v
-  return out
+    """Flattens nested dicts into {'a/b/c': leaf}."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
 
 
 def _to_python(v):
-  if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "__array__"):
-    v = np.asarray(v)
-    return v.item() if v.ndim == 0 else v.tolist()
-  return v
+    if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "__array__"):
+        v = np.asarray(v)
+        return v.item() if v.ndim == 0 else v.tolist()
+    return v
 
 
 class MetricWriter:
-  """Writes scalar metrics to `workdir/tb` (TensorBoard) and `workdir/metrics.jsonl`.
+    """Writes scalar metrics to `workdir/tb` (TensorBoard) and `workdir/metrics.jsonl`.
 
-  One JSON line per `write` call: {"step": int, **scalars} with nested dicts kept nested (so the
-  per-layer sparsities stay one object); TensorBoard gets the flattened scalars. A remote workdir
-  (gs://...) cannot be appended to, so there the whole file is rewritten on each write.
-  """
+    One JSON line per `write` call: {"step": int, **scalars} with nested dicts kept nested (so the
+    per-layer sparsities stay one object); TensorBoard gets the flattened scalars. A remote workdir
+    (gs://...) cannot be appended to, so there the whole file is rewritten on each write.
+    """
 
-  def __init__(self, workdir: str, enabled: bool = True):
-    self._enabled = enabled
-    self._tb = None
-    self._jsonl = None
-    self._lines = None
-    if enabled:
-      self._tb = _TensorBoardWriter(os.path.join(workdir, "tb"))
-      self._path = epath.Path(workdir) / "metrics.jsonl"
-      if "://" in str(workdir):
-        self._lines = self._path.read_text().splitlines() if self._path.exists() else []
-      else:
-        self._jsonl = open(self._path, "a", encoding="utf-8")
+    def __init__(self, workdir: str, enabled: bool = True):
+        self._enabled = enabled
+        self._tb = None
+        self._jsonl = None
+        self._lines = None
+        if enabled:
+            self._tb = _TensorBoardWriter(os.path.join(workdir, "tb"))
+            self._path = epath.Path(workdir) / "metrics.jsonl"
+            if "://" in str(workdir):
+                self._lines = self._path.read_text().splitlines() if self._path.exists() else []
+            else:
+                self._jsonl = open(self._path, "a", encoding="utf-8")
 
-  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-    """Writes `metrics` (nested dict of numbers) at `step`."""
-    if not self._enabled:
-      return
-    metrics = {k: (flatten(v) if isinstance(v, Mapping) else _to_python(v))
-               for k, v in metrics.items()}
-    for key, value in flatten(metrics).items():
-      value = _to_python(value)
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
-        self._tb.scalar(key, value, step)
-    self._tb.flush()
-    record = {"step": int(step), **{k: _json_safe(v) for k, v in metrics.items()}}
-    if self._lines is not None:
-      self._lines.append(json.dumps(record))
-      self._path.write_text("\n".join(self._lines) + "\n")
-    else:
-      self._jsonl.write(json.dumps(record) + "\n")
-      self._jsonl.flush()
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Writes `metrics` (nested dict of numbers) at `step`."""
+        if not self._enabled:
+            return
+        metrics = {
+            k: (flatten(v) if isinstance(v, Mapping) else _to_python(v)) for k, v in metrics.items()
+        }
+        for key, value in flatten(metrics).items():
+            value = _to_python(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._tb.scalar(key, value, step)
+        self._tb.flush()
+        record = {"step": int(step), **{k: _json_safe(v) for k, v in metrics.items()}}
+        if self._lines is not None:
+            self._lines.append(json.dumps(record))
+            self._path.write_text("\n".join(self._lines) + "\n")
+        else:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
 
-  def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
-    if self._jsonl is not None:
-      self._jsonl.close()
-    self._tb = self._jsonl = None
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        self._tb = self._jsonl = None
 
 
 class _TensorBoardWriter:
-  """Scalar TensorBoard events through TensorFlow's core `tf.summary.write`.
+    """Scalar TensorBoard events through TensorFlow's core `tf.summary.write`.
 
-  `tf.summary.scalar` (and `flax.metrics.tensorboard`) need the `tensorboard` package, which
-  tensorflow-cpu does not install; the core writer plus the scalars plugin's metadata gives the
-  same event records without it.
-  """
+    `tf.summary.scalar` (and `flax.metrics.tensorboard`) need the `tensorboard` package, which
+    tensorflow-cpu does not install; the core writer plus the scalars plugin's metadata gives the
+    same event records without it.
+    """
 
-  def __init__(self, logdir: str):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(logdir)
-    self._metadata = summary_pb2.SummaryMetadata()
-    self._metadata.plugin_data.plugin_name = "scalars"
+    def __init__(self, logdir: str):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
 
-  def scalar(self, tag: str, value: float, step: int) -> None:
-    with self._writer.as_default():
-      self._tf.summary.write(tag, self._tf.constant(value, self._tf.float32), step=int(step),
-                             metadata=self._metadata)
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(logdir)
+        self._metadata = summary_pb2.SummaryMetadata()
+        self._metadata.plugin_data.plugin_name = "scalars"
 
-  def flush(self) -> None:
-    self._writer.flush()
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        with self._writer.as_default():
+            self._tf.summary.write(
+                tag,
+                self._tf.constant(value, self._tf.float32),
+                step=int(step),
+                metadata=self._metadata,
+            )
 
-  def close(self) -> None:
-    self._writer.close()
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 def _json_safe(v):
-  if isinstance(v, dict):
-    return {k: _json_safe(x) for k, x in v.items()}
-  v = _to_python(v)
-  if isinstance(v, float) and not math.isfinite(v):
-    return str(v)  # JSON has no NaN/Inf; keep the information as text.
-  return v
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    v = _to_python(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf; keep the information as text.
+    return v
 
 
 class ProgressBar:
-  """A tqdm progress bar over training steps showing loss and sparsity; silent when disabled."""
+    """A tqdm progress bar over training steps showing loss and sparsity; silent when disabled."""
 
-  def __init__(self, total: int, initial: int, enabled: bool = True):
-    self._bar = None
-    if enabled:
-      from tqdm import tqdm
-      self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                       file=sys.stderr, mininterval=1.0, smoothing=0.1)
+    def __init__(self, total: int, initial: int, enabled: bool = True):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
 
-  def update(self, n: int = 1, **postfix) -> None:
-    if self._bar is None:
-      return
-    if postfix:
-      self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
-                             for k, v in postfix.items()}, refresh=False)
-    self._bar.update(n)
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                mininterval=1.0,
+                smoothing=0.1,
+            )
 
-  def write(self, line: str) -> None:
-    """Prints a line above the bar (or plainly when there is no bar)."""
-    if self._bar is None:
-      return
-    self._bar.write(line, file=sys.stderr)
+    def update(self, n: int = 1, **postfix) -> None:
+        if self._bar is None:
+            return
+        if postfix:
+            self._bar.set_postfix(
+                {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                refresh=False,
+            )
+        self._bar.update(n)
 
-  def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
-      self._bar = None
+    def write(self, line: str) -> None:
+        """Prints a line above the bar (or plainly when there is no bar)."""
+        if self._bar is None:
+            return
+        self._bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _human(n: float) -> str:
-  for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-    if abs(n) >= scale:
-      return f"{n / scale:.2f}{unit}"
-  return f"{n:.0f}"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
 
 
 def summary_table(results: Mapping[str, Any]) -> str:
-  """A one-screen table of a run's results (the dict written to results.json)."""
-  rows = [
-      ("model", results.get("model")),
-      ("dataset", results.get("dataset")),
-      ("criterion", results.get("criterion")),
-      ("steps", results.get("steps")),
-      ("top-1 accuracy", f"{100 * results['top1']:.2f}%"),
-      ("top-5 accuracy", f"{100 * results['top5']:.2f}%"),
-      ("sparsity (target)", f"{100 * results['sparsity']:.2f}% "
-                            f"({100 * results.get('target_sparsity', 0.0):.2f}%)"),
-      ("FLOPs (dense)", f"{_human(results['flops'])} ({_human(results['dense_flops'])}), "
-                        f"{results['dense_flops'] / max(results['flops'], 1):.1f}x fewer"),
-  ]
-  if "train_time_s" in results:
-    rows.append(("train time", f"{results['train_time_s']:.1f} s"))
-  if "wall_time_s" in results:
-    rows.append(("wall time", f"{results['wall_time_s']:.1f} s"))
-  layers = results.get("layer_sparsity") or {}
-  width = max(len(k) for k, _ in rows)
-  lines = [f"{k:<{width}}  {v}" for k, v in rows]
-  if layers:
-    lines.append("per-layer sparsity:")
-    name_w = min(max(len(k) for k in layers), 48)
-    items = list(layers.items())
-    if len(items) > 16:  # One screen: show the first and last layers.
-      items = items[:8] + [("...", None)] + items[-7:]
-    for k, v in items:
-      lines.append(f"  {k[-name_w:]:<{name_w}}  " + ("" if v is None else f"{100 * v:6.2f}%"))
-  rule = "=" * max(len(line) for line in lines)
-  return "\n".join([rule, *lines, rule])
+    """A one-screen table of a run's results (the dict written to results.json)."""
+    rows = [
+        ("model", results.get("model")),
+        ("dataset", results.get("dataset")),
+        ("criterion", results.get("criterion")),
+        ("steps", results.get("steps")),
+        ("top-1 accuracy", f"{100 * results['top1']:.2f}%"),
+        ("top-5 accuracy", f"{100 * results['top5']:.2f}%"),
+        (
+            "sparsity (target)",
+            f"{100 * results['sparsity']:.2f}% ({100 * results.get('target_sparsity', 0.0):.2f}%)",
+        ),
+        (
+            "FLOPs (dense)",
+            f"{_human(results['flops'])} ({_human(results['dense_flops'])}), "
+            f"{results['dense_flops'] / max(results['flops'], 1):.1f}x fewer",
+        ),
+    ]
+    if "train_time_s" in results:
+        rows.append(("train time", f"{results['train_time_s']:.1f} s"))
+    if "wall_time_s" in results:
+        rows.append(("wall time", f"{results['wall_time_s']:.1f} s"))
+    layers = results.get("layer_sparsity") or {}
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if layers:
+        lines.append("per-layer sparsity:")
+        name_w = min(max(len(k) for k in layers), 48)
+        items = list(layers.items())
+        if len(items) > 16:  # One screen: show the first and last layers.
+            items = items[:8] + [("...", None)] + items[-7:]
+        for k, v in items:
+            lines.append(f"  {k[-name_w:]:<{name_w}}  " + ("" if v is None else f"{100 * v:6.2f}%"))
+    rule = "=" * max(len(line) for line in lines)
+    return "\n".join([rule, *lines, rule])

@@ -1,7 +1,7 @@
-"""OptG as an optax ``GradientTransformation``, with the gradient-driven baselines as presets.
+"""OptG as an optax `GradientTransformation`, with the gradient-driven baselines as presets.
 
 One transformation holds the whole sparse-training state beside the weights: scores, score
-momentum, masks and a step count, each a pytree shaped like the params (``None`` on leaves that
+momentum, masks and a step count, each a pytree shaped like the params (`None` on leaves that
 are not masked). The training loop stays the ordinary optax loop::
 
     tx = optax.chain(optg_optax(...), optax.add_decayed_weights(1e-4), optax.sgd(lr, 0.9))
@@ -11,29 +11,29 @@ are not masked). The training loop stays the ordinary optax loop::
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
 
-``update`` passes ``G * M`` on to the rest of the chain (removed weights get no loss gradient;
+`update` passes `G * M` on to the rest of the chain (removed weights get no loss gradient;
 weight decay later in the chain still acts on them), moves the scores with the straight-through
-gradient ``G * W`` of every weight, kept or removed, and re-selects the masks, all inside the one
+gradient `G * W` of every weight, kept or removed, and re-selects the masks, all inside the one
 jitted update.
 
-When masks change: the update with count ``t`` (``t > 0``, ``t % mask_update_every == 0``, and
-``t == pruning_end_step``) first re-selects the masks from the scores accumulated over steps
-``0..t-1`` at sparsity ``p(t)``, then moves the scores; the forward pass of step ``t`` has already
+When masks change: the update with count `t` (`t > 0`, `t % mask_update_every == 0`, and
+`t == pruning_end_step`) first re-selects the masks from the scores accumulated over steps
+`0..t-1` at sparsity `p(t)`, then moves the scores; the forward pass of step `t` has already
 run with the old masks, so anything evaluated between two updates (say at the end of an epoch)
 is the network that was trained with its masks, BatchNorm statistics included. When pruning ends
-with the run (``pruning_end_step == total_steps``) the final masks are selected after the last
-update, so the final sparsity is exactly ``P`` either way.
+with the run (`pruning_end_step == total_steps`) the final masks are selected after the last
+update, so the final sparsity is exactly `P` either way.
 
 Criteria (which score ranks the weights at a mask refresh):
 
-* ``optg``: scores ``S`` start at 0 and follow SGD with momentum 0.9 on ``G * W`` with learning
-  rate ``learning_rate(t) * p(t) / P`` (the supermask optimizer: later, sparser steps weigh more).
-* ``supermask``: the same with learning rate ``learning_rate(t)`` (ablation).
-* ``taylor``: ``|G * (W * M)|`` averaged over the steps since the last refresh, restarted after
+* `optg`: scores `S` start at 0 and follow SGD with momentum 0.9 on `G * W` with learning
+  rate `learning_rate(t) * p(t) / P` (the supermask optimizer: later, sparser steps weigh more).
+* `supermask`: the same with learning rate `learning_rate(t)` (ablation).
+* `taylor`: `|G * (W * M)|` averaged over the steps since the last refresh, restarted after
   each refresh (the classic first-order criterion, no accumulation across refreshes).
-* ``magnitude``: ``|W * M|`` (gradual magnitude pruning, Zhu & Gupta).
+* `magnitude`: `|W * M|` (gradual magnitude pruning, Zhu & Gupta).
 
-For ``taylor`` and ``magnitude`` a removed weight scores 0, so it stays removed, as in the classic
+For `taylor` and `magnitude` a removed weight scores 0, so it stays removed, as in the classic
 methods; OptG's scores keep moving for removed weights, so they can come back.
 """
 
@@ -59,17 +59,17 @@ MaskPredicate = Callable[[tuple, Any], bool]
 
 
 class OptGState(NamedTuple):
-    """State of :func:`optg_optax`. Pytrees are shaped like the params, ``None`` where unmasked.
+    """State of `optg_optax`. Pytrees are shaped like the params, `None` where unmasked.
 
     Attributes:
       count: int32 scalar, number of updates done.
-      scores: float32 per masked leaf. ``optg``/``supermask``: the accumulated scores;
-        ``taylor``: mean of ``|G * W * M|`` since the last refresh; ``magnitude``: ``None``.
-      momentum: float32 score momentum per masked leaf (``optg``/``supermask``), else ``None``.
-      masks: ``mask_dtype`` (uint8 by default) per masked leaf, 1 = kept.
+      scores: float32 per masked leaf. `optg`/`supermask`: the accumulated scores;
+        `taylor`: mean of `|G * W * M|` since the last refresh; `magnitude`: `None`.
+      momentum: float32 score momentum per masked leaf (`optg`/`supermask`), else `None`.
+      masks: `mask_dtype` (uint8 by default) per masked leaf, 1 = kept.
       last_refresh: int32 scalar, the step count at which the masks were last selected.
       sparsity: float32 scalar, the fraction of masked weights the current masks remove.
-      target: float32 scalar, the final sparsity ``P`` of the run.
+      target: float32 scalar, the final sparsity `P` of the run.
       score_lr: float32 scalar, the score learning rate used by the last update.
     """
 
@@ -90,7 +90,7 @@ def default_is_masked(path: tuple, leaf: Any) -> bool:
 
 
 def path_to_name(path: tuple) -> str:
-    """``('params', 'Conv_0', 'kernel')``-style key path as ``'Conv_0/kernel'``-style string."""
+    """`('params', 'Conv_0', 'kernel')`-style key path as `'Conv_0/kernel'`-style string."""
     parts = []
     for entry in path:
         for attr in ("key", "name", "idx"):
@@ -103,7 +103,7 @@ def path_to_name(path: tuple) -> str:
 
 
 def _exact_num_kept(num_weights: int, sparsity: float) -> int:
-    """``floor(N * (1 - P))`` with ``P`` read as the decimal the user wrote (0.9 is 9/10)."""
+    """`floor(N * (1 - P))` with `P` read as the decimal the user wrote (0.9 is 9/10)."""
     p = fractions.Fraction(repr(float(sparsity)))
     return int(math.floor(num_weights * (1 - p)))
 
@@ -112,38 +112,61 @@ def _is_none(x) -> bool:
     return x is None
 
 
-def _validate(target_sparsity, total_steps, learning_rate, criterion, schedule,
-              mask_update_every, steps_per_epoch, beta, pruning_start_step, pruning_end_step,
-              allocation, score_momentum, score_lr_floor) -> None:
+def _validate(
+    target_sparsity,
+    total_steps,
+    learning_rate,
+    criterion,
+    schedule,
+    mask_update_every,
+    steps_per_epoch,
+    beta,
+    pruning_start_step,
+    pruning_end_step,
+    allocation,
+    score_momentum,
+    score_lr_floor,
+) -> None:
     def positive_int(name, value):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
-    if (isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float))
-            or not 0.0 <= target_sparsity < 1.0):
+    if (
+        isinstance(target_sparsity, bool)
+        or not isinstance(target_sparsity, (int, float))
+        or not 0.0 <= target_sparsity < 1.0
+    ):
         raise ValueError(f"target_sparsity must be a number in [0, 1), got {target_sparsity!r}")
     positive_int("total_steps", total_steps)
     positive_int("mask_update_every", mask_update_every)
     positive_int("steps_per_epoch", steps_per_epoch)
     if not callable(learning_rate) and not (
-            isinstance(learning_rate, (int, float)) and learning_rate >= 0):
+        isinstance(learning_rate, (int, float)) and learning_rate >= 0
+    ):
         raise ValueError(
-            f"learning_rate must be a non-negative number or a schedule, got {learning_rate!r}")
+            f"learning_rate must be a non-negative number or a schedule, got {learning_rate!r}"
+        )
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     if not callable(schedule) and schedule not in schedules_lib.SCHEDULE_NAMES:
-        raise ValueError(f"schedule must be one of {', '.join(schedules_lib.SCHEDULE_NAMES)} "
-                         f"or a callable, got {schedule!r}")
+        raise ValueError(
+            f"schedule must be one of {', '.join(schedules_lib.SCHEDULE_NAMES)} "
+            f"or a callable, got {schedule!r}"
+        )
     if not (isinstance(beta, (int, float)) and beta > 0):
         raise ValueError(f"beta must be > 0, got {beta!r}")
     if not (isinstance(pruning_start_step, (int, np.integer)) and pruning_start_step >= 0):
         raise ValueError(
-            f"pruning_start_step must be a non-negative integer, got {pruning_start_step!r}")
-    if not (isinstance(pruning_end_step, (int, np.integer))
-            and pruning_start_step < pruning_end_step <= total_steps):
+            f"pruning_start_step must be a non-negative integer, got {pruning_start_step!r}"
+        )
+    if not (
+        isinstance(pruning_end_step, (int, np.integer))
+        and pruning_start_step < pruning_end_step <= total_steps
+    ):
         raise ValueError(
             f"pruning_end_step must be an integer in (pruning_start_step={pruning_start_step}, "
-            f"total_steps={total_steps}], got {pruning_end_step!r}")
+            f"total_steps={total_steps}], got {pruning_end_step!r}"
+        )
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     if not (isinstance(score_momentum, (int, float)) and 0.0 <= score_momentum < 1.0):
@@ -173,40 +196,40 @@ def optg_optax(
 ) -> optax.GradientTransformation:
     """OptG sparse training (and its baselines) as one optax transformation.
 
-    Put it first in the chain: it expects ``grads`` to be the loss gradient with respect to the
-    masked weights ``W * M`` (use :func:`apply_masks` in the forward pass) and ``params`` the dense
-    weights ``W``.
+    Put it first in the chain: it expects `grads` to be the loss gradient with respect to the
+    masked weights `W * M` (use `apply_masks` in the forward pass) and `params` the dense
+    weights `W`.
 
     Args:
-      target_sparsity: final fraction ``P`` of masked weights removed, in [0, 1).
+      target_sparsity: final fraction `P` of masked weights removed, in [0, 1).
       total_steps: number of updates in the whole run (> 0).
       learning_rate: the weights' learning rate, a float or an optax schedule. The scores of
-        ``optg`` use ``learning_rate(t) * p(t) / P``, of ``supermask`` ``learning_rate(t)``.
-      criterion: ``"optg"``, ``"supermask"``, ``"taylor"`` or ``"magnitude"``.
-      schedule: ``"sigmoid"`` (paper, normalised to reach ``P`` exactly at
-        ``pruning_end_step``), ``"cubic"``, ``"constant"``, ``"one_shot"`` (at
-        ``pruning_start_step``), or a callable ``step -> sparsity``.
+        `optg` use `learning_rate(t) * p(t) / P`, of `supermask` `learning_rate(t)`.
+      criterion: `"optg"`, `"supermask"`, `"taylor"` or `"magnitude"`.
+      schedule: `"sigmoid"` (paper, normalised to reach `P` exactly at
+        `pruning_end_step`), `"cubic"`, `"constant"`, `"one_shot"` (at
+        `pruning_start_step`), or a callable `step -> sparsity`.
       mask_update_every: steps between mask refreshes (default: one epoch if
-        ``steps_per_epoch`` is given, else ``total_steps // 100``, at least 1).
+        `steps_per_epoch` is given, else `total_steps // 100`, at least 1).
       beta: steepness of the sigmoid schedule, per epoch (paper: 1).
-      steps_per_epoch: the epoch length that ``beta`` refers to (default ``mask_update_every``).
+      steps_per_epoch: the epoch length that `beta` refers to (default `mask_update_every`).
       pruning_start_step: sparsity is 0 up to this step.
-      pruning_end_step: sparsity reaches ``P`` exactly here (default ``total_steps``). The masks
-        are always re-selected at this step (after the last update when it is ``total_steps``),
-        so the final masks remove exactly ``N - floor(N * (1 - P))`` of the ``N`` masked weights.
-      allocation: ``"global"`` ranks all masked leaves together (paper); ``"uniform"`` keeps the
+      pruning_end_step: sparsity reaches `P` exactly here (default `total_steps`). The masks
+        are always re-selected at this step (after the last update when it is `total_steps`),
+        so the final masks remove exactly `N - floor(N * (1 - P))` of the `N` masked weights.
+      allocation: `"global"` ranks all masked leaves together (paper); `"uniform"` keeps the
         same fraction in every leaf.
-      score_momentum: momentum of the score SGD (PyTorch convention ``v = mu v + g``).
-      score_lr_floor: ``optg`` only; the score learning rate factor becomes
-        ``floor + (1 - floor) * p(t) / P`` (0 = the paper's supermask optimizer).
-      update_masks_after_pruning: keep re-selecting masks (at sparsity ``P``) every
-        ``mask_update_every`` steps after ``pruning_end_step``, as the reference code does.
-      is_masked: predicate on ``(key_path, leaf)`` choosing the masked leaves (default: every
+      score_momentum: momentum of the score SGD (PyTorch convention `v = mu v + g`).
+      score_lr_floor: `optg` only; the score learning rate factor becomes
+        `floor + (1 - floor) * p(t) / P` (0 = the paper's supermask optimizer).
+      update_masks_after_pruning: keep re-selecting masks (at sparsity `P`) every
+        `mask_update_every` steps after `pruning_end_step`, as the reference code does.
+      is_masked: predicate on `(key_path, leaf)` choosing the masked leaves (default: every
         leaf of rank >= 2, i.e. conv and dense kernels).
-      mask_dtype: dtype of the masks (``jnp.uint8`` or ``jnp.bool_``).
+      mask_dtype: dtype of the masks (`jnp.uint8` or `jnp.bool_`).
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is an :class:`OptGState`.
+      An `optax.GradientTransformation` whose state is an `OptGState`.
     """
     if mask_update_every is None:
         mask_update_every = steps_per_epoch
@@ -216,21 +239,35 @@ def optg_optax(
         steps_per_epoch = mask_update_every
     if pruning_end_step is None:
         pruning_end_step = total_steps
-    _validate(target_sparsity, total_steps, learning_rate, criterion, schedule,
-              mask_update_every, steps_per_epoch, beta, pruning_start_step, pruning_end_step,
-              allocation, score_momentum, score_lr_floor)
+    _validate(
+        target_sparsity,
+        total_steps,
+        learning_rate,
+        criterion,
+        schedule,
+        mask_update_every,
+        steps_per_epoch,
+        beta,
+        pruning_start_step,
+        pruning_end_step,
+        allocation,
+        score_momentum,
+        score_lr_floor,
+    )
     target = float(target_sparsity)
-    sparsity_fn = schedules_lib.make_schedule(schedule, target, pruning_start_step,
-                                              pruning_end_step, beta, steps_per_epoch)
+    sparsity_fn = schedules_lib.make_schedule(
+        schedule, target, pruning_start_step, pruning_end_step, beta, steps_per_epoch
+    )
     lr_fn = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
     is_masked = is_masked or default_is_masked
     has_scores = criterion != "magnitude"
     has_momentum = criterion in ("optg", "supermask")
 
     def masked_leaf_tree(params):
-        """Tree like ``params`` with True on masked leaves, None elsewhere."""
+        """Tree like `params` with True on masked leaves, None elsewhere."""
         return jax.tree_util.tree_map_with_path(
-            lambda path, leaf: True if is_masked(path, leaf) else None, params)
+            lambda path, leaf: True if is_masked(path, leaf) else None, params
+        )
 
     def like_masked(flags, params, fn):
         return jax.tree.map(lambda f, p: fn(p) if f else None, flags, params, is_leaf=_is_none)
@@ -258,8 +295,10 @@ def optg_optax(
 
     def ranking(scores_leaves, params_leaves, masks_leaves):
         if criterion == "magnitude":
-            return [jnp.abs(w * m.astype(w.dtype)).astype(jnp.float32)
-                    for w, m in zip(params_leaves, masks_leaves)]
+            return [
+                jnp.abs(w * m.astype(w.dtype)).astype(jnp.float32)
+                for w, m in zip(params_leaves, masks_leaves)
+            ]
         return list(scores_leaves)
 
     def realized_sparsity(masks_leaves):
@@ -269,23 +308,31 @@ def optg_optax(
         return ((total - kept) / max(total, 1)).astype(jnp.float32)
 
     def reselect_if(pred, step, rank_fn, masks_leaves, sparsity):
-        """(masks, realised sparsity) selected at ``step`` when ``pred``, else unchanged.
+        """(masks, realised sparsity) selected at `step` when `pred`, else unchanged.
 
-        ``rank_fn()`` gives the ranking scores; it is called inside the taken branch only, so an
-        ordinary step does not compute them (``magnitude`` would pay ``|W * M|`` every step).
+        `rank_fn()` gives the ranking scores; it is called inside the taken branch only, so an
+        ordinary step does not compute them (`magnitude` would pay `|W * M|` every step).
         """
+
         def reselect(_):
             new = select(rank_fn(), sparsity_fn(step))
             return new, realized_sparsity(new)
+
         return lax.cond(pred, reselect, lambda _: (list(masks_leaves), sparsity), None)
 
     def init_fn(params):
         flags = masked_leaf_tree(params)
         zeros = lambda p: jnp.zeros(p.shape, jnp.float32)
-        scores = like_masked(flags, params, zeros) if has_scores else jax.tree.map(
-            lambda f: None, flags, is_leaf=_is_none)
-        momentum = like_masked(flags, params, zeros) if has_momentum else jax.tree.map(
-            lambda f: None, flags, is_leaf=_is_none)
+        scores = (
+            like_masked(flags, params, zeros)
+            if has_scores
+            else jax.tree.map(lambda f: None, flags, is_leaf=_is_none)
+        )
+        momentum = (
+            like_masked(flags, params, zeros)
+            if has_momentum
+            else jax.tree.map(lambda f: None, flags, is_leaf=_is_none)
+        )
         ones = like_masked(flags, params, lambda p: jnp.ones(p.shape, mask_dtype))
         treedef = jax.tree.structure(ones)
         params_leaves = jax.tree.leaves(like_masked(flags, params, lambda p: p))
@@ -293,16 +340,23 @@ def optg_optax(
         count = jnp.zeros((), jnp.int32)
         if masks_leaves:
             sparsity = sparsity_fn(count)
-            rank = ranking(jax.tree.leaves(scores) if has_scores else None, params_leaves,
-                           masks_leaves)
+            rank = ranking(
+                jax.tree.leaves(scores) if has_scores else None, params_leaves, masks_leaves
+            )
             masks_leaves = select(rank, sparsity)
         masks = jax.tree.unflatten(treedef, masks_leaves)
-        return OptGState(count=count, scores=scores, momentum=momentum, masks=masks,
-                         last_refresh=jnp.zeros((), jnp.int32),
-                         sparsity=realized_sparsity(masks_leaves) if masks_leaves
-                         else jnp.zeros((), jnp.float32),
-                         target=jnp.asarray(target, jnp.float32),
-                         score_lr=jnp.zeros((), jnp.float32))
+        return OptGState(
+            count=count,
+            scores=scores,
+            momentum=momentum,
+            masks=masks,
+            last_refresh=jnp.zeros((), jnp.int32),
+            sparsity=realized_sparsity(masks_leaves)
+            if masks_leaves
+            else jnp.zeros((), jnp.float32),
+            target=jnp.asarray(target, jnp.float32),
+            score_lr=jnp.zeros((), jnp.float32),
+        )
 
     def update_fn(grads, state, params=None):
         if params is None:
@@ -314,7 +368,8 @@ def optg_optax(
         treedef = jax.tree.structure(flags)
         # Leaves of the masked entries only, in one fixed order.
         pick = lambda tree: jax.tree.leaves(
-            jax.tree.map(lambda f, x: None if f is None else x, flags, tree, is_leaf=_is_none))
+            jax.tree.map(lambda f, x: None if f is None else x, flags, tree, is_leaf=_is_none)
+        )
         g_leaves, w_leaves, m_leaves = pick(grads), pick(params), jax.tree.leaves(state.masks)
         s_leaves = jax.tree.leaves(state.scores)
         v_leaves = jax.tree.leaves(state.momentum)
@@ -324,19 +379,24 @@ def optg_optax(
         # with the old masks, so whatever is evaluated between updates (e.g. at an epoch's end)
         # is the network that was trained with its masks.
         refresh = (count == pruning_end_step) | (
-            (count > 0) & (count % mask_update_every == 0) & (count < total_steps))
+            (count > 0) & (count % mask_update_every == 0) & (count < total_steps)
+        )
         if not update_masks_after_pruning:
             refresh = refresh & (count <= pruning_end_step)
         new_m_leaves, sparsity = m_leaves, state.sparsity
         if m_leaves:
             new_m_leaves, sparsity = reselect_if(
-                refresh, count, lambda: ranking(s_leaves, w_leaves, m_leaves), m_leaves,
-                state.sparsity)
+                refresh,
+                count,
+                lambda: ranking(s_leaves, w_leaves, m_leaves),
+                m_leaves,
+                state.sparsity,
+            )
 
         if criterion in ("optg", "supermask"):
             new_v, new_s = [], []
             for g, w, s, v in zip(g_leaves, w_leaves, s_leaves, v_leaves):
-                score_grad = (g * w).astype(jnp.float32)   # straight-through: every weight
+                score_grad = (g * w).astype(jnp.float32)  # straight-through: every weight
                 v = score_momentum * v + score_grad
                 new_v.append(v)
                 new_s.append(s - score_lr * v)
@@ -344,8 +404,10 @@ def optg_optax(
         elif criterion == "taylor":
             # Running mean of |G * W * M| since the last refresh (restarts at a refresh).
             n = jnp.where(refresh, 0, count - state.last_refresh).astype(jnp.float32)
-            s_leaves = [s + (jnp.abs(g * w * m.astype(w.dtype)).astype(jnp.float32) - s) / (n + 1)
-                        for g, w, s, m in zip(g_leaves, w_leaves, s_leaves, m_leaves)]
+            s_leaves = [
+                s + (jnp.abs(g * w * m.astype(w.dtype)).astype(jnp.float32) - s) / (n + 1)
+                for g, w, s, m in zip(g_leaves, w_leaves, s_leaves, m_leaves)
+            ]
         last_refresh = jnp.where(refresh, count, state.last_refresh)
 
         if m_leaves and pruning_end_step == total_steps:
@@ -353,14 +415,21 @@ def optg_optax(
             # that they remove exactly the target fraction.
             final = new_count == total_steps
             new_m_leaves, sparsity = reselect_if(
-                final, new_count, lambda: ranking(s_leaves, w_leaves, new_m_leaves),
-                new_m_leaves, sparsity)
+                final,
+                new_count,
+                lambda: ranking(s_leaves, w_leaves, new_m_leaves),
+                new_m_leaves,
+                sparsity,
+            )
             last_refresh = jnp.where(final, new_count, last_refresh)
 
         # The rest of the chain sees G * M: removed weights get no loss gradient.
         masked_grads = jax.tree.map(
-            lambda g, m: g if m is None else g * m.astype(g.dtype), grads, state.masks,
-            is_leaf=_is_none)
+            lambda g, m: g if m is None else g * m.astype(g.dtype),
+            grads,
+            state.masks,
+            is_leaf=_is_none,
+        )
         rebuild = lambda leaves, old: old if not leaves else jax.tree.unflatten(treedef, leaves)
         new_state = OptGState(
             count=new_count,
@@ -378,26 +447,31 @@ def optg_optax(
 
 
 def get_optg_state(state: Any) -> OptGState:
-    """Finds the :class:`OptGState` inside any optimizer state (chain, wrappers, ...)."""
-    found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, OptGState))
-             if isinstance(x, OptGState)]
+    """Finds the `OptGState` inside any optimizer state (chain, wrappers, ...)."""
+    found = [
+        x
+        for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, OptGState))
+        if isinstance(x, OptGState)
+    ]
     if not found:
-        raise ValueError("no optg_optax state found in this optimizer state; "
-                         "is optg_jax.optg_optax() part of the optimizer?")
+        raise ValueError(
+            "no optg_optax state found in this optimizer state; "
+            "is optg_jax.optg_optax() part of the optimizer?"
+        )
     if len(found) > 1:
         raise ValueError(f"found {len(found)} optg_optax states; expected exactly one")
     return found[0]
 
 
 def get_masks(state: Any) -> Any:
-    """The masks (pytree like the params, ``None`` on unmasked leaves) from any optimizer state."""
+    """The masks (pytree like the params, `None` on unmasked leaves) from any optimizer state."""
     return get_optg_state(state).masks
 
 
 def apply_masks(params: Any, state: Any) -> Any:
-    """``W * M`` on every masked leaf of ``params``; other leaves are returned unchanged.
+    """`W * M` on every masked leaf of `params`; other leaves are returned unchanged.
 
-    ``state`` may be the :class:`OptGState`, a mask pytree, or any optimizer state holding one.
+    `state` may be the `OptGState`, a mask pytree, or any optimizer state holding one.
     """
     if isinstance(state, OptGState):
         masks = state.masks
@@ -406,17 +480,18 @@ def apply_masks(params: Any, state: Any) -> Any:
             masks = get_masks(state)
         except ValueError:
             masks = state  # a mask pytree itself
-    return jax.tree.map(lambda w, m: w if m is None else w * m.astype(w.dtype), params, masks,
-                        is_leaf=_is_none)
+    return jax.tree.map(
+        lambda w, m: w if m is None else w * m.astype(w.dtype), params, masks, is_leaf=_is_none
+    )
 
 
 def sparsity_summary(state: Any) -> dict:
     """Readable sparsity figures (host floats) from any optimizer state holding an OptG state.
 
     Returns:
-      ``{'global': removed fraction of all masked weights now, 'target': the final sparsity P,
+      `{'global': removed fraction of all masked weights now, 'target': the final sparsity P,
       'num_masked': N, 'num_kept': kept count, 'score_lr': last score lr,
-      'step': update count, 'layers': {name: removed fraction}}``.
+      'step': update count, 'layers': {name: removed fraction}}`.
     """
     optg_state = get_optg_state(state)
     layers, total, kept = {}, 0, 0

@@ -1,15 +1,15 @@
-"""Sparsity schedules: plain functions ``step -> sparsity`` in the style of optax schedules.
+"""Sparsity schedules: plain functions `step -> sparsity` in the style of optax schedules.
 
-Every schedule here returns a float32 scalar in ``[0, target]``, is monotone non-decreasing in
-``step``, is exactly ``0`` before ``begin_step`` (except ``constant``) and exactly ``target`` from
-``end_step`` on. They work on Python ints and on traced ``jnp`` integers, so they run inside
-``jax.jit``.
+Every schedule here returns a float32 scalar in `[0, target]`, is monotone non-decreasing in
+`step`, is exactly `0` before `begin_step` (except `constant`) and exactly `target` from
+`end_step` on. They work on Python ints and on traced `jnp` integers, so they run inside
+`jax.jit`.
 
-The paper's schedule is ``P * sigmoid(beta * (e - E / 2))`` with ``e`` the epoch and ``E`` the
-number of epochs. Left as it is, it starts at ``P * sigmoid(-beta * E / 2)`` (not 0) and ends at
-``P * sigmoid(beta * (E - 1 - E / 2))``, short of ``P`` for short runs. :func:`sigmoid_schedule`
-rescales it affinely so that it starts at exactly 0 at ``begin_step`` and reaches exactly ``P``
-at ``end_step``; :func:`reference_sigmoid_schedule` keeps the reference code's per-epoch form for
+The paper's schedule is `P * sigmoid(beta * (e - E / 2))` with `e` the epoch and `E` the
+number of epochs. Left as it is, it starts at `P * sigmoid(-beta * E / 2)` (not 0) and ends at
+`P * sigmoid(beta * (E - 1 - E / 2))`, short of `P` for short runs. `sigmoid_schedule`
+rescales it affinely so that it starts at exactly 0 at `begin_step` and reaches exactly `P`
+at `end_step`; `reference_sigmoid_schedule` keeps the reference code's per-epoch form for
 comparisons.
 """
 
@@ -36,31 +36,33 @@ def _check_window(begin_step: int, end_step: int) -> None:
         raise ValueError(f"begin_step must be a non-negative integer, got {begin_step!r}")
     if int(end_step) != end_step or end_step <= begin_step:
         raise ValueError(
-            f"end_step must be an integer greater than begin_step={begin_step}, got {end_step!r}")
+            f"end_step must be an integer greater than begin_step={begin_step}, got {end_step!r}"
+        )
 
 
 def _progress(step, begin_step: int, end_step: int) -> jax.Array:
-    """Fraction of the pruning window ``[begin_step, end_step]`` elapsed, clipped to [0, 1]."""
+    """Fraction of the pruning window `[begin_step, end_step]` elapsed, clipped to [0, 1]."""
     step = jnp.asarray(step, jnp.float32)
     return jnp.clip((step - begin_step) / float(end_step - begin_step), 0.0, 1.0)
 
 
-def sigmoid_schedule(target: float, begin_step: int, end_step: int, beta: float = 1.0,
-                     steps_per_epoch: int = 1) -> Schedule:
-    """The paper's sigmoid ramp, normalised to go from exactly 0 to exactly ``target``.
+def sigmoid_schedule(
+    target: float, begin_step: int, end_step: int, beta: float = 1.0, steps_per_epoch: int = 1
+) -> Schedule:
+    """The paper's sigmoid ramp, normalised to go from exactly 0 to exactly `target`.
 
-    With ``e = (step - begin_step) / steps_per_epoch`` and ``E = (end_step - begin_step) /
-    steps_per_epoch`` (so ``beta`` is per epoch, as in the paper's configs)::
+    With `e = (step - begin_step) / steps_per_epoch` and `E = (end_step - begin_step) /
+    steps_per_epoch` (so `beta` is per epoch, as in the paper's configs)::
 
         p(step) = target * (sigmoid(beta * (e - E/2)) - sigmoid(-beta*E/2))
                          / (sigmoid(beta*E/2) - sigmoid(-beta*E/2))
 
     Args:
-      target: final sparsity ``P`` in [0, 1).
-      begin_step: step at which pruning starts (``p = 0`` up to and including it).
-      end_step: step at which ``p`` reaches ``target`` exactly (and stays).
+      target: final sparsity `P` in [0, 1).
+      begin_step: step at which pruning starts (`p = 0` up to and including it).
+      end_step: step at which `p` reaches `target` exactly (and stays).
       beta: steepness per epoch (> 0); the paper uses 1.
-      steps_per_epoch: steps in one epoch, the unit of ``beta``.
+      steps_per_epoch: steps in one epoch, the unit of `beta`.
     """
     _check_target(target)
     _check_window(begin_step, end_step)
@@ -69,8 +71,8 @@ def sigmoid_schedule(target: float, begin_step: int, end_step: int, beta: float 
     if int(steps_per_epoch) != steps_per_epoch or steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
     half_width = beta * (end_step - begin_step) / steps_per_epoch / 2.0
-    low = 1.0 / (1.0 + math.exp(half_width))     # sigmoid(-beta E/2)
-    span = 1.0 - 2.0 * low                        # sigmoid(beta E/2) - sigmoid(-beta E/2)
+    low = 1.0 / (1.0 + math.exp(half_width))  # sigmoid(-beta E/2)
+    span = 1.0 - 2.0 * low  # sigmoid(beta E/2) - sigmoid(-beta E/2)
 
     def schedule(step):
         x = _progress(step, begin_step, end_step)
@@ -84,7 +86,7 @@ def sigmoid_schedule(target: float, begin_step: int, end_step: int, beta: float 
 
 
 def cubic_schedule(target: float, begin_step: int, end_step: int) -> Schedule:
-    """Zhu & Gupta's gradual pruning ramp ``target * (1 - (1 - x)**3)``, x = window progress."""
+    """Zhu & Gupta's gradual pruning ramp `target * (1 - (1 - x)**3)`, x = window progress."""
     _check_target(target)
     _check_window(begin_step, end_step)
 
@@ -96,26 +98,26 @@ def cubic_schedule(target: float, begin_step: int, end_step: int) -> Schedule:
 
 
 def constant_schedule(target: float) -> Schedule:
-    """``target`` from step 0 on (sparse training from scratch at a fixed sparsity)."""
+    """`target` from step 0 on (sparse training from scratch at a fixed sparsity)."""
     _check_target(target)
     return lambda step: jnp.full((), target, jnp.float32)
 
 
 def one_shot_schedule(target: float, prune_step: int) -> Schedule:
-    """0 before ``prune_step``, ``target`` from ``prune_step`` on."""
+    """0 before `prune_step`, `target` from `prune_step` on."""
     _check_target(target)
     if int(prune_step) != prune_step or prune_step < 0:
         raise ValueError(f"prune_step must be a non-negative integer, got {prune_step!r}")
-    return lambda step: jnp.where(jnp.asarray(step) >= prune_step, target, 0.0).astype(
-        jnp.float32)
+    return lambda step: jnp.where(jnp.asarray(step) >= prune_step, target, 0.0).astype(jnp.float32)
 
 
-def reference_sigmoid_schedule(target: float, num_epochs: int, steps_per_epoch: int,
-                               beta: float = 1.0) -> Schedule:
-    """The reference code's schedule: ``P * sigmoid(beta * (e - E/2))``, e = epoch of ``step``.
+def reference_sigmoid_schedule(
+    target: float, num_epochs: int, steps_per_epoch: int, beta: float = 1.0
+) -> Schedule:
+    """The reference code's schedule: `P * sigmoid(beta * (e - E/2))`, e = epoch of `step`.
 
     Piecewise constant over each epoch and not normalised (it starts above 0 and ends below
-    ``target``). Kept for side-by-side comparisons with the reference procedure.
+    `target`). Kept for side-by-side comparisons with the reference procedure.
     """
     _check_target(target)
 
@@ -126,11 +128,17 @@ def reference_sigmoid_schedule(target: float, num_epochs: int, steps_per_epoch: 
     return schedule
 
 
-def make_schedule(schedule: str | Schedule, target: float, begin_step: int, end_step: int,
-                  beta: float = 1.0, steps_per_epoch: int = 1) -> Schedule:
-    """Builds a schedule from its name (one of :data:`SCHEDULE_NAMES`) or passes a callable on.
+def make_schedule(
+    schedule: str | Schedule,
+    target: float,
+    begin_step: int,
+    end_step: int,
+    beta: float = 1.0,
+    steps_per_epoch: int = 1,
+) -> Schedule:
+    """Builds a schedule from its name (one of `SCHEDULE_NAMES`) or passes a callable on.
 
-    ``one_shot`` prunes at ``begin_step``; ``constant`` ignores the window.
+    `one_shot` prunes at `begin_step`; `constant` ignores the window.
     """
     if callable(schedule):
         return schedule
@@ -143,4 +151,5 @@ def make_schedule(schedule: str | Schedule, target: float, begin_step: int, end_
     if schedule == "one_shot":
         return one_shot_schedule(target, begin_step)
     raise ValueError(
-        f"schedule must be one of {', '.join(SCHEDULE_NAMES)} or a callable, got {schedule!r}")
+        f"schedule must be one of {', '.join(SCHEDULE_NAMES)} or a callable, got {schedule!r}"
+    )

@@ -2,9 +2,9 @@
 
 The k-th largest score is found by counting bisection over an order-preserving integer image of
 float32 values: 32 passes, each counting the scores at or above a candidate, so the cost is
-``32 * N`` fused compares and no ``O(N log N)`` sort or ``N``-sized gather. Ties at the threshold
+`32 * N` fused compares and no `O(N log N)` sort or `N`-sized gather. Ties at the threshold
 are broken deterministically by position (leaf order, then row-major index inside a leaf), so a
-mask always keeps exactly ``k`` entries, also when every score is equal (all zero at the start).
+mask always keeps exactly `k` entries, also when every score is equal (all zero at the start).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def _count_at_least(scores: Sequence[jax.Array], threshold: jax.Array) -> jax.Ar
 
 
 def _sample_bracket(scores: Sequence[jax.Array], k: jax.Array, sample_size: int):
-    """Keys ``lo <= hi`` that likely bracket the k-th largest key, from a strided sample.
+    """Keys `lo <= hi` that likely bracket the k-th largest key, from a strided sample.
 
-    The sample's order statistics around rank ``k * M / N`` with a margin of ``4 sqrt(M)`` give a
+    The sample's order statistics around rank `k * M / N` with a margin of `4 sqrt(M)` give a
     bracket that holds the k-th largest key with overwhelming probability for any data that is
     not adversarially ordered; the caller checks it with one counting pass and falls back to the
     full key range when it does not hold, so the result is exact either way.
@@ -44,7 +44,7 @@ def _sample_bracket(scores: Sequence[jax.Array], k: jax.Array, sample_size: int)
     sample = jnp.concatenate([ordered_key(s.ravel()[::stride]) for s in scores])
     sample = jnp.sort(sample)[::-1]
     m = sample.shape[0]
-    margin = int(4 * m ** 0.5) + 8
+    margin = int(4 * m**0.5) + 8
     rank = (k.astype(jnp.float32) * (m / total)).astype(jnp.int32)
     hi_index = rank - margin
     lo_index = rank + margin
@@ -53,12 +53,13 @@ def _sample_bracket(scores: Sequence[jax.Array], k: jax.Array, sample_size: int)
     return lo, hi
 
 
-def kth_largest_key(scores: Sequence[jax.Array], k: jax.Array,
-                    sample_size: int = 1 << 18) -> jax.Array:
-    """Key of the k-th largest value over all arrays in ``scores`` (1-based k, 1 <= k <= N).
+def kth_largest_key(
+    scores: Sequence[jax.Array], k: jax.Array, sample_size: int = 1 << 18
+) -> jax.Array:
+    """Key of the k-th largest value over all arrays in `scores` (1-based k, 1 <= k <= N).
 
-    For ``k = 0`` returns the largest possible key, so that nothing lies strictly above it.
-    Returns a uint32 scalar; compare with :func:`ordered_key` of the scores.
+    For `k = 0` returns the largest possible key, so that nothing lies strictly above it.
+    Returns a uint32 scalar; compare with `ordered_key` of the scores.
 
     Counting bisection over the key range: each step counts the keys at or above a candidate.
     For large inputs a strided sample first narrows the range (checked by one counting pass), which
@@ -70,7 +71,8 @@ def kth_largest_key(scores: Sequence[jax.Array], k: jax.Array,
         s_lo, s_hi = _sample_bracket(scores, k, sample_size)
         # Valid when at least k keys are >= s_lo and fewer than k are > s_hi.
         valid = (_count_at_least(scores, s_lo) >= k) & (
-            (s_hi == jnp.uint32(0xFFFFFFFF)) | (_count_at_least(scores, s_hi + 1) < k))
+            (s_hi == jnp.uint32(0xFFFFFFFF)) | (_count_at_least(scores, s_hi + 1) < k)
+        )
         lo, hi = jnp.where(valid, s_lo, lo), jnp.where(valid, s_hi, hi)
 
     def body(bounds):
@@ -85,12 +87,12 @@ def kth_largest_key(scores: Sequence[jax.Array], k: jax.Array,
 
 
 def topk_masks(scores: Sequence[jax.Array], k: jax.Array, dtype=jnp.uint8) -> list[jax.Array]:
-    """Masks keeping exactly the ``k`` largest scores over all arrays together.
+    """Masks keeping exactly the `k` largest scores over all arrays together.
 
     Args:
       scores: float arrays of any shapes (one per masked layer).
-      k: int scalar, number of entries to keep in all, ``0 <= k <= sum of sizes``.
-      dtype: mask dtype (``uint8``, ``bool``, ...).
+      k: int scalar, number of entries to keep in all, `0 <= k <= sum of sizes`.
+      dtype: mask dtype (`uint8`, `bool`, ...).
 
     Returns:
       One mask per score array, same shapes, 1 where kept. Among entries equal to the threshold
@@ -124,6 +126,6 @@ def topk_masks(scores: Sequence[jax.Array], k: jax.Array, dtype=jnp.uint8) -> li
 
 
 def num_kept(num_weights: int, sparsity: jax.Array) -> jax.Array:
-    """``floor(num_weights * (1 - sparsity))`` as int32, computed in float32 on device."""
+    """`floor(num_weights * (1 - sparsity))` as int32, computed in float32 on device."""
     kept = jnp.floor(num_weights * (1.0 - jnp.asarray(sparsity, jnp.float32)))
     return jnp.clip(kept, 0, num_weights).astype(jnp.int32)

@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-import optg_jax
 from optg_jax import config as config_lib
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "accuracy_vs_sparsity.py")
@@ -23,11 +22,25 @@ def bench():
 
 def _row(bench, method, sparsity, seed, top1, epochs=4):
     spec = bench.Spec(method, sparsity, seed, epochs)
-    return {"method": method, "sparsity": sparsity, "seed": seed, "epochs": epochs,
-            "top1": top1, "top5": 0.99, "final_sparsity": sparsity, "flops": 1e6 * (1 - sparsity),
-            "dense_flops": 1e6, "wall_time_s": 100.0 + seed, "train_time_s": 90.0,
-            "steps": 936, "model": "fmnist_cnn", "dataset": "fashion_mnist", "image_size": 14,
-            "batch_size": 256, "name": spec.name}
+    return {
+        "method": method,
+        "sparsity": sparsity,
+        "seed": seed,
+        "epochs": epochs,
+        "top1": top1,
+        "top5": 0.99,
+        "final_sparsity": sparsity,
+        "flops": 1e6 * (1 - sparsity),
+        "dense_flops": 1e6,
+        "wall_time_s": 100.0 + seed,
+        "train_time_s": 90.0,
+        "steps": 936,
+        "model": "fmnist_cnn",
+        "dataset": "fashion_mnist",
+        "image_size": 14,
+        "batch_size": 256,
+        "name": spec.name,
+    }
 
 
 def _fake_rows(bench):
@@ -60,14 +73,23 @@ def test_parse_method(bench):
     assert bench.parse_method("optg") == ("optg", {})
     assert bench.parse_method("optg-floor0.25") == ("optg", {"score_lr_floor": 0.25})
     assert bench.parse_method("supermask-frozen") == (
-        "supermask", {"update_masks_after_pruning": False})
+        "supermask",
+        {"update_masks_after_pruning": False},
+    )
     assert bench.parse_method("optg-every50-mom0.99-beta2-frozen") == (
-        "optg", {"mask_update_every": 50, "score_momentum": 0.99, "beta": 2.0,
-                 "update_masks_after_pruning": False})
+        "optg",
+        {
+            "mask_update_every": 50,
+            "score_momentum": 0.99,
+            "beta": 2.0,
+            "update_masks_after_pruning": False,
+        },
+    )
     assert bench.parse_method("magnitude-every10") == ("magnitude", {"mask_update_every": 10})
     assert "floor 0.5, masks frozen" in bench.label("optg-floor0.5-frozen")
     assert bench.label("optg-every50-frozen") == (
-        "ablation: OptG, refresh every 50 steps, masks frozen after the ramp")
+        "ablation: OptG, refresh every 50 steps, masks frozen after the ramp"
+    )
     assert bench.label(bench.TUNED_OPTG).startswith("OptG tuned on validation")
     for bad in ("snip", "dense-frozen", "magnitude-floor0.5", "taylor-mom0.5", "optg-fast"):
         with pytest.raises(ValueError, match="unknown"):
@@ -129,14 +151,33 @@ def test_update_section_creates_file(bench, tmp_path):
 def test_run_all_resumes_and_applies_method_options(bench, tmp_path):
     shared = config_lib.base_config()
     shared.mask_update_every = 25
-    specs = [bench.Spec("magnitude", 0.9, 0, 1), bench.Spec("optg-floor0.5-every50-frozen", 0.9, 0, 1)]
+    specs = [
+        bench.Spec("magnitude", 0.9, 0, 1),
+        bench.Spec("optg-floor0.5-every50-frozen", 0.9, 0, 1),
+    ]
     calls = []
 
     def fake_train(config, workdir, log_path):
-        calls.append((config.criterion, config.sparsity, config.num_epochs, config.score_lr_floor,
-                      config.mask_update_every, config.update_masks_after_pruning))
-        return {"top1": 0.8, "top5": 0.99, "sparsity": config.sparsity, "flops": 1,
-                "dense_flops": 2, "wall_time_s": 1.0, "train_time_s": 1.0, "steps": 10}
+        calls.append(
+            (
+                config.criterion,
+                config.sparsity,
+                config.num_epochs,
+                config.score_lr_floor,
+                config.mask_update_every,
+                config.update_masks_after_pruning,
+            )
+        )
+        return {
+            "top1": 0.8,
+            "top5": 0.99,
+            "sparsity": config.sparsity,
+            "flops": 1,
+            "dense_flops": 2,
+            "wall_time_s": 1.0,
+            "train_time_s": 1.0,
+            "steps": 10,
+        }
 
     lines = []
     rows = bench.run_all(specs, shared, str(tmp_path), train_fn=fake_train, say=lines.append)
@@ -166,9 +207,16 @@ def test_validation_runs_have_their_own_protocol_and_report(bench, tmp_path):
 
     md = tmp_path / "BENCHMARKS.md"
     results = tmp_path / "results"
-    rows = [_row(bench, m, s, 0, a - (s - 0.98)) for m, a in
-            (("magnitude", 0.85), ("optg", 0.84), ("optg-frozen", 0.86), ("optg-every50", 0.87))
-            for s in (0.98, 0.99)]
+    rows = [
+        _row(bench, m, s, 0, a - (s - 0.98))
+        for m, a in (
+            ("magnitude", 0.85),
+            ("optg", 0.84),
+            ("optg-frozen", 0.86),
+            ("optg-every50", 0.87),
+        )
+        for s in (0.98, 0.99)
+    ]
     rows.append(_row(bench, "optg-every10", 0.99, 0, 0.95))  # Not run at 98%: not a candidate.
     text = bench.write_report(rows, 4, "VAL", str(results), str(md), validation=True)
     assert "validation split" in text and "Against the goal" not in text

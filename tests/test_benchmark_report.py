@@ -3,8 +3,9 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+)
 
 import report  # noqa: E402
 
@@ -16,6 +17,8 @@ def test_sections_are_created_and_replaced_independently(tmp_path):
     report.update_section(path, "a", "## A\nthird\n")
     with open(path) as f:
         text = f.read()
-    assert text == ("# Benchmarks\n\n<!-- a:begin -->\n## A\nthird\n<!-- a:end -->\n\n"
-                    "<!-- b:begin -->\n## B\nsecond\n<!-- b:end -->\n")
+    assert text == (
+        "# Benchmarks\n\n<!-- a:begin -->\n## A\nthird\n<!-- a:end -->\n\n"
+        "<!-- b:begin -->\n## B\nsecond\n<!-- b:end -->\n"
+    )
     assert not os.path.exists(path + ".tmp")

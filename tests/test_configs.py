@@ -13,132 +13,178 @@ from optg_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-REQUIRED = ("resnet50_imagenet", "mobilenetv1_imagenet", "vgg19_cifar10", "resnet50_cifar10",
-            "resnet32_cifar10", "fashion_mnist")
+REQUIRED = (
+    "resnet50_imagenet",
+    "mobilenetv1_imagenet",
+    "vgg19_cifar10",
+    "resnet50_cifar10",
+    "resnet32_cifar10",
+    "fashion_mnist",
+)
 
 
 def load(name):
-  path = os.path.join(ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+    path = os.path.join(ROOT, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def test_required_config_files_exist():
-  names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
-  assert set(REQUIRED) <= names
+    names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
+    assert set(REQUIRED) <= names
 
 
 @pytest.mark.parametrize("name", REQUIRED)
 def test_config_has_shared_fields_and_validates(name):
-  config = load(name)
-  assert set(config_lib.base_config()) <= set(config)
-  config_lib.validate(config)
-  assert config.criterion == "optg" and config.schedule == "sigmoid" and config.beta == 1.0
-  assert config.momentum == 0.9 and not config_lib.is_dense(config)
-  assert 0 < config.pruning_end_fraction <= 1
+    config = load(name)
+    assert set(config_lib.base_config()) <= set(config)
+    config_lib.validate(config)
+    assert config.criterion == "optg" and config.schedule == "sigmoid" and config.beta == 1.0
+    assert config.momentum == 0.9 and not config_lib.is_dense(config)
+    assert 0 < config.pruning_end_fraction <= 1
 
 
 @pytest.mark.parametrize("name", REQUIRED)
 def test_sparsity_ramp_ends_well_before_the_run(name):
-  """Within 1% of the target by 70% of training, exactly the target from the end of pruning."""
-  import optg_jax  # pylint: disable=import-outside-toplevel
-  from optg_jax import training  # pylint: disable=import-outside-toplevel
-  config = load(name)
-  steps_per_epoch = 50
-  total = config.num_epochs * steps_per_epoch
-  end = training.pruning_end_step(config, total)
-  schedule = optg_jax.schedules.sigmoid_schedule(config.sparsity, 0, end, config.beta,
-                                                 steps_per_epoch)
-  assert float(schedule(int(0.7 * total))) >= 0.99 * config.sparsity
-  assert float(schedule(end)) == pytest.approx(config.sparsity, abs=1e-7)
-  if config.num_epochs >= 100:  # The paper's runs: centred at the middle of training.
-    assert float(schedule(total // 2)) == pytest.approx(config.sparsity / 2, rel=1e-3)
+    """Within 1% of the target by 70% of training, exactly the target from the end of pruning."""
+    import optg_jax  # pylint: disable=import-outside-toplevel
+    from optg_jax import training  # pylint: disable=import-outside-toplevel
+
+    config = load(name)
+    steps_per_epoch = 50
+    total = config.num_epochs * steps_per_epoch
+    end = training.pruning_end_step(config, total)
+    schedule = optg_jax.schedules.sigmoid_schedule(
+        config.sparsity, 0, end, config.beta, steps_per_epoch
+    )
+    assert float(schedule(int(0.7 * total))) >= 0.99 * config.sparsity
+    assert float(schedule(end)) == pytest.approx(config.sparsity, abs=1e-7)
+    if config.num_epochs >= 100:  # The paper's runs: centred at the middle of training.
+        assert float(schedule(total // 2)) == pytest.approx(config.sparsity / 2, rel=1e-3)
 
 
 def test_paper_hyper_parameters():
-  r50 = load("resnet50_imagenet")
-  assert (r50.num_epochs, r50.batch_size, r50.learning_rate, r50.weight_decay,
-          r50.label_smoothing, r50.warmup_epochs) == (100, 256, 0.1, 1e-4, 0.1, 5.0)
-  mbv1 = load("mobilenetv1_imagenet")
-  assert (mbv1.num_epochs, mbv1.learning_rate, mbv1.weight_decay) == (180, 0.05, 4e-5)
-  for name in ("vgg19_cifar10", "resnet50_cifar10", "resnet32_cifar10"):
-    c = load(name)
-    assert (c.dataset, c.num_epochs, c.batch_size, c.learning_rate, c.weight_decay) == (
-        "cifar10", 160, 256, 0.1, 5e-4)
-  fm = load("fashion_mnist")
-  assert (fm.model, fm.dataset, fm.sparsity) == ("fmnist_cnn", "fashion_mnist", 0.95)
+    r50 = load("resnet50_imagenet")
+    assert (
+        r50.num_epochs,
+        r50.batch_size,
+        r50.learning_rate,
+        r50.weight_decay,
+        r50.label_smoothing,
+        r50.warmup_epochs,
+    ) == (100, 256, 0.1, 1e-4, 0.1, 5.0)
+    mbv1 = load("mobilenetv1_imagenet")
+    assert (mbv1.num_epochs, mbv1.learning_rate, mbv1.weight_decay) == (180, 0.05, 4e-5)
+    for name in ("vgg19_cifar10", "resnet50_cifar10", "resnet32_cifar10"):
+        c = load(name)
+        assert (c.dataset, c.num_epochs, c.batch_size, c.learning_rate, c.weight_decay) == (
+            "cifar10",
+            160,
+            256,
+            0.1,
+            5e-4,
+        )
+    fm = load("fashion_mnist")
+    assert (fm.model, fm.dataset, fm.sparsity) == ("fmnist_cnn", "fashion_mnist", 0.95)
 
 
 def test_learning_rate_scales_linearly_with_batch():
-  c = load("resnet50_imagenet")
-  assert config_lib.effective_learning_rate(c) == pytest.approx(0.1)
-  c.batch_size = 1024
-  assert config_lib.effective_learning_rate(c) == pytest.approx(0.4)
+    c = load("resnet50_imagenet")
+    assert config_lib.effective_learning_rate(c) == pytest.approx(0.1)
+    c.batch_size = 1024
+    assert config_lib.effective_learning_rate(c) == pytest.approx(0.4)
 
 
 def test_known_names_match_the_model_zoo():
-  from optg_jax import models  # pylint: disable=import-outside-toplevel
-  assert set(config_lib.MODELS) == set(models.names())
-  import optg_jax  # pylint: disable=import-outside-toplevel
-  assert set(config_lib.CRITERIA) == set(optg_jax.CRITERIA) | {"dense"}
-  assert set(config_lib.ALLOCATIONS) == set(optg_jax.ALLOCATIONS)
-  assert set(config_lib.SCHEDULES) == set(optg_jax.schedules.SCHEDULE_NAMES)
+    from optg_jax import models  # pylint: disable=import-outside-toplevel
+
+    assert set(config_lib.MODELS) == set(models.names())
+    import optg_jax  # pylint: disable=import-outside-toplevel
+
+    assert set(config_lib.CRITERIA) == set(optg_jax.CRITERIA) | {"dense"}
+    assert set(config_lib.ALLOCATIONS) == set(optg_jax.ALLOCATIONS)
+    assert set(config_lib.SCHEDULES) == set(optg_jax.schedules.SCHEDULE_NAMES)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("sparsity", 1.0), ("sparsity", -0.1), ("model", "resnet5O"), ("dataset", "imagenet"),
-    ("criterion", "optq"), ("schedule", "linear"), ("dtype", "float16"), ("batch_size", 0),
-    ("pruning_end_fraction", 1.5), ("score_lr_floor", 1.5), ("validation_examples", -5),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("sparsity", 1.0),
+        ("sparsity", -0.1),
+        ("model", "resnet5O"),
+        ("dataset", "imagenet"),
+        ("criterion", "optq"),
+        ("schedule", "linear"),
+        ("dtype", "float16"),
+        ("batch_size", 0),
+        ("pruning_end_fraction", 1.5),
+        ("score_lr_floor", 1.5),
+        ("validation_examples", -5),
+    ],
+)
 def test_validate_names_the_bad_value(field, value):
-  config = load("fashion_mnist")
-  config[field] = value
-  with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(config)
-  message = str(e.value)
-  assert "\n" not in message and f"config.{field}={value!r}" in message
+    config = load("fashion_mnist")
+    config[field] = value
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(config)
+    message = str(e.value)
+    assert "\n" not in message and f"config.{field}={value!r}" in message
 
 
 def run_train_py(tmp_path, *args):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--config.sparsity=1.5"], "config.sparsity=1.5"),
-    (["--config.sparsty=0.9"], "sparsty"),
-    (["--config.model=resnet5O"], "resnet5O"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--config.sparsity=1.5"], "config.sparsity=1.5"),
+        (["--config.sparsty=0.9"], "sparsty"),
+        (["--config.model=resnet5O"], "resnet5O"),
+    ],
+)
 def test_train_py_bad_input_is_one_line(tmp_path, args, expected):
-  workdir = tmp_path / "run"
-  proc = run_train_py(tmp_path, "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
-                      *args)
-  assert proc.returncode != 0
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert lines and lines[-1].startswith("error:") and expected in lines[-1], proc.stderr
-  assert "Traceback" not in proc.stderr
-  assert not workdir.exists()
+    workdir = tmp_path / "run"
+    proc = run_train_py(
+        tmp_path, "--config=configs/fashion_mnist.py", f"--workdir={workdir}", *args
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error:") and expected in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()
 
 
 def test_train_py_missing_config_file(tmp_path):
-  workdir = tmp_path / "run"
-  proc = run_train_py(tmp_path, "--config=configs/no_such_config.py", f"--workdir={workdir}")
-  assert proc.returncode != 0
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert lines[-1].startswith("error:") and "no_such_config.py" in lines[-1], proc.stderr
-  assert "Traceback" not in proc.stderr and not workdir.exists()
+    workdir = tmp_path / "run"
+    proc = run_train_py(tmp_path, "--config=configs/no_such_config.py", f"--workdir={workdir}")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and "no_such_config.py" in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr and not workdir.exists()
 
 
 def test_train_py_missing_data_names_what_is_needed(tmp_path):
-  workdir, data_dir = tmp_path / "run", tmp_path / "empty_tfds"
-  data_dir.mkdir()
-  proc = run_train_py(tmp_path, "--config=configs/resnet32_cifar10.py", f"--workdir={workdir}",
-                      f"--config.data_dir={data_dir}")
-  assert proc.returncode != 0
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  assert lines[-1].startswith("error:") and "cifar10" in lines[-1], proc.stderr
-  assert str(data_dir) in lines[-1] and "Traceback" not in proc.stderr
-  assert not workdir.exists()
+    workdir, data_dir = tmp_path / "run", tmp_path / "empty_tfds"
+    data_dir.mkdir()
+    proc = run_train_py(
+        tmp_path,
+        "--config=configs/resnet32_cifar10.py",
+        f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and "cifar10" in lines[-1], proc.stderr
+    assert str(data_dir) in lines[-1] and "Traceback" not in proc.stderr
+    assert not workdir.exists()

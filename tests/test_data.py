@@ -1,23 +1,24 @@
 """Tests of the input pipeline and of the offline Fashion-MNIST preparation."""
+
 import gzip
 import hashlib
 import io
 import itertools
 import os
-import shutil
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from optg_jax import data
-from optg_jax import fashion_mnist
+from optg_jax import data, fashion_mnist
 
 HAS_DEBIAN_FILES = all(
-    os.path.isfile(os.path.join(fashion_mnist.DEBIAN_DIR, f)) for f in fashion_mnist.UPSTREAM_MTIMES)
+    os.path.isfile(os.path.join(fashion_mnist.DEBIAN_DIR, f)) for f in fashion_mnist.UPSTREAM_MTIMES
+)
 needs_debian = pytest.mark.skipif(
     not HAS_DEBIAN_FILES,
-    reason=f"Debian package dataset-fashion-mnist is not installed ({fashion_mnist.DEBIAN_DIR})")
+    reason=f"Debian package dataset-fashion-mnist is not installed ({fashion_mnist.DEBIAN_DIR})",
+)
 
 # Under mock_data the data_dir is ignored; a missing directory shows nothing is read from it.
 MOCK_DIR = "/nonexistent/tfds"
@@ -58,9 +59,17 @@ def test_rebuilt_header_replaces_existing_name_and_optional_fields():
     content = b"fashion" * 100
     named = _gzip_bytes(content, name="old-name", mtime=7)
     # Hand-built header with FEXTRA, FCOMMENT and FHCRC set in front of the same payload.
-    payload = named[fashion_mnist.gzip_payload_offset(named):]
-    header = (b"\x1f\x8b\x08" + bytes([4 | 16 | 2]) + (7).to_bytes(4, "little") + named[8:10]
-              + (3).to_bytes(2, "little") + b"xyz" + b"a comment\0" + b"\0\0")
+    payload = named[fashion_mnist.gzip_payload_offset(named) :]
+    header = (
+        b"\x1f\x8b\x08"
+        + bytes([4 | 16 | 2])
+        + (7).to_bytes(4, "little")
+        + named[8:10]
+        + (3).to_bytes(2, "little")
+        + b"xyz"
+        + b"a comment\0"
+        + b"\0\0"
+    )
     assert fashion_mnist.gzip_payload_offset(header + payload) == len(header)
     rebuilt = fashion_mnist.rebuild_gzip_header(header + payload, "new-name", 1504176627)
     assert rebuilt == _gzip_bytes(content, name="new-name", mtime=1504176627)
@@ -129,15 +138,21 @@ def mock_small():
         yield
 
 
-@pytest.mark.parametrize("name,augment,cache", [("fashion_mnist", False, True),
-                                                ("cifar10", True, True), ("cifar10", True, False)])
+@pytest.mark.parametrize(
+    "name,augment,cache",
+    [("fashion_mnist", False, True), ("cifar10", True, True), ("cifar10", True, False)],
+)
 def test_resume_yields_the_uninterrupted_batches(mock_small, name, augment, cache):
     # 50 examples, batch 8: 6 steps per epoch, so 14 steps cross two epoch boundaries.
     full = _take(data.train_iterator(name, MOCK_DIR, 8, seed=3, augment=augment, cache=cache), 14)
     assert not np.array_equal(full[0]["image"], full[6]["image"])
     for start in (1, 6, 9):
-        resumed = _take(data.train_iterator(name, MOCK_DIR, 8, seed=3, start_step=start,
-                                            augment=augment, cache=cache), 14 - start)
+        resumed = _take(
+            data.train_iterator(
+                name, MOCK_DIR, 8, seed=3, start_step=start, augment=augment, cache=cache
+            ),
+            14 - start,
+        )
         _assert_batches_equal(resumed, full[start:])
 
 
@@ -146,8 +161,9 @@ def test_epochs_are_seeded_permutations(mock_small):
         it = data.train_iterator("fashion_mnist", MOCK_DIR, 10, seed=seed, start_step=5 * epoch)
         return np.concatenate([b["image"] for b in _take(it, 5)])
 
-    (images, _), = [(b["image"], b["label"]) for b in
-                    data.eval_iterator("fashion_mnist", MOCK_DIR, 50)]
+    ((images, _),) = [
+        (b["image"], b["label"]) for b in data.eval_iterator("fashion_mnist", MOCK_DIR, 50)
+    ]
     as_set = lambda x: sorted(row.tobytes() for row in x)
     epoch0, epoch1 = epoch_images(0, 0), epoch_images(0, 1)
     assert as_set(epoch0) == as_set(epoch1) == as_set(images)
@@ -156,16 +172,31 @@ def test_epochs_are_seeded_permutations(mock_small):
     assert not np.array_equal(epoch_images(1, 0), epoch0)
 
 
-@pytest.mark.parametrize("name,cache", [("fashion_mnist", True), ("cifar10", True),
-                                        ("cifar10", False)])
+@pytest.mark.parametrize(
+    "name,cache", [("fashion_mnist", True), ("cifar10", True), ("cifar10", False)]
+)
 def test_processes_slice_the_global_batch(mock_small, name, cache):
     single = _take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4, cache=cache), 4)
     for count in (2, 4):
-        parts = [_take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4, cache=cache,
-                                           process_index=i, process_count=count), 4)
-                 for i in range(count)]
-        joined = [{k: np.concatenate([p[s][k] for p in parts]) for k in single[s]}
-                  for s in range(4)]
+        parts = [
+            _take(
+                data.train_iterator(
+                    name,
+                    MOCK_DIR,
+                    8,
+                    seed=0,
+                    start_step=4,
+                    cache=cache,
+                    process_index=i,
+                    process_count=count,
+                ),
+                4,
+            )
+            for i in range(count)
+        ]
+        joined = [
+            {k: np.concatenate([p[s][k] for p in parts]) for k in single[s]} for s in range(4)
+        ]
         _assert_batches_equal(joined, single)
         assert parts[0][0]["image"].shape == (8 // count,) + single[0]["image"].shape[1:]
 
@@ -174,15 +205,18 @@ def test_eval_counts_every_example_once(mock_small):
     (reference,) = data.eval_iterator("cifar10", MOCK_DIR, 64)  # One padded batch of 64.
     assert reference["mask"].sum() == 50
     count = 4  # Global batch 16: 4 batches, the last holds 2 real examples on process 0 only.
-    per_process = [list(data.eval_iterator("cifar10", MOCK_DIR, 16, process_index=i,
-                                           process_count=count)) for i in range(count)]
+    per_process = [
+        list(data.eval_iterator("cifar10", MOCK_DIR, 16, process_index=i, process_count=count))
+        for i in range(count)
+    ]
     assert all(len(batches) == 4 for batches in per_process)
     rows = [b for step in zip(*per_process) for b in step]
     mask = np.concatenate([b["mask"] for b in rows]).astype(bool)
     assert mask.sum() == 50 and rows[-1]["mask"].sum() == 0
     for key in ("image", "label"):
-        np.testing.assert_array_equal(np.concatenate([b[key] for b in rows])[mask],
-                                      reference[key][:50])
+        np.testing.assert_array_equal(
+            np.concatenate([b[key] for b in rows])[mask], reference[key][:50]
+        )
 
 
 def test_cifar_crop_and_flip():
@@ -214,8 +248,9 @@ def test_validation_split_holds_out_the_last_training_examples(mock_small):
     assert held["mask"].sum() == 12 and len(held["label"]) == 16
     full = data._load_split("fashion_mnist", data.resolve_data_dir(MOCK_DIR), "train", 28)
     np.testing.assert_array_equal(held["label"][:12], full[1][-12:])
-    np.testing.assert_allclose(held["image"][:12], data._normalize(full[0][-12:],
-                                                                     data._spec("fashion_mnist")))
+    np.testing.assert_allclose(
+        held["image"][:12], data._normalize(full[0][-12:], data._spec("fashion_mnist"))
+    )
     # One epoch of the training iterator (batch 19: 2 steps) covers only rows 0..37.
     it = data.train_iterator("fashion_mnist", MOCK_DIR, 19, seed=3, validation_examples=12)
     seen = np.concatenate([next(it)["image"] for _ in range(2)])
@@ -253,17 +288,30 @@ def test_imagenet_under_mock_data(mock_imagenet):
     for batch in full:
         assert batch["image"].shape == (6, 32, 32, 3) and batch["image"].dtype == np.float32
         assert batch["label"].dtype == np.int32 and np.isfinite(batch["image"]).all()
-    resumed = _take(data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, start_step=2,
-                                        image_size=32), 3)
+    resumed = _take(
+        data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, start_step=2, image_size=32), 3
+    )
     _assert_batches_equal(resumed, full[2:])
-    halves = [_take(data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, image_size=32,
-                                        process_index=i, process_count=2), 5)
-              for i in range(2)]
+    halves = [
+        _take(
+            data.train_iterator(
+                "imagenet2012", MOCK_DIR, 6, seed=5, image_size=32, process_index=i, process_count=2
+            ),
+            5,
+        )
+        for i in range(2)
+    ]
     joined = [{k: np.concatenate([h[s][k] for h in halves]) for k in full[s]} for s in range(5)]
     _assert_batches_equal(joined, full)
 
-    evals = [list(data.eval_iterator("imagenet2012", MOCK_DIR, 8, process_index=i,
-                                     process_count=2, image_size=32)) for i in range(2)]
+    evals = [
+        list(
+            data.eval_iterator(
+                "imagenet2012", MOCK_DIR, 8, process_index=i, process_count=2, image_size=32
+            )
+        )
+        for i in range(2)
+    ]
     assert [len(e) for e in evals] == [3, 3]
     assert [b["mask"].sum() for b in evals[0]] == [4, 4, 4]
     assert [b["mask"].sum() for b in evals[1]] == [4, 4, 0]

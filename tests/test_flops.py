@@ -27,8 +27,13 @@ class OneConv(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        return nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                       padding=self.padding, feature_group_count=self.groups)(x)
+        return nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            strides=self.stride,
+            padding=self.padding,
+            feature_group_count=self.groups,
+        )(x)
 
 
 class FlattenDense(nn.Module):
@@ -40,6 +45,7 @@ class FlattenDense(nn.Module):
 
 
 # --- single layers, by hand -------------------------------------------------------------------
+
 
 def test_conv_same_padding_by_hand():
     assert macs(OneConv(4), (5, 5, 2)) == 5 * 5 * 3 * 3 * 2 * 4
@@ -87,6 +93,7 @@ def test_fmnist_cnn_by_hand_in_bfloat16():
 
 # --- masks --------------------------------------------------------------------------------------
 
+
 def test_masked_conv_at_90_percent_sparsity_costs_10_percent():
     model = OneConv(5)  # kernel 3x3x2x5: 90 weights
     variables = abstract_variables(model, (6, 6, 2))
@@ -119,7 +126,9 @@ def test_mask_in_a_big_model_affects_only_its_layer():
     masked = flops.count_by_layer(model, variables, (32, 32, 3), masks)
     name = "layer2_0/conv2/kernel"
     assert masked[name] * 4 == dense[name] == 16 * 16 * kernel.size
-    assert {k: v for k, v in masked.items() if k != name} == {k: v for k, v in dense.items() if k != name}
+    assert {k: v for k, v in masked.items() if k != name} == {
+        k: v for k, v in dense.items() if k != name
+    }
     assert flops.count(model, variables, (32, 32, 3), masks) == sum(masked.values())
 
 
@@ -138,6 +147,7 @@ def test_mask_of_wrong_size_is_rejected():
 
 
 # --- kernels reached through nested jaxprs --------------------------------------------------------
+
 
 class Nested(nn.Module):
     """A rematerialised conv, a jitted dense, and a dense kernel reused 3 times in a scan."""
@@ -176,6 +186,7 @@ def test_products_without_params_are_reported_separately():
 
 
 # --- the published totals ----------------------------------------------------------------------
+
 
 def test_resnet50_imagenet_is_4_1_gmacs():
     model = models.create("resnet50", 1000)

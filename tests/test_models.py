@@ -79,7 +79,10 @@ def test_unknown_name_raises_with_known_names():
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_param_count_matches_published(name):
     num_classes, shape = SPECS[name]
-    assert num_params(abstract_variables(models.create(name, num_classes), shape)) == PARAM_COUNTS[name]
+    assert (
+        num_params(abstract_variables(models.create(name, num_classes), shape))
+        == PARAM_COUNTS[name]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -93,9 +96,12 @@ def test_bfloat16_model_output_shape_and_dtypes_in_both_modes(name):
     logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     assert logits.shape == (3, num_classes) and logits.dtype == jnp.float32
     logits, updates = jax.eval_shape(
-        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x)
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x
+    )
     assert logits.shape == (3, num_classes) and logits.dtype == jnp.float32
-    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(
+        variables["batch_stats"]
+    )
 
 
 def test_bfloat16_forward_runs_and_is_close_to_float32():
@@ -113,7 +119,9 @@ def test_bfloat16_forward_runs_and_is_close_to_float32():
 def test_tiny_resnet_runs_on_any_input_size(tiny, shape):
     model, variables = tiny
     x = jnp.ones((2, *shape))
-    logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+    logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x
+    )
     assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
 
 
@@ -139,8 +147,11 @@ def test_resnet50_v1_5_strides_on_the_3x3_conv():
     x = jnp.zeros((1, 64, 64, 3))
     variables = abstract_variables(model, (64, 64, 3))
     _, state = jax.eval_shape(
-        lambda v: model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"]),
-        variables)
+        lambda v: model.apply(
+            v, x, train=False, capture_intermediates=True, mutable=["intermediates"]
+        ),
+        variables,
+    )
     block = state["intermediates"]["layer2_0"]
     assert block["conv1"]["__call__"][0].shape == (1, 16, 16, 128)  # 1x1: no stride
     assert block["conv2"]["__call__"][0].shape == (1, 8, 8, 128)  # 3x3: stride 2
@@ -148,7 +159,8 @@ def test_resnet50_v1_5_strides_on_the_3x3_conv():
 
 def test_zero_init_residual_zeroes_last_bn_scale():
     params = abstract_variables(
-        models.create("resnet50", 10, zero_init_residual=True), (32, 32, 3))["params"]
+        models.create("resnet50", 10, zero_init_residual=True), (32, 32, 3)
+    )["params"]
     tiny = models.create("tiny_resnet", 10, zero_init_residual=True)
     concrete = init_variables(tiny, (8, 8, 3))["params"]
     assert "bn3" in params["layer1_0"]
@@ -181,9 +193,15 @@ class TestBatchNorm:
     @staticmethod
     def stem(model, variables, x, train):
         """(conv1 output, bn1 output, new batch_stats)."""
-        _, state = jax.jit(lambda v, x: model.apply(
-            v, x, train=train, capture_intermediates=True,
-            mutable=["intermediates", "batch_stats"]))(variables, x)
+        _, state = jax.jit(
+            lambda v, x: model.apply(
+                v,
+                x,
+                train=train,
+                capture_intermediates=True,
+                mutable=["intermediates", "batch_stats"],
+            )
+        )(variables, x)
         inter = state["intermediates"]
         return inter["conv1"]["__call__"][0], inter["bn1"]["__call__"][0], state["batch_stats"]
 
@@ -196,23 +214,28 @@ class TestBatchNorm:
         p, s = variables["params"]["bn1"], variables["batch_stats"]["bn1"]
         expected = (conv_out - mean) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"]
         np.testing.assert_allclose(bn_out, expected, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(new_stats["bn1"]["mean"], 0.9 * s["mean"] + 0.1 * mean,
-                                   rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(new_stats["bn1"]["var"], 0.9 * s["var"] + 0.1 * var,
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            new_stats["bn1"]["mean"], 0.9 * s["mean"] + 0.1 * mean, rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            new_stats["bn1"]["var"], 0.9 * s["var"] + 0.1 * var, rtol=1e-5, atol=1e-5
+        )
 
     def test_eval_mode_uses_running_statistics_and_leaves_them(self, setup):
         model, variables, x = setup
         conv_out, bn_out, new_stats = self.stem(model, variables, x, train=False)
         p, s = variables["params"]["bn1"], variables["batch_stats"]["bn1"]
-        expected = (np.asarray(conv_out) - s["mean"]) / np.sqrt(s["var"] + 1e-5) * p["scale"] + p["bias"]
+        expected = (np.asarray(conv_out) - s["mean"]) / np.sqrt(s["var"] + 1e-5) * p["scale"] + p[
+            "bias"
+        ]
         np.testing.assert_allclose(bn_out, expected, rtol=1e-4, atol=1e-4)
         jax.tree.map(np.testing.assert_array_equal, new_stats, variables["batch_stats"])
 
     def test_train_and_eval_outputs_differ(self, setup):
         model, variables, x = setup
         train_logits, _ = jax.jit(
-            lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+            lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+        )(variables, x)
         eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
         assert not np.allclose(train_logits, eval_logits)
 
@@ -224,6 +247,8 @@ def test_every_model_is_a_flax_module():
 
 def test_reshape_max_pool_equals_flax_max_pool():
     import flax.linen as nn
+
     from optg_jax.models.small import max_pool_2x2
+
     x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))

@@ -14,11 +14,14 @@ from optg_jax import schedules
 
 
 def toy_params():
-    w1 = np.array([[0.5, -1.0, 2.0, 0.25], [1.5, 0.75, -0.5, -2.0], [-1.25, 1.0, 0.1, 0.3]],
-                  np.float32)
+    w1 = np.array(
+        [[0.5, -1.0, 2.0, 0.25], [1.5, 0.75, -0.5, -2.0], [-1.25, 1.0, 0.1, 0.3]], np.float32
+    )
     w2 = np.array([[1.0, -0.5], [0.2, 0.4], [-0.3, 0.9], [0.6, -1.1]], np.float32)
-    return {"l1": {"kernel": jnp.asarray(w1), "bias": jnp.zeros(4)},
-            "l2": {"kernel": jnp.asarray(w2), "bias": jnp.zeros(2)}}
+    return {
+        "l1": {"kernel": jnp.asarray(w1), "bias": jnp.zeros(4)},
+        "l2": {"kernel": jnp.asarray(w2), "bias": jnp.zeros(2)},
+    }
 
 
 X = np.array([[1.0, 2.0, -1.0], [0.5, -0.5, 1.5]], np.float32)
@@ -45,8 +48,14 @@ def test_straight_through_gradients(jit):
     lr = 0.1
     # constant schedule at 50%: masks chosen at init from all-zero scores keep the first
     # 10 of 20 kernel entries (global order: l1 then l2, row-major).
-    tx = optg_jax.optg_optax(0.5, total_steps=100, learning_rate=lr, criterion="optg",
-                             schedule="constant", mask_update_every=50)
+    tx = optg_jax.optg_optax(
+        0.5,
+        total_steps=100,
+        learning_rate=lr,
+        criterion="optg",
+        schedule="constant",
+        mask_update_every=50,
+    )
     state = tx.init(params)
     m1 = np.asarray(state.masks["l1"]["kernel"])
     m2 = np.asarray(state.masks["l2"]["kernel"])
@@ -57,8 +66,9 @@ def test_straight_through_gradients(jit):
     masked = optg_jax.apply_masks(params, state)
     np.testing.assert_array_equal(masked["l1"]["kernel"], np.asarray(params["l1"]["kernel"]) * m1)
     grads = jax.grad(toy_loss)(masked)
-    g1, g2 = hand_grads(np.asarray(params["l1"]["kernel"]) * m1,
-                        np.asarray(params["l2"]["kernel"]) * m2)
+    g1, g2 = hand_grads(
+        np.asarray(params["l1"]["kernel"]) * m1, np.asarray(params["l2"]["kernel"]) * m2
+    )
     np.testing.assert_allclose(grads["l1"]["kernel"], g1, rtol=1e-5, atol=1e-6)
 
     update = jax.jit(tx.update) if jit else tx.update
@@ -68,10 +78,18 @@ def test_straight_through_gradients(jit):
     np.testing.assert_allclose(out["l2"]["kernel"], g2 * m2, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["l1"]["bias"], grads["l1"]["bias"])
     # Score change: -lr * (G * W) for every weight, kept or removed (p/P = 1 for constant).
-    np.testing.assert_allclose(new_state.scores["l1"]["kernel"],
-                               -lr * g1 * np.asarray(params["l1"]["kernel"]), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(new_state.scores["l2"]["kernel"],
-                               -lr * g2 * np.asarray(params["l2"]["kernel"]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        new_state.scores["l1"]["kernel"],
+        -lr * g1 * np.asarray(params["l1"]["kernel"]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    np.testing.assert_allclose(
+        new_state.scores["l2"]["kernel"],
+        -lr * g2 * np.asarray(params["l2"]["kernel"]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
     assert np.abs(np.asarray(new_state.scores["l2"]["kernel"])).min() > 0  # removed weights move
     assert int(new_state.count) == 1
 
@@ -80,8 +98,15 @@ def test_supermask_optimizer_score_lr_and_pytorch_momentum():
     params = {"w": jnp.asarray(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))}
     total, every, target = 40, 4, 0.8
     lr_fn = optax.cosine_decay_schedule(0.5, total)
-    tx = optg_jax.optg_optax(target, total, lr_fn, criterion="optg", schedule="sigmoid",
-                             mask_update_every=every, beta=1.0)
+    tx = optg_jax.optg_optax(
+        target,
+        total,
+        lr_fn,
+        criterion="optg",
+        schedule="sigmoid",
+        mask_update_every=every,
+        beta=1.0,
+    )
     state = tx.init(params)
     sched = schedules.sigmoid_schedule(target, 0, total, 1.0, every)
     rng = np.random.default_rng(0)
@@ -98,8 +123,9 @@ def test_supermask_optimizer_score_lr_and_pytorch_momentum():
         p_over_P = (1 / (1 + math.exp(-(e - epochs / 2))) - low) / (1 - 2 * low)
         lr_t = 0.5 * 0.5 * (1 + math.cos(math.pi * t / total))
         assert float(state.score_lr) == pytest.approx(lr_t * p_over_P, rel=1e-4, abs=1e-9)
-        assert float(state.score_lr) == pytest.approx(float(lr_fn(t) * sched(t) / target),
-                                                      rel=1e-5, abs=1e-9)
+        assert float(state.score_lr) == pytest.approx(
+            float(lr_fn(t) * sched(t) / target), rel=1e-5, abs=1e-9
+        )
         # PyTorch momentum: v <- 0.9 v + g ; s <- s - lr v (the mask does not enter G * W).
         v = 0.9 * v + g * w
         s = s - np.float32(state.score_lr) * v
@@ -119,8 +145,9 @@ def test_supermask_criterion_uses_plain_lr():
 
 def test_score_lr_floor():
     params = {"w": jnp.ones((2, 2))}
-    tx = optg_jax.optg_optax(0.5, 10, 1.0, criterion="optg", mask_update_every=2,
-                             score_lr_floor=0.25)
+    tx = optg_jax.optg_optax(
+        0.5, 10, 1.0, criterion="optg", mask_update_every=2, score_lr_floor=0.25
+    )
     state = tx.init(params)
     _, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
     assert float(state.score_lr) == pytest.approx(0.25)  # p(0) = 0: only the floor remains
@@ -129,12 +156,21 @@ def test_score_lr_floor():
 def test_taylor_is_mean_since_last_refresh_and_magnitude_keeps_largest():
     w = jnp.asarray(np.array([[1.0, -2.0], [3.0, -4.0]], np.float32))
     params = {"w": w}
-    tx = optg_jax.optg_optax(0.5, 100, 0.1, criterion="taylor", schedule="one_shot",
-                             mask_update_every=3, pruning_start_step=3)
+    tx = optg_jax.optg_optax(
+        0.5,
+        100,
+        0.1,
+        criterion="taylor",
+        schedule="one_shot",
+        mask_update_every=3,
+        pruning_start_step=3,
+    )
     state = tx.init(params)
-    grads = [np.array([[1.0, 1.0], [0.1, 0.1]], np.float32),
-             np.array([[3.0, 0.5], [0.1, 0.2]], np.float32),
-             np.array([[2.0, 0.0], [0.4, 0.0]], np.float32)]
+    grads = [
+        np.array([[1.0, 1.0], [0.1, 0.1]], np.float32),
+        np.array([[3.0, 0.5], [0.1, 0.2]], np.float32),
+        np.array([[2.0, 0.0], [0.4, 0.0]], np.float32),
+    ]
     for g in grads:
         _, state = tx.update({"w": jnp.asarray(g)}, state, params)
     want = np.mean([np.abs(g * np.asarray(w)) for g in grads], axis=0)
@@ -160,13 +196,18 @@ def test_taylor_is_mean_since_last_refresh_and_magnitude_keeps_largest():
 @pytest.mark.parametrize("criterion", optg_jax.CRITERIA)
 @pytest.mark.parametrize("allocation", optg_jax.ALLOCATIONS)
 def test_final_sparsity_exact(criterion, allocation):
-    params = {"a": jnp.asarray(np.random.default_rng(1).normal(size=(37, 11)), jnp.float32),
-              "b": jnp.asarray(np.random.default_rng(2).normal(size=(5, 3, 3, 4)), jnp.float32),
-              "bias": jnp.zeros(4)}
+    params = {
+        "a": jnp.asarray(np.random.default_rng(1).normal(size=(37, 11)), jnp.float32),
+        "b": jnp.asarray(np.random.default_rng(2).normal(size=(5, 3, 3, 4)), jnp.float32),
+        "bias": jnp.zeros(4),
+    }
     total, target = 30, 0.95
-    tx = optax.chain(optg_jax.optg_optax(target, total, 0.1, criterion=criterion,
-                                         mask_update_every=7, allocation=allocation),
-                     optax.sgd(0.1))
+    tx = optax.chain(
+        optg_jax.optg_optax(
+            target, total, 0.1, criterion=criterion, mask_update_every=7, allocation=allocation
+        ),
+        optax.sgd(0.1),
+    )
     state = tx.init(params)
     step = jax.jit(tx.update)
     key = jax.random.key(0)
@@ -225,19 +266,22 @@ def test_composition_clip_before_adamw_after_and_wrappers():
         optg_jax.get_masks(optax.sgd(0.1).init(params))
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(target_sparsity=1.0), "target_sparsity"),
-    (dict(target_sparsity=-0.01), "target_sparsity"),
-    (dict(total_steps=0), "total_steps"),
-    (dict(total_steps=-5), "total_steps"),
-    (dict(criterion="snip"), "criterion"),
-    (dict(schedule="linear"), "schedule"),
-    (dict(mask_update_every=0), "mask_update_every"),
-    (dict(learning_rate=-1.0), "learning_rate"),
-    (dict(allocation="per-layer"), "allocation"),
-    (dict(pruning_end_step=200), "pruning_end_step"),
-    (dict(beta=0), "beta"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(target_sparsity=1.0), "target_sparsity"),
+        (dict(target_sparsity=-0.01), "target_sparsity"),
+        (dict(total_steps=0), "total_steps"),
+        (dict(total_steps=-5), "total_steps"),
+        (dict(criterion="snip"), "criterion"),
+        (dict(schedule="linear"), "schedule"),
+        (dict(mask_update_every=0), "mask_update_every"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(allocation="per-layer"), "allocation"),
+        (dict(pruning_end_step=200), "pruning_end_step"),
+        (dict(beta=0), "beta"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_them(kwargs, word):
     args = dict(target_sparsity=0.9, total_steps=100, learning_rate=0.1)
     args.update(kwargs)
@@ -249,7 +293,8 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, word):
 
 def test_custom_predicate():
     params = toy_params()
-    tx = optg_jax.optg_optax(0.5, 10, 0.1,
-                             is_masked=lambda path, leaf: optg_jax.path_to_name(path) == "l1/kernel")
+    tx = optg_jax.optg_optax(
+        0.5, 10, 0.1, is_masked=lambda path, leaf: optg_jax.path_to_name(path) == "l1/kernel"
+    )
     state = tx.init(params)
     assert state.masks["l2"]["kernel"] is None and state.masks["l1"]["kernel"].shape == (3, 4)

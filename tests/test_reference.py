@@ -27,14 +27,19 @@ LR_PER_EPOCH = np.array([0.2, 0.15, 0.1, 0.05], np.float32)  # any per-epoch lr 
 def make_problem():
     rng = np.random.default_rng(42)
     params = {
-        "fc1": {"kernel": rng.normal(0, 0.6, (6, 9)).astype(np.float32),
-                "bias": rng.normal(0, 0.1, 9).astype(np.float32)},
-        "fc2": {"kernel": rng.normal(0, 0.6, (9, 3)).astype(np.float32),
-                "bias": rng.normal(0, 0.1, 3).astype(np.float32)},
+        "fc1": {
+            "kernel": rng.normal(0, 0.6, (6, 9)).astype(np.float32),
+            "bias": rng.normal(0, 0.1, 9).astype(np.float32),
+        },
+        "fc2": {
+            "kernel": rng.normal(0, 0.6, (9, 3)).astype(np.float32),
+            "bias": rng.normal(0, 0.1, 3).astype(np.float32),
+        },
     }
-    batches = [(rng.normal(size=(16, 6)).astype(np.float32),
-                rng.normal(size=(16, 3)).astype(np.float32))
-               for _ in range(EPOCHS * STEPS_PER_EPOCH)]
+    batches = [
+        (rng.normal(size=(16, 6)).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32))
+        for _ in range(EPOCHS * STEPS_PER_EPOCH)
+    ]
     return params, batches
 
 
@@ -45,14 +50,17 @@ def numpy_grads(params, masks, x, t):
     h = np.tanh(x @ w1 + params["fc1"]["bias"])
     dy = (h @ w2 + params["fc2"]["bias"] - t) / x.shape[0]
     dpre = (dy @ w2.T) * (1 - h * h)
-    return {"fc1": {"kernel": x.T @ dpre, "bias": dpre.sum(0)},
-            "fc2": {"kernel": h.T @ dy, "bias": dy.sum(0)}}
+    return {
+        "fc1": {"kernel": x.T @ dpre, "bias": dpre.sum(0)},
+        "fc2": {"kernel": h.T @ dy, "bias": dy.sum(0)},
+    }
 
 
 def jax_loss(params, x, t):
     h = jnp.tanh(x @ params["fc1"]["kernel"] + params["fc1"]["bias"])
-    return 0.5 * jnp.mean(jnp.sum((h @ params["fc2"]["kernel"] + params["fc2"]["bias"] - t) ** 2,
-                                  axis=1))
+    return 0.5 * jnp.mean(
+        jnp.sum((h @ params["fc2"]["kernel"] + params["fc2"]["bias"] - t) ** 2, axis=1)
+    )
 
 
 def reference_masks(scores, sparsity):
@@ -78,14 +86,16 @@ def test_matches_numpy_reference_procedure_for_three_epochs_of_pruning():
     params, batches = make_problem()
 
     # optg_optax with the reference's per-epoch schedule and per-epoch lr.
-    lr_fn = lambda step: jnp.asarray(LR_PER_EPOCH)[jnp.minimum(step // STEPS_PER_EPOCH,
-                                                              EPOCHS - 1)]
+    lr_fn = lambda step: jnp.asarray(LR_PER_EPOCH)[jnp.minimum(step // STEPS_PER_EPOCH, EPOCHS - 1)]
     tx = optax.chain(
-        optg_jax.optg_optax(P, total_steps=100 * STEPS_PER_EPOCH, learning_rate=lr_fn,
-                            criterion="optg",
-                            schedule=schedules.reference_sigmoid_schedule(
-                                P, EPOCHS, STEPS_PER_EPOCH, BETA),
-                            mask_update_every=STEPS_PER_EPOCH),
+        optg_jax.optg_optax(
+            P,
+            total_steps=100 * STEPS_PER_EPOCH,
+            learning_rate=lr_fn,
+            criterion="optg",
+            schedule=schedules.reference_sigmoid_schedule(P, EPOCHS, STEPS_PER_EPOCH, BETA),
+            mask_update_every=STEPS_PER_EPOCH,
+        ),
         optax.add_decayed_weights(WD),
         optax.sgd(lr_fn, momentum=MU),
     )
@@ -133,15 +143,25 @@ def test_matches_numpy_reference_procedure_for_three_epochs_of_pruning():
             jparams, state = step(jparams, state, x, t)
             for name in ("fc1", "fc2"):
                 np.testing.assert_array_equal(
-                    np.asarray(optg_jax.get_masks(state)[name]["kernel"]), masks[name],
-                    err_msg=f"masks differ after step {i} of epoch {epoch}")
+                    np.asarray(optg_jax.get_masks(state)[name]["kernel"]),
+                    masks[name],
+                    err_msg=f"masks differ after step {i} of epoch {epoch}",
+                )
         for name in ("fc1", "fc2"):
             np.testing.assert_allclose(
-                np.asarray(optg_jax.get_optg_state(state).scores[name]["kernel"]), scores[name],
-                rtol=2e-4, atol=1e-7, err_msg=f"scores differ at the end of epoch {epoch}")
-            np.testing.assert_allclose(np.asarray(jparams[name]["kernel"]),
-                                       params[name]["kernel"], rtol=1e-4, atol=1e-6,
-                                       err_msg=f"weights differ at the end of epoch {epoch}")
+                np.asarray(optg_jax.get_optg_state(state).scores[name]["kernel"]),
+                scores[name],
+                rtol=2e-4,
+                atol=1e-7,
+                err_msg=f"scores differ at the end of epoch {epoch}",
+            )
+            np.testing.assert_allclose(
+                np.asarray(jparams[name]["kernel"]),
+                params[name]["kernel"],
+                rtol=1e-4,
+                atol=1e-6,
+                err_msg=f"weights differ at the end of epoch {epoch}",
+            )
 
     kept = sum(int(m.sum()) for m in masks.values())
     assert kept == math.floor(81 * (1 - P * sigmoid(1.0)))  # 28 of 81 kept: pruning happened

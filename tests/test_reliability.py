@@ -20,10 +20,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, STEPS_PER_EPOCH, CHECKPOINT_EVERY = 80, 40, 30
 FLAGS = [
     f"--config={os.path.join(ROOT, 'configs', 'fashion_mnist.py')}",
-    "--config.batch_size=32", f"--config.num_train_steps={NUM_STEPS}",
+    "--config.batch_size=32",
+    f"--config.num_train_steps={NUM_STEPS}",
     f"--config.steps_per_epoch={STEPS_PER_EPOCH}",
-    f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}", "--config.log_every_steps=1",
-    "--config.steps_per_eval=4", "--config.sparsity=0.9", "--config.mask_update_every=10",
+    f"--config.checkpoint_every_steps={CHECKPOINT_EVERY}",
+    "--config.log_every_steps=1",
+    "--config.steps_per_eval=4",
+    "--config.sparsity=0.9",
+    "--config.mask_update_every=10",
 ]
 
 
@@ -73,8 +77,9 @@ def uninterrupted(tmp_path_factory):
 
 def test_sigkill_mid_epoch_then_rerun_is_bitwise_identical(uninterrupted, tmp_path):
     workdir = str(tmp_path / "killed")
-    proc = subprocess.Popen(train_cmd(workdir), env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(workdir), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     metrics = os.path.join(workdir, "metrics.jsonl")
     killed_after = None
     deadline = time.time() + 300
@@ -94,8 +99,9 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_identical(uninterrupted, tmp_pa
     assert CHECKPOINT_EVERY in saved and NUM_STEPS not in saved, saved
     assert killed_after > CHECKPOINT_EVERY
 
-    rerun = subprocess.run(train_cmd(workdir), env=env(), capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(
+        train_cmd(workdir), env=env(), capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming from the checkpoint at step" in rerun.stdout + rerun.stderr
 
@@ -156,9 +162,22 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     def launch(process_id, num_processes, devices, workdir, port):
         e = env()
         e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-        return subprocess.Popen([sys.executable, str(script), str(process_id), str(num_processes),
-                                 str(port), str(workdir), config_file], env=e, cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(process_id),
+                str(num_processes),
+                str(port),
+                str(workdir),
+                config_file,
+            ],
+            env=e,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     single = launch(0, 1, 8, tmp_path / "single", 0)
     out, err = single.communicate(timeout=600)
@@ -180,8 +199,8 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     # Gloo's cross-process all-reduce sums in another order than one process does, so values
     # agree to float32 round-off grown over 12 steps (seen: 1e-5 absolute); masks agree exactly.
     for name in single_npz.files:
-        np.testing.assert_allclose(multi_npz[name], single_npz[name], rtol=1e-3, atol=1e-4,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            multi_npz[name], single_npz[name], rtol=1e-3, atol=1e-4, err_msg=name
+        )
         if single_npz[name].ndim >= 2:
-            np.testing.assert_array_equal(multi_npz[name] == 0, single_npz[name] == 0,
-                                          err_msg=name)
+            np.testing.assert_array_equal(multi_npz[name] == 0, single_npz[name] == 0, err_msg=name)

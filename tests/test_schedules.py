@@ -21,8 +21,8 @@ def test_sigmoid_hand_computed():
         want = 0.9 * (sig(epoch - 5.0) - low) / (high - low)
         assert float(fn(int(epoch * 100))) == pytest.approx(want, abs=1e-6)
     assert float(fn(0)) == 0.0
-    assert float(fn(500)) == pytest.approx(0.45, abs=1e-6)   # symmetric: P/2 at the middle
-    assert float(fn(1000)) == np.float32(0.9)                 # exactly P at the end
+    assert float(fn(500)) == pytest.approx(0.45, abs=1e-6)  # symmetric: P/2 at the middle
+    assert float(fn(1000)) == np.float32(0.9)  # exactly P at the end
     assert float(fn(5000)) == np.float32(0.9)
 
 
@@ -32,15 +32,16 @@ def test_sigmoid_window_and_beta():
     low = sig(-8.0)
     assert float(fn(100)) == 0.0 and float(fn(200)) == 0.0
     e = (300 - 200) / 50
-    assert float(fn(300)) == pytest.approx(0.5 * (sig(2.0 * (e - 4.0)) - low) / (1 - 2 * low),
-                                           abs=1e-6)
+    assert float(fn(300)) == pytest.approx(
+        0.5 * (sig(2.0 * (e - 4.0)) - low) / (1 - 2 * low), abs=1e-6
+    )
     assert float(fn(600)) == np.float32(0.5)
 
 
 def test_cubic_constant_one_shot():
     cubic = schedules.cubic_schedule(0.8, begin_step=100, end_step=300)
     assert float(cubic(50)) == 0.0
-    assert float(cubic(200)) == pytest.approx(0.8 * (1 - 0.5 ** 3), abs=1e-6)
+    assert float(cubic(200)) == pytest.approx(0.8 * (1 - 0.5**3), abs=1e-6)
     assert float(cubic(300)) == np.float32(0.8)
     assert float(schedules.constant_schedule(0.7)(0)) == np.float32(0.7)
     one = schedules.one_shot_schedule(0.6, prune_step=10)
@@ -49,8 +50,9 @@ def test_cubic_constant_one_shot():
 
 @pytest.mark.parametrize("name", ["sigmoid", "cubic", "one_shot", "constant"])
 def test_monotone_and_bounded_under_jit(name):
-    fn = jax.jit(jax.vmap(schedules.make_schedule(name, 0.95, 10, 990, beta=1.0,
-                                                  steps_per_epoch=98)))
+    fn = jax.jit(
+        jax.vmap(schedules.make_schedule(name, 0.95, 10, 990, beta=1.0, steps_per_epoch=98))
+    )
     values = np.asarray(fn(np.arange(0, 1200)))
     assert np.all(np.diff(values) >= 0)
     assert values.min() >= 0.0 and values.max() == np.float32(0.95)
@@ -64,16 +66,24 @@ def test_reference_sigmoid_is_per_epoch_and_short_of_target():
     assert float(fn(39)) == pytest.approx(0.9 * sig(1.0), abs=1e-7)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(schedule="linear"), "schedule"),
-    (dict(target=1.0), "target_sparsity"),
-    (dict(target=-0.1), "target_sparsity"),
-    (dict(begin_step=5, end_step=5), "end_step"),
-    (dict(beta=0.0), "beta"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(schedule="linear"), "schedule"),
+        (dict(target=1.0), "target_sparsity"),
+        (dict(target=-0.1), "target_sparsity"),
+        (dict(begin_step=5, end_step=5), "end_step"),
+        (dict(beta=0.0), "beta"),
+    ],
+)
 def test_bad_arguments(kwargs, word):
     args = dict(schedule="sigmoid", target=0.9, begin_step=0, end_step=10, beta=1.0)
     args.update(kwargs)
     with pytest.raises(ValueError, match=word):
-        schedules.make_schedule(args["schedule"], args["target"], args["begin_step"],
-                                args["end_step"], beta=args["beta"])
+        schedules.make_schedule(
+            args["schedule"],
+            args["target"],
+            args["begin_step"],
+            args["end_step"],
+            beta=args["beta"],
+        )

@@ -17,7 +17,7 @@ def numpy_topk_masks(arrays, k):
     keep[order[:k]] = True
     out, start = [], 0
     for a in arrays:
-        out.append(keep[start:start + a.size].reshape(a.shape))
+        out.append(keep[start : start + a.size].reshape(a.shape))
         start += a.size
     return out
 
@@ -62,8 +62,10 @@ def test_random_with_many_duplicates_matches_numpy():
     rng = np.random.default_rng(0)
     for trial in range(20):
         shapes = [(rng.integers(1, 6), rng.integers(1, 6)), (rng.integers(1, 30),)]
-        arrays = [rng.integers(-3, 4, size=s).astype(np.float32) * rng.choice([1.0, 1e-30, 1e30])
-                  for s in shapes]
+        arrays = [
+            rng.integers(-3, 4, size=s).astype(np.float32) * rng.choice([1.0, 1e-30, 1e30])
+            for s in shapes
+        ]
         arrays[0].flat[0] = np.inf
         n = sum(a.size for a in arrays)
         k = int(rng.integers(0, n + 1))

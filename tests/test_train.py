@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from optg_jax import checkpoints
-from optg_jax import training
+from optg_jax import checkpoints, training
 from optg_jax.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,214 +20,280 @@ NUM_STEPS = 6
 
 
 def imagenet_test_config(**overrides):
-  """configs/resnet50_imagenet.py shrunk to 2 epochs of 3 steps of a tiny ResNet at 32x32."""
-  spec = importlib.util.spec_from_file_location(
-      "r50", os.path.join(ROOT, "configs", "resnet50_imagenet.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.update(dict(model="tiny_resnet", image_size=32, batch_size=8, steps_per_epoch=3,
-                     num_epochs=2, steps_per_eval=2, checkpoint_every_steps=2,
-                     keep_checkpoints=2, log_every_steps=1, warmup_epochs=1.0, sparsity=0.9))
-  config.update(overrides)
-  return config
+    """configs/resnet50_imagenet.py shrunk to 2 epochs of 3 steps of a tiny ResNet at 32x32."""
+    spec = importlib.util.spec_from_file_location(
+        "r50", os.path.join(ROOT, "configs", "resnet50_imagenet.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.update(
+        dict(
+            model="tiny_resnet",
+            image_size=32,
+            batch_size=8,
+            steps_per_epoch=3,
+            num_epochs=2,
+            steps_per_eval=2,
+            checkpoint_every_steps=2,
+            keep_checkpoints=2,
+            log_every_steps=1,
+            warmup_epochs=1.0,
+            sparsity=0.9,
+        )
+    )
+    config.update(overrides)
+    return config
 
 
 def run(config, workdir):
-  with tfds.testing.mock_data(num_examples=32):
-    return training.train_and_evaluate(config, str(workdir))
+    with tfds.testing.mock_data(num_examples=32):
+        return training.train_and_evaluate(config, str(workdir))
 
 
 def snapshot(workdir):
-  """{relative path: (size, mtime)} of every file under workdir."""
-  out = {}
-  for base, _, files in os.walk(workdir):
-    for f in files:
-      p = os.path.join(base, f)
-      out[os.path.relpath(p, workdir)] = (os.path.getsize(p), os.path.getmtime(p))
-  return out
+    """{relative path: (size, mtime)} of every file under workdir."""
+    out = {}
+    for base, _, files in os.walk(workdir):
+        for f in files:
+            p = os.path.join(base, f)
+            out[os.path.relpath(p, workdir)] = (os.path.getsize(p), os.path.getmtime(p))
+    return out
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run") / "w"
-  results = run(imagenet_test_config(), workdir)
-  return workdir, results
+    workdir = tmp_path_factory.mktemp("run") / "w"
+    results = run(imagenet_test_config(), workdir)
+    return workdir, results
 
 
 def test_results_and_exact_target_sparsity(finished):
-  workdir, results = finished
-  for key in ("top1", "top5", "sparsity", "flops", "dense_flops", "steps", "model", "criterion",
-              "target_sparsity", "wall_time_s", "train_time_s"):
-    assert key in results
-  assert results["steps"] == NUM_STEPS and results["model"] == "tiny_resnet"
-  on_disk = json.loads((workdir / "results.json").read_text())
-  assert on_disk["top1"] == results["top1"]
-  assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
-  assert 0 < results["flops"] < results["dense_flops"]
-  # Exactly floor(N * (1 - 0.9)) of the N masked weights are kept.
-  export = np.load(workdir / "export" / "model.npz")
-  kernels = [k for k in export.files if k.startswith("params/") and export[k].ndim >= 2]
-  total = sum(export[k].size for k in kernels)
-  kept = sum(int(np.count_nonzero(export[k])) for k in kernels)
-  assert kept == math.floor(total * (1 - 0.9) + 1e-9)
-  assert results["sparsity"] == pytest.approx(1 - kept / total, abs=1e-12)
-  assert results["target_sparsity"] == 0.9
+    workdir, results = finished
+    for key in (
+        "top1",
+        "top5",
+        "sparsity",
+        "flops",
+        "dense_flops",
+        "steps",
+        "model",
+        "criterion",
+        "target_sparsity",
+        "wall_time_s",
+        "train_time_s",
+    ):
+        assert key in results
+    assert results["steps"] == NUM_STEPS and results["model"] == "tiny_resnet"
+    on_disk = json.loads((workdir / "results.json").read_text())
+    assert on_disk["top1"] == results["top1"]
+    assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
+    assert 0 < results["flops"] < results["dense_flops"]
+    # Exactly floor(N * (1 - 0.9)) of the N masked weights are kept.
+    export = np.load(workdir / "export" / "model.npz")
+    kernels = [k for k in export.files if k.startswith("params/") and export[k].ndim >= 2]
+    total = sum(export[k].size for k in kernels)
+    kept = sum(int(np.count_nonzero(export[k])) for k in kernels)
+    assert kept == math.floor(total * (1 - 0.9) + 1e-9)
+    assert results["sparsity"] == pytest.approx(1 - kept / total, abs=1e-12)
+    assert results["target_sparsity"] == 0.9
 
 
 def test_workdir_contents(finished):
-  workdir, _ = finished
-  steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
-  assert steps == [4, 6]  # keep_checkpoints=2
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  epochs = [r for r in records if "eval/top1" in r]
-  assert [r["step"] for r in epochs] == [3, 6]
-  last = epochs[-1]
-  for key in ("train/loss", "train/accuracy", "eval/top5", "sparsity/global", "sparsity/target",
-              "flops/sparse", "flops/dense", "lr", "score_lr"):
-    assert key in last
-  assert isinstance(last["sparsity/layers"], dict) and last["sparsity/layers"]
-  assert os.listdir(workdir / "tb")
-  assert json.loads((workdir / "config.json").read_text())["identity"]["model"] == "tiny_resnet"
+    workdir, _ = finished
+    steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    assert steps == [4, 6]  # keep_checkpoints=2
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "eval/top1" in r]
+    assert [r["step"] for r in epochs] == [3, 6]
+    last = epochs[-1]
+    for key in (
+        "train/loss",
+        "train/accuracy",
+        "eval/top5",
+        "sparsity/global",
+        "sparsity/target",
+        "flops/sparse",
+        "flops/dense",
+        "lr",
+        "score_lr",
+    ):
+        assert key in last
+    assert isinstance(last["sparsity/layers"], dict) and last["sparsity/layers"]
+    assert os.listdir(workdir / "tb")
+    assert json.loads((workdir / "config.json").read_text())["identity"]["model"] == "tiny_resnet"
 
 
 def test_rerun_after_completion_does_no_steps(finished):
-  workdir, results = finished
-  before = snapshot(workdir)
-  again = run(imagenet_test_config(), workdir)
-  assert again["steps"] == NUM_STEPS and again["top1"] == results["top1"]
-  assert snapshot(workdir) == before
+    workdir, results = finished
+    before = snapshot(workdir)
+    again = run(imagenet_test_config(), workdir)
+    assert again["steps"] == NUM_STEPS and again["top1"] == results["top1"]
+    assert snapshot(workdir) == before
 
 
 def test_eval_only(finished):
-  workdir, results = finished
-  out = run(imagenet_test_config(eval_only=True), workdir)
-  assert out["steps"] == NUM_STEPS and out["top1"] == pytest.approx(results["top1"])
-  assert out["sparsity"] == results["sparsity"] and out["flops"] == results["flops"]
-  assert (workdir / "eval_results.json").exists()
+    workdir, results = finished
+    out = run(imagenet_test_config(eval_only=True), workdir)
+    assert out["steps"] == NUM_STEPS and out["top1"] == pytest.approx(results["top1"])
+    assert out["sparsity"] == results["sparsity"] and out["flops"] == results["flops"]
+    assert (workdir / "eval_results.json").exists()
 
 
-@pytest.mark.parametrize("overrides,named", [
-    ({"model": "resnet18"}, "model='tiny_resnet'"),
-    ({"sparsity": 0.95}, "sparsity=0.9"),
-])
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        ({"model": "resnet18"}, "model='tiny_resnet'"),
+        ({"sparsity": 0.95}, "sparsity=0.9"),
+    ],
+)
 def test_workdir_of_another_run_is_refused(finished, overrides, named):
-  workdir, _ = finished
-  before = snapshot(workdir)
-  with pytest.raises(ConfigError) as e:
-    run(imagenet_test_config(**overrides), workdir)
-  assert named in str(e.value) and "\n" not in str(e.value)
-  assert snapshot(workdir) == before
+    workdir, _ = finished
+    before = snapshot(workdir)
+    with pytest.raises(ConfigError) as e:
+        run(imagenet_test_config(**overrides), workdir)
+    assert named in str(e.value) and "\n" not in str(e.value)
+    assert snapshot(workdir) == before
 
 
 def test_checkpoint_of_another_model_is_refused(finished, tmp_path):
-  workdir, _ = finished
-  other = tmp_path / "w"
-  shutil.copytree(workdir / "checkpoints", other / "checkpoints")  # No config.json.
-  with pytest.raises(ConfigError, match="another model"):
-    run(imagenet_test_config(model="resnet18"), other)
+    workdir, _ = finished
+    other = tmp_path / "w"
+    shutil.copytree(workdir / "checkpoints", other / "checkpoints")  # No config.json.
+    with pytest.raises(ConfigError, match="another model"):
+        run(imagenet_test_config(model="resnet18"), other)
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(finished, tmp_path, capsys):
-  workdir, _ = finished
-  copy = tmp_path / "w"
-  shutil.copytree(workdir, copy)
-  os.remove(copy / "results.json")
-  for base, _, files in os.walk(copy / "checkpoints" / "6"):
-    for f in files:
-      with open(os.path.join(base, f), "r+b") as fh:
-        fh.truncate(max(0, os.path.getsize(os.path.join(base, f)) // 3))
-  results = run(imagenet_test_config(), copy)
-  out = capsys.readouterr().out
-  assert "step 6 is unreadable" in out and "falling back to step 4" in out
-  assert results["steps"] == NUM_STEPS
-  # Resuming from step 4 gives bitwise the same weights as the uninterrupted run.
-  want, got = np.load(workdir / "export" / "model.npz"), np.load(copy / "export" / "model.npz")
-  assert sorted(want.files) == sorted(got.files)
-  for k in want.files:
-    np.testing.assert_array_equal(want[k], got[k], err_msg=k)
+    workdir, _ = finished
+    copy = tmp_path / "w"
+    shutil.copytree(workdir, copy)
+    os.remove(copy / "results.json")
+    for base, _, files in os.walk(copy / "checkpoints" / "6"):
+        for f in files:
+            with open(os.path.join(base, f), "r+b") as fh:
+                fh.truncate(max(0, os.path.getsize(os.path.join(base, f)) // 3))
+    results = run(imagenet_test_config(), copy)
+    out = capsys.readouterr().out
+    assert "step 6 is unreadable" in out and "falling back to step 4" in out
+    assert results["steps"] == NUM_STEPS
+    # Resuming from step 4 gives bitwise the same weights as the uninterrupted run.
+    want, got = np.load(workdir / "export" / "model.npz"), np.load(copy / "export" / "model.npz")
+    assert sorted(want.files) == sorted(got.files)
+    for k in want.files:
+        np.testing.assert_array_equal(want[k], got[k], err_msg=k)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  workdir = tmp_path / "w"
-  config = imagenet_test_config(learning_rate=1e30, warmup_epochs=0.0, steps_per_epoch=6,
-                                num_epochs=1, checkpoint_every_steps=1, criterion="dense")
-  with pytest.raises(training.TrainingError) as e:
-    run(config, workdir)
-  message = str(e.value)
-  assert "\n" not in message and "at step" in message and "last good checkpoint" in message
-  assert not (workdir / "results.json").exists()
-  mngr = checkpoints.manager(str(workdir), 2, create=False)
-  kept = mngr.latest_step()
-  assert kept is not None and f"step {kept}" in message
+    workdir = tmp_path / "w"
+    config = imagenet_test_config(
+        learning_rate=1e30,
+        warmup_epochs=0.0,
+        steps_per_epoch=6,
+        num_epochs=1,
+        checkpoint_every_steps=1,
+        criterion="dense",
+    )
+    with pytest.raises(training.TrainingError) as e:
+        run(config, workdir)
+    message = str(e.value)
+    assert "\n" not in message and "at step" in message and "last good checkpoint" in message
+    assert not (workdir / "results.json").exists()
+    mngr = checkpoints.manager(str(workdir), 2, create=False)
+    kept = mngr.latest_step()
+    assert kept is not None and f"step {kept}" in message
 
 
 @pytest.mark.slow
 def test_dense_baseline_and_bfloat16(tmp_path):
-  results = run(imagenet_test_config(criterion="dense", dtype="bfloat16"), tmp_path / "w")
-  assert results["sparsity"] == 0.0 and results["flops"] == results["dense_flops"]
-  assert results["steps"] == NUM_STEPS and results["layer_sparsity"] == {}
+    results = run(imagenet_test_config(criterion="dense", dtype="bfloat16"), tmp_path / "w")
+    assert results["sparsity"] == 0.0 and results["flops"] == results["dense_flops"]
+    assert results["steps"] == NUM_STEPS and results["layer_sparsity"] == {}
 
 
 @pytest.mark.slow
 def test_train_py_end_to_end_and_rerun(tmp_path):
-  """train.py on mocked data (through a tiny wrapper that enables tfds.testing.mock_data)."""
-  import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
-  wrapper = tmp_path / "mock_train.py"
-  wrapper.write_text(
-      "import runpy, sys, tensorflow_datasets as tfds\n"
-      f"sys.argv[0] = {os.path.join(ROOT, 'train.py')!r}\n"
-      "with tfds.testing.mock_data(num_examples=32):\n"
-      "  runpy.run_path(sys.argv[0], run_name='__main__')\n")
-  args = [sys.executable, str(wrapper), "--config=configs/resnet50_imagenet.py",
-          f"--workdir={tmp_path / 'w'}", "--config.model=tiny_resnet", "--config.image_size=32",
-          "--config.batch_size=8", "--config.steps_per_epoch=2", "--config.num_epochs=1",
-          "--config.steps_per_eval=1"]
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  first = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert first.returncode == 0, first.stderr[-3000:]
-  assert "top-1 accuracy" in first.stdout
-  again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert again.returncode == 0 and "holds a finished run" in again.stdout
+    """train.py on mocked data (through a tiny wrapper that enables tfds.testing.mock_data)."""
+    import subprocess  # pylint: disable=import-outside-toplevel,multiple-imports
+    import sys
+
+    wrapper = tmp_path / "mock_train.py"
+    wrapper.write_text(
+        "import runpy, sys, tensorflow_datasets as tfds\n"
+        f"sys.argv[0] = {os.path.join(ROOT, 'train.py')!r}\n"
+        "with tfds.testing.mock_data(num_examples=32):\n"
+        "  runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    args = [
+        sys.executable,
+        str(wrapper),
+        "--config=configs/resnet50_imagenet.py",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.model=tiny_resnet",
+        "--config.image_size=32",
+        "--config.batch_size=8",
+        "--config.steps_per_epoch=2",
+        "--config.num_epochs=1",
+        "--config.steps_per_eval=1",
+    ]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    first = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "top-1 accuracy" in first.stdout
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "holds a finished run" in again.stdout
 
 
 def test_validation_split_is_evaluated_instead_of_test(tmp_path):
-  config = imagenet_test_config(dataset="fashion_mnist", model="fmnist_cnn", image_size=28,
-                                validation_examples=12, steps_per_eval=-1, num_epochs=1)
-  results = run(config, tmp_path / "w")  # 32 mocked training examples: 20 train, 12 held out.
-  assert results["eval_split"] == "train[-12:]" and results["num_eval_examples"] == 12
-  config.validation_examples = 0
-  results = run(config, tmp_path / "t")
-  assert results["eval_split"] == "test" and results["num_eval_examples"] == 32
+    config = imagenet_test_config(
+        dataset="fashion_mnist",
+        model="fmnist_cnn",
+        image_size=28,
+        validation_examples=12,
+        steps_per_eval=-1,
+        num_epochs=1,
+    )
+    results = run(config, tmp_path / "w")  # 32 mocked training examples: 20 train, 12 held out.
+    assert results["eval_split"] == "train[-12:]" and results["num_eval_examples"] == 12
+    config.validation_examples = 0
+    results = run(config, tmp_path / "t")
+    assert results["eval_split"] == "test" and results["num_eval_examples"] == 32
 
 
 def test_config_fields_reach_optg_optax(monkeypatch):
-  import optg_jax  # pylint: disable=import-outside-toplevel
-  seen = {}
-  original = optg_jax.optg_optax
+    import optg_jax  # pylint: disable=import-outside-toplevel
 
-  def spy(*args, **kwargs):
-    seen.update(kwargs)
-    return original(*args, **kwargs)
+    seen = {}
+    original = optg_jax.optg_optax
 
-  monkeypatch.setattr(optg_jax, "optg_optax", spy)
-  config = imagenet_test_config(score_lr_floor=0.25, update_masks_after_pruning=False,
-                                score_momentum=0.5, mask_update_every=2)
-  training.make_optimizer(config, 6, 3, lambda step: 0.1)
-  assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
-  assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(optg_jax, "optg_optax", spy)
+    config = imagenet_test_config(
+        score_lr_floor=0.25,
+        update_masks_after_pruning=False,
+        score_momentum=0.5,
+        mask_update_every=2,
+    )
+    training.make_optimizer(config, 6, 3, lambda step: 0.1)
+    assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
+    assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
 
 
 def test_workdir_written_before_a_field_existed_takes_its_old_default(tmp_path):
-  """An identity field added later is read as its default from an older workdir's config.json."""
-  identity = {"model": "tiny_resnet", "sparsity": 0.9, "validation_examples": 0}
-  shapes = {"w": [2, 2]}
-  checkpoints.write_workdir_config(str(tmp_path), {}, {"model": "tiny_resnet", "sparsity": 0.9},
-                                   shapes)
-  defaults = {"validation_examples": 0}
-  assert checkpoints.check_workdir(str(tmp_path), identity, shapes, defaults)
-  with pytest.raises(ConfigError, match=r"validation_examples=0 \(this config: 500\)"):
-    checkpoints.check_workdir(str(tmp_path), dict(identity, validation_examples=500), shapes,
-                              defaults)
-  with pytest.raises(ConfigError, match=r"validation_examples=None \(this config: 0\)"):
-    checkpoints.check_workdir(str(tmp_path), identity, shapes)  # No default known.
+    """An identity field added later is read as its default from an older workdir's config.json."""
+    identity = {"model": "tiny_resnet", "sparsity": 0.9, "validation_examples": 0}
+    shapes = {"w": [2, 2]}
+    checkpoints.write_workdir_config(
+        str(tmp_path), {}, {"model": "tiny_resnet", "sparsity": 0.9}, shapes
+    )
+    defaults = {"validation_examples": 0}
+    assert checkpoints.check_workdir(str(tmp_path), identity, shapes, defaults)
+    with pytest.raises(ConfigError, match=r"validation_examples=0 \(this config: 500\)"):
+        checkpoints.check_workdir(
+            str(tmp_path), dict(identity, validation_examples=500), shapes, defaults
+        )
+    with pytest.raises(ConfigError, match=r"validation_examples=None \(this config: 0\)"):
+        checkpoints.check_workdir(str(tmp_path), identity, shapes)  # No default known.

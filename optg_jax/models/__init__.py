@@ -15,27 +15,36 @@ import jax.numpy as jnp
 from optg_jax.models.cifar_resnet import CifarResNet, resnet20, resnet32, resnet56
 from optg_jax.models.mobilenet import MobileNetV1, mobilenet_v1
 from optg_jax.models.resnet import (
-    BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet50_cifar, tiny_resnet,
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet50_cifar,
+    tiny_resnet,
 )
 from optg_jax.models.small import FashionMnistCNN, fmnist_cnn
 from optg_jax.models.vgg import VGG, vgg19_cifar
 
-_FACTORIES: types.MappingProxyType[str, Callable[..., nn.Module]] = types.MappingProxyType({
-    # ImageNet
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "mobilenet_v1": mobilenet_v1,
-    # CIFAR
-    "vgg19_cifar": vgg19_cifar,
-    "resnet20": resnet20,
-    "resnet32": resnet32,
-    "resnet56": resnet56,
-    "resnet50_cifar": resnet50_cifar,
-    # small
-    "fmnist_cnn": fmnist_cnn,
-    "tiny_resnet": tiny_resnet,
-})
+_FACTORIES: types.MappingProxyType[str, Callable[..., nn.Module]] = types.MappingProxyType(
+    {
+        # ImageNet
+        "resnet18": resnet18,
+        "resnet34": resnet34,
+        "resnet50": resnet50,
+        "mobilenet_v1": mobilenet_v1,
+        # CIFAR
+        "vgg19_cifar": vgg19_cifar,
+        "resnet20": resnet20,
+        "resnet32": resnet32,
+        "resnet56": resnet56,
+        "resnet50_cifar": resnet50_cifar,
+        # small
+        "fmnist_cnn": fmnist_cnn,
+        "tiny_resnet": tiny_resnet,
+    }
+)
 
 
 def names() -> list[str]:
@@ -60,6 +69,13 @@ def create(name: str, num_classes: int, dtype: Any = jnp.float32, **kwargs) -> n
 
 
 __all__ = [
-    "create", "names",
-    "ResNet", "BasicBlock", "Bottleneck", "CifarResNet", "VGG", "MobileNetV1", "FashionMnistCNN",
+    "create",
+    "names",
+    "ResNet",
+    "BasicBlock",
+    "Bottleneck",
+    "CifarResNet",
+    "VGG",
+    "MobileNetV1",
+    "FashionMnistCNN",
 ]

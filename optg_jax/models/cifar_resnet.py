@@ -52,7 +52,9 @@ class CifarResNet(nn.Module):
         for i, width in enumerate((16, 32, 64)):
             for j in range(blocks_per_stage):
                 x = CifarBlock(
-                    width, stride=2 if i > 0 and j == 0 else 1, dtype=self.dtype,
+                    width,
+                    stride=2 if i > 0 and j == 0 else 1,
+                    dtype=self.dtype,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))

@@ -40,7 +40,9 @@ class BasicBlock(nn.Module):
         y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
         y = conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
         y = batch_norm(
-            train, dtype=self.dtype, name="bn2",
+            train,
+            dtype=self.dtype,
+            name="bn2",
             scale_init=_residual_scale_init(self.zero_init_residual),
         )(y)
         return nn.relu(y + _shortcut(x, y.shape[-1], self.stride, train, self.dtype))
@@ -64,7 +66,9 @@ class Bottleneck(nn.Module):
         y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn2")(y))
         y = conv(self.features * self.expansion, 1, dtype=self.dtype, name="conv3")(y)
         y = batch_norm(
-            train, dtype=self.dtype, name="bn3",
+            train,
+            dtype=self.dtype,
+            name="bn3",
             scale_init=_residual_scale_init(self.zero_init_residual),
         )(y)
         return nn.relu(y + _shortcut(x, y.shape[-1], self.stride, train, self.dtype))
@@ -153,6 +157,11 @@ def tiny_resnet(num_classes: int, dtype=jnp.float32, **kwargs) -> ResNet:
     at 224x224 too; any input of at least 1x1 works.
     """
     return ResNet(
-        (1, 1), BasicBlock, num_classes, stage_widths=(8, 16), stem_features=8,
-        dtype=dtype, **kwargs,
+        (1, 1),
+        BasicBlock,
+        num_classes,
+        stage_widths=(8, 16),
+        stem_features=8,
+        dtype=dtype,
+        **kwargs,
     )

@@ -15,9 +15,9 @@ from optg_jax.models.layers import batch_norm, classifier, conv
 
 
 def max_pool_2x2(x):
-    """2x2 max-pool, stride 2, VALID (as ``nn.max_pool``), written as a max over a reshape.
+    """2x2 max-pool, stride 2, VALID (as `nn.max_pool`), written as a max over a reshape.
 
-    Same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``; its gradient is an elementwise
+    Same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`; its gradient is an elementwise
     comparison instead of XLA's select-and-scatter, which is slow on CPU (the whole Fashion-MNIST
     train step runs about 1.6x faster on 2 CPU cores).
     """

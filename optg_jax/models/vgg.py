@@ -14,8 +14,28 @@ import jax.numpy as jnp
 
 from optg_jax.models.layers import batch_norm, classifier, conv
 
-VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-             512, 512, 512, 512, "M", 512, 512, 512, 512)
+VGG19_CFG = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+)
 
 
 class VGG(nn.Module):
