@@ -2,7 +2,8 @@
 
 The library's public names::
 
-    optg_optax(...)          # the transformation (criteria "optg", "supermask", "taylor", "magnitude")
+    optg_optax(...)          # the transformation (criteria "optg", "supermask", "taylor", "magnitude",
+                             # or a Criterion record of your own)
     apply_masks(params, opt_state)
     get_masks(opt_state), get_optg_state(opt_state), sparsity_summary(opt_state)
     schedules.*              # sparsity schedules, step -> sparsity
@@ -12,26 +13,28 @@ from optg_jax import schedules
 from optg_jax.optg import (
     ALLOCATIONS,
     CRITERIA,
+    Criterion,
     OptGState,
+    ScoreStep,
     apply_masks,
     default_is_masked,
     get_masks,
     get_optg_state,
     optg_optax,
-    path_to_name,
     sparsity_summary,
 )
 
 __all__ = [
     "ALLOCATIONS",
     "CRITERIA",
+    "Criterion",
     "OptGState",
+    "ScoreStep",
     "apply_masks",
     "default_is_masked",
     "get_masks",
     "get_optg_state",
     "optg_optax",
-    "path_to_name",
     "schedules",
     "sparsity_summary",
 ]

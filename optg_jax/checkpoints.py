@@ -27,7 +27,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from optg_jax.config import ConfigError
-from optg_jax.optg import path_to_name
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -78,7 +77,9 @@ def checkpoint_steps_on_disk(workdir: str) -> list[int]:
 def shapes(tree) -> dict[str, list[int]]:
     """{'conv1/kernel': [3, 3, 1, 32], ...} for the array leaves of `tree`."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {path_to_name(p): list(np.shape(x)) for p, x in leaves}
+    return {
+        jax.tree_util.keystr(p, simple=True, separator="/"): list(np.shape(x)) for p, x in leaves
+    }
 
 
 # --------------------------------------------------------------------------- workdir identity
@@ -169,7 +170,11 @@ def _metadata_shapes(mngr, step) -> dict:
     leaves = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict)
     )[0]
-    return {path_to_name(p): list(x.shape) for p, x in leaves if hasattr(x, "shape")}
+    return {
+        jax.tree_util.keystr(p, simple=True, separator="/"): list(x.shape)
+        for p, x in leaves
+        if hasattr(x, "shape")
+    }
 
 
 def restore_latest(
@@ -240,7 +245,9 @@ def export(workdir: str, masked_params, batch_stats, info: dict) -> str:
     arrays = {}
     for prefix, tree in (("params", masked_params), ("batch_stats", batch_stats or {})):
         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            arrays[f"{prefix}/{path_to_name(p)}"] = np.asarray(jax.device_get(x))
+            arrays[f"{prefix}/{jax.tree_util.keystr(p, simple=True, separator='/')}"] = np.asarray(
+                jax.device_get(x)
+            )
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path = out / "model.npz"

@@ -22,8 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from optg_jax.optg import path_to_name
-
 UNATTRIBUTED = "(no param)"
 
 # Primitives that only move, cast or replicate a kernel: its origin carries through them.
@@ -70,7 +68,7 @@ def count_by_layer(model, variables, input_shape: Sequence[int], masks=None) -> 
     """
     params = variables.get("params", {})
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    paths = [path_to_name(path) for path, _ in path_leaves]
+    paths = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in path_leaves]
     others = {k: v for k, v in variables.items() if k != "params"}
 
     def forward(param_leaves, others, x):
@@ -101,7 +99,7 @@ def _density(masks, paths: list[str], leaves: list[Any]) -> dict[int, tuple[int,
     if masks is None:
         return {}
     by_path = {
-        path_to_name(path): m
+        jax.tree_util.keystr(path, simple=True, separator="/"): m
         for path, m in jax.tree_util.tree_flatten_with_path(masks, is_leaf=lambda m: m is None)[0]
         if m is not None
     }

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import fractions
 import math
-from typing import Any, Callable, NamedTuple
+import types
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,6 @@ from jax import lax
 from optg_jax import schedules as schedules_lib
 from optg_jax import topk
 
-CRITERIA = ("optg", "supermask", "taylor", "magnitude")
 ALLOCATIONS = ("global", "uniform")
 
 MaskPredicate = Callable[[tuple, Any], bool]
@@ -83,23 +83,117 @@ class OptGState(NamedTuple):
     score_lr: jax.Array
 
 
+class ScoreStep(NamedTuple):
+    """What one update hands a criterion: lists of per-leaf arrays over the masked leaves.
+
+    Attributes:
+      grads: `G = dL/d(W * M)` per masked leaf (the loss gradient at the masked weights).
+      weights: the dense weights `W`.
+      masks: the masks `M` the step's forward pass ran with.
+      scores: the criterion's scores before the step (empty if it keeps none).
+      momentum: the score momentum before the step (empty if it keeps none).
+      score_lr: float32 scalar, the score learning rate of the step.
+      score_momentum: Python float, the momentum coefficient `mu` (`v = mu v + g`).
+      steps_since_refresh: float32 scalar, updates since the masks were last selected (0 at a
+        refresh).
+    """
+
+    grads: list
+    weights: list
+    masks: list
+    scores: list
+    momentum: list
+    score_lr: jax.Array
+    score_momentum: float
+    steps_since_refresh: jax.Array
+
+
+class Criterion(NamedTuple):
+    """A pruning criterion as data: what it keeps per weight, how it ranks, how a step moves it.
+
+    `optg_optax` looks the record up once (by name, or takes one given directly); adding a
+    criterion means writing one of these.
+
+    Attributes:
+      name: the name `optg_optax(criterion=...)` accepts.
+      has_scores: keeps a float32 score array per masked leaf (`OptGState.scores`, zeros at init).
+      has_momentum: keeps a float32 score momentum per masked leaf (`OptGState.momentum`).
+      progress_scaled_lr: the score learning rate is scaled by the sparsity progress,
+        `lr(t) * (floor + (1 - floor) * p(t) / P)` (the supermask optimizer), instead of `lr(t)`.
+      rank: `(scores, weights, masks) -> ranking scores` (lists of per-leaf arrays; float32,
+        higher is kept). Called only at a mask refresh.
+      update: `(ScoreStep) -> (scores, momentum)`, the criterion's state after one step.
+    """
+
+    name: str
+    has_scores: bool
+    has_momentum: bool
+    progress_scaled_lr: bool
+    rank: Callable[[list, list, list], list]
+    update: Callable[[ScoreStep], tuple[list, list]]
+
+
+def _rank_by_scores(scores: list, weights: list, masks: list) -> list:
+    del weights, masks
+    return list(scores)
+
+
+def _rank_by_magnitude(scores: list, weights: list, masks: list) -> list:
+    del scores
+    return [jnp.abs(w * m.astype(w.dtype)).astype(jnp.float32) for w, m in zip(weights, masks)]
+
+
+def _straight_through_sgd(step: ScoreStep) -> tuple[list, list]:
+    """SGD with momentum on `G * W` for every weight, kept or removed (the supermask gradient)."""
+    scores, momentum = [], []
+    for g, w, s, v in zip(step.grads, step.weights, step.scores, step.momentum):
+        score_grad = (g * w).astype(jnp.float32)
+        v = step.score_momentum * v + score_grad
+        momentum.append(v)
+        scores.append(s - step.score_lr * v)
+    return scores, momentum
+
+
+def _taylor_running_mean(step: ScoreStep) -> tuple[list, list]:
+    """Running mean of `|G * W * M|` since the last refresh (restarts at a refresh)."""
+    n = step.steps_since_refresh
+    scores = [
+        s + (jnp.abs(g * w * m.astype(w.dtype)).astype(jnp.float32) - s) / (n + 1)
+        for g, w, s, m in zip(step.grads, step.weights, step.scores, step.masks)
+    ]
+    return scores, step.momentum
+
+
+def _no_scores(step: ScoreStep) -> tuple[list, list]:
+    return step.scores, step.momentum
+
+
+_CRITERIA: Mapping[str, Criterion] = types.MappingProxyType(
+    {
+        c.name: c
+        for c in (
+            Criterion("optg", True, True, True, _rank_by_scores, _straight_through_sgd),
+            Criterion("supermask", True, True, False, _rank_by_scores, _straight_through_sgd),
+            Criterion("taylor", True, False, False, _rank_by_scores, _taylor_running_mean),
+            Criterion("magnitude", False, False, False, _rank_by_magnitude, _no_scores),
+        )
+    }
+)
+CRITERIA = tuple(_CRITERIA)
+
+
 def default_is_masked(path: tuple, leaf: Any) -> bool:
-    """Every conv or dense kernel: arrays of rank >= 2 (first and last layers included)."""
+    """Every conv or dense kernel: arrays of rank >= 2 (first and last layers included).
+
+    Args:
+      path: the leaf's key path in the params pytree (unused).
+      leaf: the parameter array.
+
+    Returns:
+      Whether `optg_optax` masks the leaf.
+    """
     del path
     return getattr(leaf, "ndim", 0) >= 2
-
-
-def path_to_name(path: tuple) -> str:
-    """`('params', 'Conv_0', 'kernel')`-style key path as `'Conv_0/kernel'`-style string."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
 
 
 def _exact_num_kept(num_weights: int, sparsity: float) -> int:
@@ -146,8 +240,10 @@ def _validate(
         raise ValueError(
             f"learning_rate must be a non-negative number or a schedule, got {learning_rate!r}"
         )
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    if not isinstance(criterion, Criterion) and criterion not in CRITERIA:
+        raise ValueError(
+            f"criterion must be one of {', '.join(CRITERIA)} or a Criterion, got {criterion!r}"
+        )
     if not callable(schedule) and schedule not in schedules_lib.SCHEDULE_NAMES:
         raise ValueError(
             f"schedule must be one of {', '.join(schedules_lib.SCHEDULE_NAMES)} "
@@ -179,7 +275,7 @@ def optg_optax(
     target_sparsity: float,
     total_steps: int,
     learning_rate: float | optax.Schedule,
-    criterion: str = "optg",
+    criterion: str | Criterion = "optg",
     schedule: str | schedules_lib.Schedule = "sigmoid",
     mask_update_every: int | None = None,
     *,
@@ -205,7 +301,8 @@ def optg_optax(
       total_steps: number of updates in the whole run (> 0).
       learning_rate: the weights' learning rate, a float or an optax schedule. The scores of
         `optg` use `learning_rate(t) * p(t) / P`, of `supermask` `learning_rate(t)`.
-      criterion: `"optg"`, `"supermask"`, `"taylor"` or `"magnitude"`.
+      criterion: `"optg"`, `"supermask"`, `"taylor"` or `"magnitude"` (see the module
+        docstring), or a `Criterion` record for a criterion of your own.
       schedule: `"sigmoid"` (paper, normalised to reach `P` exactly at
         `pruning_end_step`), `"cubic"`, `"constant"`, `"one_shot"` (at
         `pruning_start_step`), or a callable `step -> sparsity`.
@@ -260,8 +357,8 @@ def optg_optax(
     )
     lr_fn = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
     is_masked = is_masked or default_is_masked
-    has_scores = criterion != "magnitude"
-    has_momentum = criterion in ("optg", "supermask")
+    rule = criterion if isinstance(criterion, Criterion) else _CRITERIA[criterion]
+    has_scores, has_momentum = rule.has_scores, rule.has_momentum
 
     def masked_leaf_tree(params):
         """Tree like `params` with True on masked leaves, None elsewhere."""
@@ -274,7 +371,7 @@ def optg_optax(
 
     def score_lr_at(count):
         lr = jnp.asarray(lr_fn(count), jnp.float32)
-        if criterion == "optg" and target > 0:
+        if rule.progress_scaled_lr and target > 0:
             progress = sparsity_fn(count) / target
             lr = lr * (score_lr_floor + (1.0 - score_lr_floor) * progress)
         return lr.astype(jnp.float32)
@@ -292,14 +389,6 @@ def optg_optax(
             k = jnp.where(at_target, _exact_num_kept(size, target), topk.num_kept(size, sparsity))
             masks.extend(topk.topk_masks([s], k, mask_dtype))
         return masks
-
-    def ranking(scores_leaves, params_leaves, masks_leaves):
-        if criterion == "magnitude":
-            return [
-                jnp.abs(w * m.astype(w.dtype)).astype(jnp.float32)
-                for w, m in zip(params_leaves, masks_leaves)
-            ]
-        return list(scores_leaves)
 
     def realized_sparsity(masks_leaves):
         total = sum(m.size for m in masks_leaves)
@@ -340,9 +429,7 @@ def optg_optax(
         count = jnp.zeros((), jnp.int32)
         if masks_leaves:
             sparsity = sparsity_fn(count)
-            rank = ranking(
-                jax.tree.leaves(scores) if has_scores else None, params_leaves, masks_leaves
-            )
+            rank = rule.rank(jax.tree.leaves(scores), params_leaves, masks_leaves)
             masks_leaves = select(rank, sparsity)
         masks = jax.tree.unflatten(treedef, masks_leaves)
         return OptGState(
@@ -388,26 +475,25 @@ def optg_optax(
             new_m_leaves, sparsity = reselect_if(
                 refresh,
                 count,
-                lambda: ranking(s_leaves, w_leaves, m_leaves),
+                lambda: rule.rank(s_leaves, w_leaves, m_leaves),
                 m_leaves,
                 state.sparsity,
             )
 
-        if criterion in ("optg", "supermask"):
-            new_v, new_s = [], []
-            for g, w, s, v in zip(g_leaves, w_leaves, s_leaves, v_leaves):
-                score_grad = (g * w).astype(jnp.float32)  # straight-through: every weight
-                v = score_momentum * v + score_grad
-                new_v.append(v)
-                new_s.append(s - score_lr * v)
-            s_leaves, v_leaves = new_s, new_v
-        elif criterion == "taylor":
-            # Running mean of |G * W * M| since the last refresh (restarts at a refresh).
-            n = jnp.where(refresh, 0, count - state.last_refresh).astype(jnp.float32)
-            s_leaves = [
-                s + (jnp.abs(g * w * m.astype(w.dtype)).astype(jnp.float32) - s) / (n + 1)
-                for g, w, s, m in zip(g_leaves, w_leaves, s_leaves, m_leaves)
-            ]
+        s_leaves, v_leaves = rule.update(
+            ScoreStep(
+                grads=g_leaves,
+                weights=w_leaves,
+                masks=m_leaves,
+                scores=s_leaves,
+                momentum=v_leaves,
+                score_lr=score_lr,
+                score_momentum=score_momentum,
+                steps_since_refresh=jnp.where(refresh, 0, count - state.last_refresh).astype(
+                    jnp.float32
+                ),
+            )
+        )
         last_refresh = jnp.where(refresh, count, state.last_refresh)
 
         if m_leaves and pruning_end_step == total_steps:
@@ -417,7 +503,7 @@ def optg_optax(
             new_m_leaves, sparsity = reselect_if(
                 final,
                 new_count,
-                lambda: ranking(s_leaves, w_leaves, new_m_leaves),
+                lambda: rule.rank(s_leaves, w_leaves, new_m_leaves),
                 new_m_leaves,
                 sparsity,
             )
@@ -447,31 +533,51 @@ def optg_optax(
 
 
 def get_optg_state(state: Any) -> OptGState:
-    """Finds the `OptGState` inside any optimizer state (chain, wrappers, ...)."""
-    found = [
-        x
-        for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, OptGState))
-        if isinstance(x, OptGState)
-    ]
-    if not found:
+    """Finds the `OptGState` inside any optimizer state (chain, wrappers, ...).
+
+    Args:
+      state: an optax state holding exactly one `optg_optax` state (or that state itself).
+
+    Returns:
+      The `OptGState`.
+
+    Raises:
+      ValueError: there is no `OptGState` in `state`, or more than one.
+    """
+    try:
+        found = optax.tree_utils.tree_get(state, OptGState.__name__)
+    except KeyError:
+        raise ValueError("found several optg_optax states; expected exactly one") from None
+    if found is None:
         raise ValueError(
             "no optg_optax state found in this optimizer state; "
             "is optg_jax.optg_optax() part of the optimizer?"
         )
-    if len(found) > 1:
-        raise ValueError(f"found {len(found)} optg_optax states; expected exactly one")
-    return found[0]
+    return found
 
 
 def get_masks(state: Any) -> Any:
-    """The masks (pytree like the params, `None` on unmasked leaves) from any optimizer state."""
+    """The masks of the `optg_optax` state inside `state`.
+
+    Args:
+      state: any optimizer state holding one `OptGState`.
+
+    Returns:
+      A pytree like the params: `mask_dtype` arrays (1 = kept) on masked leaves, `None` elsewhere.
+    """
     return get_optg_state(state).masks
 
 
 def apply_masks(params: Any, state: Any) -> Any:
     """`W * M` on every masked leaf of `params`; other leaves are returned unchanged.
 
-    `state` may be the `OptGState`, a mask pytree, or any optimizer state holding one.
+    Args:
+      params: the dense weights, a pytree.
+      state: the `OptGState`, a mask pytree like `params` (`None` on unmasked leaves), or any
+        optimizer state holding an `OptGState`.
+
+    Returns:
+      A pytree like `params`, each masked leaf multiplied by its mask (in the leaf's dtype).
     """
     if isinstance(state, OptGState):
         masks = state.masks
@@ -488,6 +594,9 @@ def apply_masks(params: Any, state: Any) -> Any:
 def sparsity_summary(state: Any) -> dict:
     """Readable sparsity figures (host floats) from any optimizer state holding an OptG state.
 
+    Args:
+      state: an `OptGState` or any optimizer state holding one (device or host arrays).
+
     Returns:
       `{'global': removed fraction of all masked weights now, 'target': the final sparsity P,
       'num_masked': N, 'num_kept': kept count, 'score_lr': last score lr,
@@ -498,7 +607,9 @@ def sparsity_summary(state: Any) -> dict:
     for path, mask in jax.tree_util.tree_leaves_with_path(optg_state.masks):
         mask = np.asarray(mask)
         layer_kept = int(np.count_nonzero(mask))
-        layers[path_to_name(path)] = 1.0 - layer_kept / mask.size
+        layers[jax.tree_util.keystr(path, simple=True, separator="/")] = (
+            1.0 - layer_kept / mask.size
+        )
         total += mask.size
         kept += layer_kept
     return {

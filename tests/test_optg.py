@@ -294,7 +294,12 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, word):
 def test_custom_predicate():
     params = toy_params()
     tx = optg_jax.optg_optax(
-        0.5, 10, 0.1, is_masked=lambda path, leaf: optg_jax.path_to_name(path) == "l1/kernel"
+        0.5,
+        10,
+        0.1,
+        is_masked=lambda path, leaf: (
+            jax.tree_util.keystr(path, simple=True, separator="/") == "l1/kernel"
+        ),
     )
     state = tx.init(params)
     assert state.masks["l2"]["kernel"] is None and state.masks["l1"]["kernel"].shape == (3, 4)
