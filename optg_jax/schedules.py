@@ -1,6 +1,6 @@
-"""Sparsity schedules: plain functions `step -> sparsity` in the style of optax schedules.
+"""Schedules: plain functions `step -> value` in the style of optax schedules.
 
-Every schedule here returns a float32 scalar in `[0, target]`, is monotone non-decreasing in
+Every sparsity schedule here returns a float32 scalar in `[0, target]`, is monotone non-decreasing in
 `step`, is exactly `0` before `begin_step` (except `constant`) and exactly `target` from
 `end_step` on. They work on Python ints and on traced `jnp` integers, so they run inside
 `jax.jit`.
@@ -11,11 +11,15 @@ number of epochs. Left as it is, it starts at `P * sigmoid(-beta * E / 2)` (not 
 rescales it affinely so that it starts at exactly 0 at `begin_step` and reaches exactly `P`
 at `end_step`; `reference_sigmoid_schedule` keeps the reference code's per-epoch form for
 comparisons.
+
+One learning-rate schedule sits beside them: `reference_lr_schedule`, the reference code's
+per-epoch rate (linear warm-up, then a cosine over the whole run), to hand to optax.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import jax
@@ -38,6 +42,21 @@ def _check_window(begin_step: int, end_step: int) -> None:
         raise ValueError(
             f"end_step must be an integer greater than begin_step={begin_step}, got {end_step!r}"
         )
+
+
+def _is_whole_number(value) -> bool:
+    """True for an integer-valued finite real (Python or NumPy), False for bools and the rest."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and int(value) == value
+    )
+
+
+def _check_positive_int(name: str, value) -> None:
+    if not (_is_whole_number(value) and value > 0):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _progress(step, begin_step: int, end_step: int) -> jax.Array:
@@ -68,8 +87,7 @@ def sigmoid_schedule(
     _check_window(begin_step, end_step)
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta!r}")
-    if int(steps_per_epoch) != steps_per_epoch or steps_per_epoch <= 0:
-        raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+    _check_positive_int("steps_per_epoch", steps_per_epoch)
     half_width = beta * (end_step - begin_step) / steps_per_epoch / 2.0
     low = 1.0 / (1.0 + math.exp(half_width))  # sigmoid(-beta E/2)
     span = 1.0 - 2.0 * low  # sigmoid(beta E/2) - sigmoid(-beta E/2)
@@ -124,6 +142,60 @@ def reference_sigmoid_schedule(
     def schedule(step):
         epoch = jnp.floor_divide(jnp.asarray(step), steps_per_epoch).astype(jnp.float32)
         return (target * jax.nn.sigmoid(beta * (epoch - num_epochs / 2.0))).astype(jnp.float32)
+
+    return schedule
+
+
+def reference_lr_schedule(
+    base_lr: float, num_epochs: int, steps_per_epoch: int, warmup_epochs: int = 5
+) -> Schedule:
+    """The reference code's learning rate: set once per epoch, linear warm-up, then cosine.
+
+    With `e = step // steps_per_epoch` (0-based epoch), `E = num_epochs`, `W = warmup_epochs`::
+
+        lr(e) = base_lr * (e + 1) / W                     if e < W
+        lr(e) = 0.5 * base_lr * (1 + cos(pi * e / E))     otherwise
+
+    The cosine runs over all `E` epochs and the warm-up replaces its first `W` epochs (it is
+    not a cosine over the remaining `E - W` epochs). The value is constant within an epoch.
+    From epoch `E` on (after the run) the schedule stays at `lr(E) = 0`.
+
+    Args:
+      base_lr: the peak learning rate (> 0), reached at epoch `W - 1`.
+      num_epochs: `E`, the length of the run in epochs (a positive integer).
+      steps_per_epoch: optimizer steps in one epoch (a positive integer).
+      warmup_epochs: `W`, an integer in `[0, E]`; 0 = no warm-up.
+
+    Returns:
+      A jittable schedule `step -> float32 scalar` (`step` a Python or traced integer).
+
+    Raises:
+      ValueError: an argument outside the ranges above; the message names it.
+    """
+    if not (
+        isinstance(base_lr, numbers.Real)
+        and not isinstance(base_lr, bool)
+        and math.isfinite(base_lr)
+        and base_lr > 0
+    ):
+        raise ValueError(f"base_lr must be a finite number > 0, got {base_lr!r}")
+    _check_positive_int("num_epochs", num_epochs)
+    _check_positive_int("steps_per_epoch", steps_per_epoch)
+    if not (_is_whole_number(warmup_epochs) and 0 <= warmup_epochs <= num_epochs):
+        raise ValueError(
+            f"warmup_epochs must be an integer in [0, num_epochs={num_epochs}], "
+            f"got {warmup_epochs!r}"
+        )
+    base_lr, num_epochs, warmup_epochs = float(base_lr), int(num_epochs), int(warmup_epochs)
+    steps_per_epoch = int(steps_per_epoch)
+
+    def schedule(step):
+        epoch = jnp.floor_divide(jnp.asarray(step), steps_per_epoch)
+        epoch = jnp.minimum(epoch, num_epochs).astype(jnp.float32)
+        cosine = 0.5 * base_lr * (1.0 + jnp.cos(jnp.pi * epoch / num_epochs))
+        # max(W, 1) only keeps the unused branch finite when W = 0.
+        warmup = base_lr * (epoch + 1.0) / max(warmup_epochs, 1)
+        return jnp.where(epoch < warmup_epochs, warmup, cosine).astype(jnp.float32)
 
     return schedule
 

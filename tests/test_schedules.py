@@ -87,3 +87,70 @@ def test_bad_arguments(kwargs, word):
             args["end_step"],
             beta=args["beta"],
         )
+
+
+class TestReferenceLr:
+    """`reference_lr_schedule` against values worked out by hand (base 0.1, E = 100, W = 5)."""
+
+    @pytest.fixture
+    def fn(self):
+        return schedules.reference_lr_schedule(
+            0.1, num_epochs=100, steps_per_epoch=10, warmup_epochs=5
+        )
+
+    @pytest.mark.parametrize(
+        "epoch, want",
+        [
+            (0, 0.02),  # 0.1 * 1 / 5
+            (1, 0.04),
+            (4, 0.1),  # 0.1 * 5 / 5: the peak, at the last warm-up epoch
+            (5, 0.05 * (1 + math.cos(math.pi * 5 / 100))),  # 0.0993844, the cosine's own value
+            (50, 0.05),  # 0.05 * (1 + cos(pi / 2))
+            (75, 0.0146447),  # 0.05 * (1 - sqrt(2) / 2)
+            (99, 0.05 * (1 + math.cos(math.pi * 0.99))),  # 2.467e-5, the last epoch
+            (100, 0.0),  # after the run
+            (250, 0.0),
+        ],
+    )
+    def test_hand_computed_at_the_start_middle_and_end_of_each_epoch(self, fn, epoch, want):
+        for step in (10 * epoch, 10 * epoch + 5, 10 * epoch + 9):
+            # abs: float32 rounding of 1 + cos near the end (0.1 * eps ~ 1e-8)
+            assert float(fn(step)) == pytest.approx(want, rel=1e-5, abs=1e-8)
+
+    def test_the_warm_up_replaces_the_start_of_a_cosine_over_all_epochs(self, fn):
+        # Not a cosine over the remaining E - W = 95 epochs, which gives 0.0541 at epoch 50.
+        other = 0.05 * (1 + math.cos(math.pi * 45 / 95))
+        assert other == pytest.approx(0.0541, abs=1e-4)
+        assert float(fn(500)) != pytest.approx(other, abs=1e-3)
+
+    def test_constant_within_each_epoch_under_jit(self, fn):
+        values = np.asarray(jax.jit(jax.vmap(fn))(np.arange(1000)))
+        per_epoch = values.reshape(100, 10)
+        assert np.all(per_epoch == per_epoch[:, :1])
+        assert values.dtype == np.float32
+
+    def test_no_warm_up(self):
+        fn = schedules.reference_lr_schedule(0.4, num_epochs=8, steps_per_epoch=3, warmup_epochs=0)
+        assert float(fn(0)) == pytest.approx(0.4, rel=1e-6)
+        assert float(fn(12)) == pytest.approx(0.2, rel=1e-6)  # epoch 4 of 8: cos(pi/2) = 0
+
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            (dict(base_lr=0.0), "base_lr must be a finite number > 0, got 0.0"),
+            (dict(base_lr=float("nan")), "base_lr must be a finite number > 0, got nan"),
+            (dict(base_lr="0.1"), "base_lr must be a finite number > 0, got '0.1'"),
+            (dict(num_epochs=0), "num_epochs must be a positive integer, got 0"),
+            (dict(num_epochs=10.5), "num_epochs must be a positive integer, got 10.5"),
+            (dict(steps_per_epoch=-3), "steps_per_epoch must be a positive integer, got -3"),
+            (dict(steps_per_epoch=True), "steps_per_epoch must be a positive integer, got True"),
+            (dict(warmup_epochs=11), r"warmup_epochs must be an integer in \[0, num_epochs=10\]"),
+            (dict(warmup_epochs=-1), r"warmup_epochs must be an integer in \[0, num_epochs=10\]"),
+            (dict(warmup_epochs=2.5), r"warmup_epochs .*got 2.5"),
+        ],
+    )
+    def test_bad_arguments_name_the_value_in_one_line(self, kwargs, message):
+        args = dict(base_lr=0.1, num_epochs=10, steps_per_epoch=5, warmup_epochs=5) | kwargs
+        with pytest.raises(ValueError, match=message) as info:
+            schedules.reference_lr_schedule(**args)
+        assert "\n" not in str(info.value)
