@@ -27,6 +27,7 @@ MODELS = (
     "resnet32",
     "resnet56",
     "resnet50_cifar",
+    "resnet50_bottleneck_cifar",
     "fmnist_cnn",
     "tiny_resnet",
 )

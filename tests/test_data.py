@@ -352,3 +352,12 @@ def test_unprepared_data_sets_say_what_is_needed(tmp_path):
 def test_ensure_dataset_accepts_mocked_data(mock_small):
     for name in ("fashion_mnist", "cifar10", "imagenet2012"):
         data.ensure_dataset(name, MOCK_DIR)
+
+
+def test_cifar10_is_normalised_with_the_reference_constants():
+    """The reference's `Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))`."""
+    pixels = np.array([0, 128, 255], np.uint8).reshape(3, 1, 1, 1).repeat(3, axis=-1)
+    got = data._normalize(pixels, data._spec("cifar10"))
+    mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2023, 0.1994, 0.2010])
+    want = (np.array([0, 128, 255]).reshape(3, 1, 1, 1) / 255 - mean) / std
+    np.testing.assert_allclose(got, want, rtol=1e-5)

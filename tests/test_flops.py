@@ -219,3 +219,35 @@ def test_concrete_variables_give_the_same_count():
     x = jnp.zeros((1, 8, 8, 3))
     variables = jax.jit(lambda x: model.init(jax.random.key(0, impl="rbg"), x, train=False))(x)
     assert flops.count(model, variables, (16, 16, 3)) == macs(model, (16, 16, 3)) > 0
+
+
+def test_reference_cifar_resnet50_macs_by_hand():
+    """6n+2, n = 8: every 3x3 conv costs H * W * 9 * C_in * C_out at its output resolution."""
+    conv = lambda hw, cin, cout: hw * hw * 9 * cin * cout
+    expected = (
+        conv(32, 3, 32)
+        + 16 * conv(32, 32, 32)
+        + conv(16, 32, 64)
+        + 15 * conv(16, 64, 64)
+        + conv(8, 64, 128)
+        + 15 * conv(8, 128, 128)
+        + 128 * 10
+    )
+    assert macs(models.create("resnet50_cifar", 10), (32, 32, 3)) == expected == 444_433_664
+
+
+def test_reference_vgg19_macs_by_hand():
+    conv = lambda hw, cin, cout: hw * hw * 9 * cin * cout
+    expected = (
+        conv(32, 3, 64)
+        + conv(32, 64, 64)
+        + conv(16, 64, 128)
+        + conv(16, 128, 128)
+        + conv(8, 128, 256)
+        + 3 * conv(8, 256, 256)
+        + conv(4, 256, 512)
+        + 3 * conv(4, 512, 512)
+        + 4 * conv(2, 512, 512)
+        + 512 * 10
+    )
+    assert macs(models.create("vgg19_cifar", 10), (32, 32, 3)) == expected == 398_136_320

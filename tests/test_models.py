@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import optg_jax
 from optg_jax import models
 
 IMAGENET = (224, 224, 3)
@@ -23,21 +24,34 @@ SPECS = {
     "resnet32": (10, CIFAR),
     "resnet56": (10, CIFAR),
     "resnet50_cifar": (10, CIFAR),
+    "resnet50_bottleneck_cifar": (10, CIFAR),
     "fmnist_cnn": (10, FMNIST),
     "tiny_resnet": (10, CIFAR),
 }
 
-# Trainable parameters (BatchNorm scale/bias included, running statistics not).
+# Trainable parameters (BatchNorm scale/bias included, running statistics not). The ResNets and
+# MobileNet-V1 have the reference code's bias-free classifier: the published torchvision / Keras
+# counts less num_classes biases.
 PARAM_COUNTS = {
-    "resnet18": 11_689_512,  # torchvision resnet18
-    "resnet34": 21_797_672,  # torchvision resnet34
-    "resnet50": 25_557_032,  # torchvision resnet50
-    "mobilenet_v1": 4_231_976,  # Keras MobileNet(alpha=1.0): trainable params
-    "vgg19_cifar": 20_040_522,  # "20.04M" for VGG-19 in pruning papers (GraSP, Wang et al. 2020); conv biases included
+    "resnet18": 11_689_512 - 1000,  # torchvision resnet18
+    "resnet34": 21_797_672 - 1000,  # torchvision resnet34
+    "resnet50": 25_556_032,  # the OptG reference's ResNet50 (torchvision's 25,557,032 - 1000)
+    "mobilenet_v1": 4_230_976,  # the reference's MobileNetV1 (Keras MobileNet's 4,231,976 - 1000)
+    "vgg19_cifar": 20_035_018,  # the reference's vgg19_cifar10
     "resnet20": 269_722,  # He et al. 2016 Table 6: 0.27M (option A)
     "resnet32": 464_154,  # He et al. 2016 Table 6: 0.46M
     "resnet56": 853_018,  # He et al. 2016 Table 6: 0.85M
-    "resnet50_cifar": 23_520_842,  # ResNet-50 with 3x3/1 stem, no max-pool, 10 classes
+    "resnet50_cifar": 3_013_792,  # the reference's ResNet50_cifar10
+    "resnet50_bottleneck_cifar": 23_520_842 - 10,  # ResNet-50, 3x3/1 stem, no max-pool
+}
+
+# Of those, the parameters the library masks by default (kernels of rank >= 2), as counted from
+# the reference code's networks (parameters other than BatchNorm and biases).
+MASKED_COUNTS = {
+    "resnet50": 25_502_912,
+    "mobilenet_v1": 4_209_088,
+    "resnet50_cifar": 3_006_560,
+    "vgg19_cifar": 20_024_000,
 }
 
 
@@ -83,6 +97,36 @@ def test_param_count_matches_published(name):
         num_params(abstract_variables(models.create(name, num_classes), shape))
         == PARAM_COUNTS[name]
     )
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_COUNTS))
+def test_masked_count_matches_the_reference(name):
+    num_classes, shape = SPECS[name]
+    params = abstract_variables(models.create(name, num_classes), shape)["params"]
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    masked = sum(leaf.size for path, leaf in leaves if optg_jax.default_is_masked(path, leaf))
+    assert masked == MASKED_COUNTS[name]
+
+
+def test_reference_param_counts_by_hand():
+    """The four reference networks' sizes, derived layer by layer from their definitions."""
+    k3 = lambda cin, cout: 9 * cin * cout
+    # ResNet50_cifar10: stem 3->32; three stages of 8 basic blocks (32, 64, 128 channels);
+    # BatchNorm after every conv (2 params per channel); bias-free 1x1-conv classifier.
+    kernels = k3(3, 32) + 16 * k3(32, 32) + k3(32, 64) + 15 * k3(64, 64)
+    kernels += k3(64, 128) + 15 * k3(128, 128) + 128 * 10
+    bn = 2 * (32 + 16 * 32 + 16 * 64 + 16 * 128)
+    assert (kernels, kernels + bn) == (MASKED_COUNTS["resnet50_cifar"], 3_013_792)
+    # vgg19_cifar10: 16 bias-free 3x3 convs, a 1x1 conv 512->10 with bias.
+    widths = [3, 64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512]
+    kernels = sum(k3(a, b) for a, b in zip(widths, widths[1:])) + 512 * 10
+    bn = 2 * sum(widths[1:])
+    assert (kernels, kernels + bn + 10) == (MASKED_COUNTS["vgg19_cifar"], 20_035_018)
+    # MobileNetV1: 3x3/2 stem 3->32; 13 x (3x3 depthwise + 1x1 pointwise); 1x1 conv 1024->1000.
+    chans = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
+    kernels = k3(3, 32) + sum(9 * a + a * b for a, b in zip(chans, chans[1:])) + 1024 * 1000
+    bn = 2 * (32 + sum(a + b for a, b in zip(chans, chans[1:])))
+    assert (kernels, kernels + bn) == (MASKED_COUNTS["mobilenet_v1"], 4_230_976)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
@@ -252,3 +296,74 @@ def test_reshape_max_pool_equals_flax_max_pool():
 
     x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+class TestReferenceNetworks:
+    """Layout and init of the networks built as the OptG reference code builds them."""
+
+    def test_resnet50_cifar_is_the_6n_plus_2_basic_block_network(self):
+        params = abstract_variables(models.create("resnet50_cifar", 10), CIFAR)["params"]
+        assert params["conv1"]["kernel"].shape == (3, 3, 3, 32)
+        assert sorted(k for k in params if k.startswith("layer")) == sorted(
+            f"layer{i}_{j}" for i in (1, 2, 3) for j in range(8)
+        )
+        assert params["layer2_0"]["conv1"]["kernel"].shape == (3, 3, 32, 64)
+        assert params["layer3_7"]["conv2"]["kernel"].shape == (3, 3, 128, 128)
+        assert not any("downsample" in k for block in params.values() for k in block)
+        assert params["fc"] == {"kernel": jax.ShapeDtypeStruct((128, 10), jnp.float32)}
+
+    @pytest.mark.parametrize("name", ["resnet50", "mobilenet_v1", "resnet18"])
+    def test_imagenet_classifiers_have_no_bias(self, name):
+        params = abstract_variables(models.create(name, 1000), (32, 32, 3))["params"]
+        assert list(params["fc"]) == ["kernel"]
+
+    def test_vgg19_has_bias_free_convs_five_pools_and_a_classifier_with_bias(self):
+        model = models.create("vgg19_cifar", 10)
+        variables = abstract_variables(model, CIFAR)
+        params = variables["params"]
+        convs = [k for k in params if k.startswith("conv")]
+        assert len(convs) == 16 and all(list(params[k]) == ["kernel"] for k in convs)
+        assert params["fc"]["kernel"].shape == (512, 10) and params["fc"]["bias"].shape == (10,)
+        _, state = jax.eval_shape(
+            lambda v: model.apply(
+                v, jnp.zeros((1, *CIFAR)), capture_intermediates=True, mutable=["intermediates"]
+            ),
+            variables,
+        )
+        # The last conv runs at 2x2; the fifth pool leaves 1x1 for the classifier.
+        assert state["intermediates"]["conv15"]["__call__"][0].shape == (1, 2, 2, 512)
+
+    def test_convs_and_classifier_are_kaiming_normal_fan_in(self):
+        """std sqrt(2 / fan_in); fan_out (or Flax's lecun default) would be off by sqrt(2)."""
+        model = models.CifarResNet(8, 1000, widths=(8, 16, 32), reference_classifier=True)
+        params = init_variables(model, (8, 8, 3))["params"]
+        kernel = np.asarray(params["layer2_0"]["conv1"]["kernel"])  # 3x3x8x16: fan_in 72
+        assert kernel.shape == (3, 3, 8, 16)
+        assert kernel.std() == pytest.approx(np.sqrt(2 / 72), rel=0.08)
+        fc = np.asarray(params["fc"]["kernel"])  # 32x1000: fan_in 32
+        assert fc.std() == pytest.approx(np.sqrt(2 / 32), rel=0.05)
+        assert np.abs(fc).max() > 3 * np.sqrt(2 / 32)  # a normal, not a truncated normal
+
+    def test_classifier_bias_is_pytorch_conv_default(self):
+        """Uniform in +-1/sqrt(fan_in) (fan_in 32 here; 512 in VGG-19): std bound / sqrt(3)."""
+        model = models.VGG(1000, cfg=(32, "M"))
+        bias = np.asarray(init_variables(model, (4, 4, 3))["params"]["fc"]["bias"])
+        bound = 1 / np.sqrt(32)
+        assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.98 * bound
+        assert bias.std() == pytest.approx(bound / np.sqrt(3), rel=0.1)
+
+    def test_option_a_shortcut_subsamples_and_zero_pads_channels(self):
+        """With zero conv kernels a strided block outputs relu(shortcut(x)), which the reference
+        writes as `F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, (p - i) // 2, p - i - (p - i) // 2))`."""
+        from optg_jax.models.cifar_resnet import CifarBlock
+
+        block = CifarBlock(8, stride=2)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 3)), jnp.float32)
+        variables = jax.jit(lambda x: block.init(jax.random.key(0, impl="rbg"), x, False))(x)
+        variables = {
+            "params": jax.tree.map(jnp.zeros_like, variables["params"]),
+            "batch_stats": variables["batch_stats"],
+        }
+        out = block.apply(variables, x, False)
+        expected = np.pad(np.asarray(x)[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (2, 3)))
+        np.testing.assert_allclose(out, np.maximum(expected, 0), atol=1e-6)

@@ -4,6 +4,12 @@ Every model is applied as `model.apply(variables, x, train=bool, mutable=...)` o
 and returns float32 logits `[B, num_classes]`. BatchNorm statistics (where a model has any) live in
 the 'batch_stats' collection. `dtype` is the compute dtype; params are always float32. Models hold
 no masks: sparsity is applied to the params pytree by the optimizer.
+
+The OptG paper's networks are built as the authors' reference code builds them, with its
+parameter counts: "resnet50" and "mobilenet_v1" (ImageNet, bias-free masked 1x1-conv
+classifiers), "resnet50_cifar" (its CIFAR-10 "ResNet-50", a 6n+2 basic-block network) and
+"vgg19_cifar" (bias-free convs, five pools, a 1x1-conv classifier with bias). Conv kernels are
+kaiming normal with fan_in, as in its configs.
 """
 
 import types
@@ -12,7 +18,13 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.cifar_resnet import CifarResNet, resnet20, resnet32, resnet56
+from optg_jax.models.cifar_resnet import (
+    CifarResNet,
+    resnet20,
+    resnet32,
+    resnet50_cifar,
+    resnet56,
+)
 from optg_jax.models.mobilenet import MobileNetV1, mobilenet_v1
 from optg_jax.models.resnet import (
     BasicBlock,
@@ -21,7 +33,7 @@ from optg_jax.models.resnet import (
     resnet18,
     resnet34,
     resnet50,
-    resnet50_cifar,
+    resnet50_bottleneck_cifar,
     tiny_resnet,
 )
 from optg_jax.models.small import FashionMnistCNN, fmnist_cnn
@@ -39,7 +51,8 @@ _FACTORIES: types.MappingProxyType[str, Callable[..., nn.Module]] = types.Mappin
         "resnet20": resnet20,
         "resnet32": resnet32,
         "resnet56": resnet56,
-        "resnet50_cifar": resnet50_cifar,
+        "resnet50_cifar": resnet50_cifar,  # the OptG reference's: 6n+2 basic blocks, n = 8
+        "resnet50_bottleneck_cifar": resnet50_bottleneck_cifar,
         # small
         "fmnist_cnn": fmnist_cnn,
         "tiny_resnet": tiny_resnet,

@@ -1,10 +1,16 @@
-"""CIFAR ResNet-20/32/56 (He et al. 2016, section 4.2) with the option-A shortcut.
+"""CIFAR ResNets of 6n+2 layers with the option-A shortcut: He et al. (2016, section 4.2)'s
+ResNet-20/32/56, and the OptG reference code's CIFAR-10 "ResNet-50".
 
-Three stages of `n = (depth - 2) / 6` basic blocks with 16, 32 and 64 channels after a 3x3/1 conv
-with 16 channels; global average pool; one linear classifier. Option A: where a block halves the
-resolution and doubles the channels, the shortcut takes every other pixel and zero-pads the new
-channels, so shortcuts carry no parameters. This gives the published sizes (10 classes):
-ResNet-20 269,722 (0.27M), ResNet-32 464,154 (0.46M), ResNet-56 853,018 (0.85M).
+Three stages of `n = (depth - 2) / 6` basic blocks after a 3x3/1 stem conv; global average pool;
+one classifier. Option A: where a block halves the resolution and doubles the channels, the
+shortcut takes every other pixel and zero-pads the new channels (half before, half after), so
+shortcuts carry no parameters.
+
+- ResNet-20/32/56: stages of 16, 32 and 64 channels, a linear classifier with bias. The
+  published sizes (10 classes): 269,722 (0.27M), 464,154 (0.46M), 853,018 (0.85M).
+- `resnet50_cifar`, the reference's `ResNet50_cifar10` (`models/resnet_cifar.py`): n = 8 and
+  stages of 32, 64 and 128 channels (the stem has 32), classifier a bias-free masked 1x1 conv.
+  3,013,792 parameters with 10 classes, 3,006,560 of them kernels (masked by default).
 """
 
 from typing import Any
@@ -12,7 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.layers import batch_norm, classifier, conv
+from optg_jax.models.layers import batch_norm, classifier, conv, conv_classifier
 
 
 class CifarBlock(nn.Module):
@@ -36,10 +42,21 @@ class CifarBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 NHWC input; returns float32 logits `[B, num_classes]`."""
+    """ResNet-(6n+2) for 32x32 NHWC input; returns float32 logits `[B, num_classes]`.
+
+    Attributes:
+      depth: 6n + 2.
+      num_classes: classifier outputs.
+      widths: channels of the three stages; the stem has `widths[0]`.
+      reference_classifier: the OptG reference's bias-free 1x1-conv classifier
+        (`conv_classifier`) instead of a linear layer with bias.
+      dtype: compute dtype; params are always float32.
+    """
 
     depth: int
     num_classes: int
+    widths: tuple[int, int, int] = (16, 32, 64)
+    reference_classifier: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -47,9 +64,9 @@ class CifarResNet(nn.Module):
         if (self.depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {self.depth}")
         blocks_per_stage = (self.depth - 2) // 6
-        x = conv(16, 3, dtype=self.dtype, name="conv1")(x)
+        x = conv(self.widths[0], 3, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(x))
-        for i, width in enumerate((16, 32, 64)):
+        for i, width in enumerate(self.widths):
             for j in range(blocks_per_stage):
                 x = CifarBlock(
                     width,
@@ -58,7 +75,11 @@ class CifarResNet(nn.Module):
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))
-        return classifier(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        if self.reference_classifier:
+            fc = conv_classifier(self.num_classes, x.shape[-1], use_bias=False, dtype=self.dtype)
+        else:
+            fc = classifier(self.num_classes, dtype=self.dtype)
+        return fc(x).astype(jnp.float32)
 
 
 def resnet20(num_classes: int, dtype=jnp.float32) -> CifarResNet:
@@ -71,3 +92,10 @@ def resnet32(num_classes: int, dtype=jnp.float32) -> CifarResNet:
 
 def resnet56(num_classes: int, dtype=jnp.float32) -> CifarResNet:
     return CifarResNet(56, num_classes, dtype=dtype)
+
+
+def resnet50_cifar(num_classes: int, dtype=jnp.float32) -> CifarResNet:
+    """The OptG reference's CIFAR "ResNet-50": 6n+2 with n = 8, widths 32/64/128, option A."""
+    return CifarResNet(
+        50, num_classes, widths=(32, 64, 128), reference_classifier=True, dtype=dtype
+    )

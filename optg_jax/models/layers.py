@@ -1,21 +1,28 @@
-"""Layer factories shared by the model zoo: PyTorch-style convolutions and BatchNorm.
+"""Layer factories shared by the model zoo: PyTorch-style convolutions, BatchNorm, classifiers.
 
-Every model builds its convolutions and BatchNorms through these two functions so the whole zoo
+Every model builds its convolutions and BatchNorms through these functions so the whole zoo
 agrees on the conventions the pruning literature assumes: explicit symmetric padding (as in
 PyTorch, so strided convs see the same pixels), BatchNorm momentum 0.9 / epsilon 1e-5 (PyTorch's
-momentum 0.1 written the Flax way), float32 parameters whatever the compute dtype.
+momentum 0.1 written the Flax way), float32 parameters whatever the compute dtype, and conv
+kernels initialised as the OptG reference code's configs ask (`init: kaiming_normal`,
+`mode: fan_in`).
 """
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-# He et al. (2015) "fan_out" normal initialisation, the torchvision default for conv kernels.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# He et al. (2015) normal initialisation, std sqrt(2 / fan_in) with fan_in = kh * kw * in / groups:
+# PyTorch's `kaiming_normal_(mode="fan_in")`, the reference code's conv init. Not truncated.
+kaiming_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# The same with fan_out = kh * kw * out: torchvision's default for conv kernels.
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv(
@@ -26,12 +33,13 @@ def conv(
     dtype: Any,
     groups: int = 1,
     use_bias: bool = False,
+    kernel_init: Callable[..., Any] = kaiming_normal_fan_in,
     name: str | None = None,
 ) -> nn.Conv:
     """A square `nn.Conv` with PyTorch padding `(kernel_size - 1) // 2` on every side.
 
-    Kernel shape is `(k, k, in_features // groups, features)`; params are float32, the
-    computation runs in `dtype`.
+    Kernel shape is `(k, k, in_features // groups, features)`, initialised by `kernel_init`
+    (kaiming normal, fan_in, by default); params are float32, the computation runs in `dtype`.
     """
     pad = (kernel_size - 1) // 2
     return nn.Conv(
@@ -43,7 +51,7 @@ def conv(
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=conv_kernel_init,
+        kernel_init=kernel_init,
         name=name,
     )
 
@@ -74,3 +82,45 @@ def batch_norm(
 def classifier(num_classes: int, *, dtype: Any, name: str = "fc") -> nn.Dense:
     """The final linear layer (with bias); callers cast its output to float32 logits."""
     return nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def _torch_conv_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+    """PyTorch's default conv bias init, uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv_classifier(
+    num_classes: int, in_features: int, *, use_bias: bool, dtype: Any, name: str = "fc"
+) -> nn.Dense:
+    """The reference code's classifier: a masked 1x1 conv on the pooled `[B, 1, 1, C]` map.
+
+    A 1x1 conv on a 1x1 map is a dense layer, so it is written as one: kernel `(in_features,
+    num_classes)` (a rank-2 kernel, masked by default like the convs), kaiming normal fan_in
+    as the reference's `builder.conv1x1`. With `use_bias` (the reference's VGG,
+    `builder.conv1x1_fc`) the bias starts as PyTorch's conv bias, uniform in
+    `[-1/sqrt(in_features), 1/sqrt(in_features)]`.
+
+    Args:
+      num_classes: outputs.
+      in_features: channels of the pooled map (the kernel's fan_in).
+      use_bias: add a bias (not masked).
+      dtype: compute dtype; params are float32.
+      name: the param scope.
+
+    Returns:
+      An `nn.Dense` mapping `[B, in_features]` to `[B, num_classes]` in `dtype`.
+    """
+    return nn.Dense(
+        num_classes,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kaiming_normal_fan_in,
+        bias_init=_torch_conv_bias_init(in_features),
+        name=name,
+    )

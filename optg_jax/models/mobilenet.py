@@ -1,10 +1,13 @@
-"""MobileNet-V1 (Howard et al. 2017) for ImageNet-sized input.
+"""MobileNet-V1 (Howard et al. 2017) for ImageNet-sized input, as the OptG reference builds it.
 
 A 3x3/2 conv with 32 channels, then 13 depthwise-separable blocks (3x3 depthwise conv + BN + ReLU,
-1x1 pointwise conv + BN + ReLU), global average pool and a linear classifier (with bias). Convs
-have no bias. Channel counts are `int(c * width_multiplier)`, as in Keras. At width 1.0 with 1000
-classes there are 4,231,976 trainable parameters (Keras `MobileNet`) and about 569M MACs at
-224x224 (the paper's "1.0 MobileNet-224": 569M mult-adds, 4.2M params).
+1x1 pointwise conv + BN + ReLU), global average pool and a classifier that is, as in the
+reference (`models/mobilenetv1.py`), a bias-free masked 1x1 conv (`layers.conv_classifier`).
+Convs have no bias; depthwise kernels are masked like the others. Channel counts are
+`int(c * width_multiplier)`, as in Keras. At width 1.0 with 1000 classes there are 4,230,976
+parameters (Keras `MobileNet`'s 4,231,976 less the 1000 classifier biases), 4,209,088 of them
+kernels (masked by default), and about 569M MACs at 224x224 (the paper's "1.0 MobileNet-224":
+569M mult-adds, 4.2M params).
 """
 
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.layers import batch_norm, classifier, conv
+from optg_jax.models.layers import batch_norm, conv, conv_classifier
 
 # (pointwise output channels, depthwise stride) for the 13 separable blocks.
 MOBILENET_V1_BLOCKS = (
@@ -54,7 +57,8 @@ class MobileNetV1(nn.Module):
             x = conv(width(features), 1, dtype=self.dtype, name=f"pw{k}")(x)
             x = nn.relu(batch_norm(train, dtype=self.dtype, name=f"pw{k}_bn")(x))
         x = jnp.mean(x, axis=(1, 2))
-        return classifier(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        fc = conv_classifier(self.num_classes, x.shape[-1], use_bias=False, dtype=self.dtype)
+        return fc(x).astype(jnp.float32)
 
 
 def mobilenet_v1(num_classes: int, dtype=jnp.float32, width_multiplier: float = 1.0) -> MobileNetV1:

@@ -1,15 +1,22 @@
-"""ResNets in the torchvision v1.5 layout: ImageNet ResNet-18/34/50, CIFAR ResNet-50, tiny ResNet.
+"""ResNets in the torchvision v1.5 layout, with the OptG reference code's classifier and init.
 
-Layout (torchvision `resnet.py`, "v1.5"): 7x7/2 stem conv + BatchNorm + ReLU + 3x3/2 max-pool,
-four stages of residual blocks whose first block strides by 2 (except stage 1), global average
-pool, one linear classifier. The bottleneck strides on its 3x3 conv, not on the first 1x1. Convs
-have no bias; a projection shortcut (1x1 conv + BatchNorm) is used wherever the shape changes.
+ImageNet ResNet-18/34/50, a bottleneck CIFAR ResNet-50 kept for comparisons, a tiny ResNet.
+
+Layout (torchvision `resnet.py`, "v1.5", which the reference's `models/resnet.py` follows):
+7x7/2 stem conv + BatchNorm + ReLU + 3x3/2 max-pool, four stages of residual blocks whose first
+block strides by 2 (except stage 1), global average pool, one classifier. The bottleneck strides
+on its 3x3 conv, not on the first 1x1. Convs have no bias; a projection shortcut (1x1 conv +
+BatchNorm) is used wherever the shape changes.
+
+As in the reference (and unlike torchvision), the classifier is a bias-free masked 1x1 conv
+(`layers.conv_classifier`) and every kernel is kaiming normal with fan_in. ResNet-50 with 1000
+classes has 25,556,032 parameters (torchvision's 25,557,032 less the 1000 classifier biases),
+25,502,912 of them kernels (masked by default).
 
 Parameter names follow torchvision (`conv1`, `bn1`, `layer2_0/conv2`, `layer2_0/downsample_conv`,
 `fc`) so per-layer tables read like the PyTorch literature.
 
-The CIFAR variant (`stem="cifar"`) replaces the stem with a 3x3/1 conv and drops the max-pool,
-as in the CIFAR ResNet-50 of the pruning literature (23,520,842 params for 10 classes).
+The OptG reference's CIFAR-10 "ResNet-50" is a different network, `cifar_resnet.resnet50_cifar`.
 """
 
 from typing import Any, Sequence
@@ -17,7 +24,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.layers import batch_norm, classifier, conv
+from optg_jax.models.layers import batch_norm, conv, conv_classifier
 
 
 def _residual_scale_init(zero_init_residual: bool):
@@ -130,7 +137,7 @@ class ResNet(nn.Module):
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))
-        x = classifier(self.num_classes, dtype=self.dtype)(x)
+        x = conv_classifier(self.num_classes, x.shape[-1], use_bias=False, dtype=self.dtype)(x)
         return x.astype(jnp.float32)
 
 
@@ -146,7 +153,14 @@ def resnet50(num_classes: int, dtype=jnp.float32, **kwargs) -> ResNet:
     return ResNet((3, 4, 6, 3), Bottleneck, num_classes, dtype=dtype, **kwargs)
 
 
-def resnet50_cifar(num_classes: int, dtype=jnp.float32, **kwargs) -> ResNet:
+def resnet50_bottleneck_cifar(num_classes: int, dtype=jnp.float32, **kwargs) -> ResNet:
+    """The ImageNet ResNet-50 with a 3x3/1 stem and no max-pool, for 32x32 input.
+
+    Not the OptG reference's CIFAR-10 "ResNet-50" (that is `resnet50_cifar`, a 6n+2 network of
+    basic blocks with 3.0M parameters). This bottleneck network is what several CIFAR pruning
+    papers call ResNet-50, and it is kept to compare with them. Its classifier and init are the
+    zoo's (bias-free, fan_in): 23,520,832 parameters with 10 classes.
+    """
     return ResNet((3, 4, 6, 3), Bottleneck, num_classes, stem="cifar", dtype=dtype, **kwargs)
 
 

@@ -1,10 +1,13 @@
-"""VGG-19 with BatchNorm for CIFAR, as used in the pruning literature (SNIP, GraSP, SynFlow).
+"""VGG-19 with BatchNorm for CIFAR, as the OptG reference code builds it (`models/vgg_cifar.py`).
 
-Sixteen 3x3 convs (each conv with bias -> BatchNorm -> ReLU) in the configuration
-64,64,M,128,128,M,256x4,M,512x4,M,512x4 ("M" = 2x2/2 max-pool), then a global average pool and
-ONE linear classifier 512 -> num_classes. With 10 classes this has 20,040,522 parameters, the
-"20.0M" / "20.04M" quoted for VGG-19 in the CIFAR pruning literature (e.g. GraSP, Wang et al.
-2020, whose PyTorch VGG keeps the default conv bias; without conv biases it would be 20,035,018).
+Sixteen bias-free 3x3 convs (conv -> BatchNorm -> ReLU) in the configuration
+64,64,M,128,128,M,256x4,M,512x4,M,512x4,M ("M" = 2x2/2 max-pool). Five pools take a 32x32 input
+down to 1x1; the classifier is a masked 1x1 conv 512 -> num_classes WITH a bias (the reference's
+`builder.conv1x1_fc`), written as a dense layer on the 1x1 map. With 10 classes: 20,035,018
+parameters, of which 20,024,000 are kernels (masked by default) and 11,008 BatchNorm scales and
+biases plus 10 classifier biases are not.
+
+This is not the VGG-19 of SNIP/GraSP (conv biases, four pools, global mean, 20,040,522 params).
 """
 
 from typing import Any, Sequence
@@ -12,7 +15,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.layers import batch_norm, classifier, conv
+from optg_jax.models.layers import batch_norm, conv, conv_classifier
 
 VGG19_CFG = (
     64,
@@ -35,13 +38,16 @@ VGG19_CFG = (
     512,
     512,
     512,
+    "M",
 )
 
 
 class VGG(nn.Module):
     """VGG over NHWC input; returns float32 logits `[B, num_classes]`.
 
-    Convs are named `conv{k}` / `bn{k}` by their index among the convolutions.
+    Convs are named `conv{k}` / `bn{k}` by their index among the convolutions, the classifier
+    `fc`. On a 32x32 input the last feature map is 1x1; on larger inputs it is averaged to 1x1
+    (the reference only accepts 32x32).
     """
 
     num_classes: int
@@ -55,11 +61,12 @@ class VGG(nn.Module):
             if v == "M":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 continue
-            x = conv(v, 3, dtype=self.dtype, use_bias=True, name=f"conv{k}")(x)
+            x = conv(v, 3, dtype=self.dtype, name=f"conv{k}")(x)
             x = nn.relu(batch_norm(train, dtype=self.dtype, name=f"bn{k}")(x))
             k += 1
         x = jnp.mean(x, axis=(1, 2))
-        return classifier(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        fc = conv_classifier(self.num_classes, x.shape[-1], use_bias=True, dtype=self.dtype)
+        return fc(x).astype(jnp.float32)
 
 
 def vgg19_cifar(num_classes: int, dtype=jnp.float32) -> VGG:
