@@ -100,9 +100,11 @@ def write_dataset(data_dir: str, num_images: int, seed: int = 0) -> dict:
     canvases = [texture(rng, 2 * HEIGHTS[1], 2 * WIDTHS[1]) for _ in range(4)]
     jpegs = [synthetic_jpeg(rng, canvases[i % 4], h, w) for i, (h, w) in enumerate(shapes)]
 
+    # Looked up outside `skip_registration`: the look-up imports (and registers) TFDS's builders.
+    registered = tfds.builder_cls("imagenet2012")
     with tfds.core.registered.skip_registration():
 
-        class SyntheticImagenet(tfds.builder_cls("imagenet2012")):
+        class SyntheticImagenet(registered):
             name = "imagenet2012"  # The registered builder reads what this one writes.
 
             def _split_generators(self, dl_manager):

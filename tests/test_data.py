@@ -308,9 +308,11 @@ NUM_TRAIN, NUM_EVAL, FIRST_EVAL_LABEL = 50, 10, 500
 @pytest.fixture(scope="module")
 def tiny_imagenet(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
+    # Looked up outside `skip_registration`: the look-up imports (and registers) TFDS's builders.
+    registered = tfds.builder_cls("imagenet2012")
     with tfds.core.registered.skip_registration():
 
-        class TinyImagenet(tfds.builder_cls("imagenet2012")):
+        class TinyImagenet(registered):
             name = "imagenet2012"  # The registered builder reads what this one writes.
 
             def _split_generators(self, dl_manager):
