@@ -1,18 +1,21 @@
 """Input pipeline: TFDS data sets as deterministic, resumable, per-process numpy batches.
 
-One batch's path: `train_iterator` builds the global batch order of an epoch from `(seed, epoch)`
-alone, every process takes its own rows `[i*local:(i+1)*local]` of each global batch, and the
-batch leaves as `{'image': float32 [local, H, W, C] normalised, 'label': int32 [local]}`.
-Because order and augmentation depend only on `(seed, epoch, position in epoch)`:
-
-* N processes together see exactly the batches one process sees;
-* `start_step=s` yields exactly what the uninterrupted iterator yields from step `s` on.
+One batch's path: `train_iterator` yields this process's `local` rows of every global batch as
+`{'image': float32 [local, H, W, C] normalised, 'label': int32 [local]}`. Order and augmentation
+depend only on `(seed, epoch, position in epoch)` and, for streamed data, the process count, so
+`start_step=s` yields exactly what the uninterrupted iterator yields from step `s` on.
 
 Fashion-MNIST and CIFAR-10 are held in memory as uint8 numpy arrays and batched with numpy (a
-2-core CPU host gives thousands of batches/s). ImageNet (and the small data sets with
-`cache=False`) streams through tf.data with a per-epoch file-level shuffle and a seeded buffer
-shuffle; its augmentation uses stateless TF random ops seeded per example. Everything also runs
-under `tfds.testing.mock_data`.
+2-core CPU host gives thousands of batches/s): every process builds the same global batch order
+and takes its rows `[i*local:(i+1)*local]`, so N processes together see exactly the batches one
+process sees. ImageNet (and the small data sets with `cache=False`) streams through tf.data, and
+there each of the H processes reads only its own contiguous share of the split (a TFDS even
+split, about N/H records), shuffled per epoch at file level and through a seeded buffer; its
+augmentation uses stateless TF random ops seeded per example. Everything also runs under
+`tfds.testing.mock_data`.
+
+TensorFlow is only the input pipeline here: every public function first hides the GPUs from it
+(`hide_gpus_from_tensorflow`), so that JAX keeps all of their memory.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Iterator, Mapping, NamedTuple
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from optg_jax import fashion_mnist
 
@@ -155,6 +159,25 @@ def resolve_data_dir(data_dir: str | None) -> str:
     return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
+def hide_gpus_from_tensorflow() -> None:
+    """Makes TensorFlow see no GPU, so that it takes none of the memory JAX trains in.
+
+    TensorFlow only runs the input pipeline here. Its device list is fixed when its runtime starts
+    (at the first TF op), so this must run before that; every public function of this module calls
+    it first. Calling it again is harmless. If the runtime already started with GPUs visible (some
+    other code ran TF first), it logs a warning instead: TF then holds GPU memory until exit.
+    """
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        if tf.config.list_logical_devices("GPU"):
+            logging.warning(
+                "TensorFlow started on the GPUs before the input pipeline could hide them and "
+                "keeps GPU memory that JAX cannot use; call "
+                "optg_jax.data.hide_gpus_from_tensorflow() before any other TensorFlow code."
+            )
+
+
 def _is_remote(data_dir: str) -> bool:
     return "://" in data_dir
 
@@ -203,6 +226,7 @@ def ensure_dataset(name: str, data_dir: str | None = None) -> None:
     A remote data_dir (gs://...) is never prepared, only read. Under `tfds.testing.mock_data`
     every data set counts as prepared.
     """
+    hide_gpus_from_tensorflow()
     spec = _spec(name)
     data_dir = resolve_data_dir(data_dir)
     if _is_remote(data_dir):
@@ -231,6 +255,7 @@ def dataset_info(
     mocked size), otherwise from the published split sizes. With `validation_examples` = n > 0
     the training split loses its last n examples and the eval split is those n.
     """
+    hide_gpus_from_tensorflow()
     spec = _spec(name, validation_examples)
     size = _image_size(spec, image_size)
     builder = tfds.builder(name, data_dir=resolve_data_dir(data_dir))
@@ -445,22 +470,6 @@ def _tf_normalize(image: tf.Tensor, spec: _Spec) -> tf.Tensor:
     return (tf.cast(image, tf.float32) - mean) / std
 
 
-def _deterministic_options() -> tf.data.Options:
-    options = tf.data.Options()
-    options.deterministic = True
-    return options
-
-
-def _own_rows(global_batch: int, local_batch: int, process_index: int):
-    """Returns a filter keeping the (index, example) pairs in this process's rows."""
-
-    def keep(index, example):
-        del example
-        return (index % global_batch) // local_batch == process_index
-
-    return keep
-
-
 def _small_image(image: tf.Tensor, size: int) -> tf.Tensor:
     if tuple(image.shape[:2]) != (size, size):
         image = tf.image.resize(image, (size, size), antialias=True)
@@ -497,41 +506,77 @@ def _decoders(name: str):
     return {"image": tfds.decode.SkipDecoding()} if name == "imagenet2012" else None
 
 
+def _process_split(split: str, process_index: int, process_count: int):
+    """This process's contiguous share of `split`: a TFDS even split (shares differ by at most
+    one example), so that the process reads only those records."""
+    if process_count == 1:
+        return split
+    return tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count
+    )
+
+
+def _pipeline_options(deterministic: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return options
+
+
 def _streamed_train(
-    builder, spec, n, global_batch, local_batch, process_index, seed, start_step, size, augment
+    builder,
+    spec,
+    n,
+    global_batch,
+    local_batch,
+    process_index,
+    process_count,
+    seed,
+    start_step,
+    size,
+    augment,
+    deterministic,
 ) -> Iterator[Batch]:
     steps = n // global_batch
-    buffer = min(n, 16 * global_batch)
+    split = _process_split(spec.train_split, process_index, process_count)
+    # 16 steps of this process's data; encoded ImageNet records are about 110 kB each.
+    buffer = min(n, 16 * local_batch)
     train_image = _streamed_train_image(builder.name, size, augment)
+    row_offset = process_index * local_batch
 
     def epoch_dataset(epoch: int, first_step: int) -> tf.data.Dataset:
-        shuffle_seed = _derive_seed(seed, _SHUFFLE, epoch)
+        # Per process: equal seeds would shuffle every share alike and keep the examples at equal
+        # positions of the shares in the same global batch, epoch after epoch.
+        shuffle_seed = _derive_seed(seed, _SHUFFLE, epoch, process_index)
         augment_seed = tf.constant(_derive_seed(seed, _AUGMENT, epoch), tf.int64)
         # No autocache: each epoch builds a fresh pipeline, so TFDS's cache would never be reused.
         read_config = tfds.ReadConfig(
-            shuffle_seed=shuffle_seed, try_autocache=False, options=_deterministic_options()
+            shuffle_seed=shuffle_seed,
+            try_autocache=False,
+            options=_pipeline_options(deterministic),
         )
         ds = builder.as_dataset(
-            split=spec.train_split,
+            split=split,
             shuffle_files=True,
             read_config=read_config,
             decoders=_decoders(builder.name),
         )
         ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-        # Index within the epoch: decides the row of the global batch and the augmentation seed.
-        ds = ds.take(steps * global_batch).enumerate().skip(first_step * global_batch)
-        ds = ds.filter(_own_rows(global_batch, local_batch, process_index))
+        # Every share holds at least steps * local_batch examples (n // process_count of them).
+        ds = ds.take(steps * local_batch).enumerate().skip(first_step * local_batch)
 
         def preprocess(index, example):
-            image = train_image(example["image"], tf.stack([augment_seed, index]))
+            # The example's position in the global batch order seeds its augmentation, so no two
+            # examples of an epoch share a seed, whatever the process count.
+            position = (index // local_batch) * global_batch + row_offset + index % local_batch
+            image = train_image(example["image"], tf.stack([augment_seed, position]))
             return {
                 "image": _tf_normalize(image, spec),
                 "label": tf.cast(example["label"], tf.int32),
             }
 
-        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
         ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
-        return ds.with_options(_deterministic_options())
+        return ds.with_options(_pipeline_options(deterministic))
 
     epoch, first_step = divmod(start_step, steps)
     while True:
@@ -540,32 +585,39 @@ def _streamed_train(
 
 
 def _streamed_eval(
-    builder, spec, n, global_batch, local_batch, process_index, size
+    builder,
+    spec,
+    n,
+    global_batch,
+    local_batch,
+    process_index,
+    process_count,
+    size,
+    deterministic,
 ) -> Iterator[Batch]:
     ds = builder.as_dataset(
-        split=spec.eval_split,
+        split=_process_split(spec.eval_split, process_index, process_count),
         shuffle_files=False,
         read_config=tfds.ReadConfig(try_autocache=False),
         decoders=_decoders(builder.name),
     )
-    ds = ds.enumerate().filter(_own_rows(global_batch, local_batch, process_index))
     eval_image = _streamed_eval_image(builder.name, size)
 
-    def preprocess(index, example):
-        del index
+    def preprocess(example):
         return {
             "image": _tf_normalize(eval_image(example["image"]), spec),
             "label": tf.cast(example["label"], tf.int32),
         }
 
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch).prefetch(2).with_options(_deterministic_options())
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(local_batch).prefetch(2).with_options(_pipeline_options(deterministic))
+    # A share holds at most ceil(n / process_count) examples, which fill at most this many.
     num_batches = math.ceil(n / global_batch)
     produced = 0
     for batch in tfds.as_numpy(ds):
         produced += 1
         yield _pad_eval_batch(batch["image"], batch["label"], local_batch)
-    # Processes whose rows of the last global batch are all padding still take part.
+    # Processes with fewer examples pad with empty batches, so that all take every step.
     empty_image = np.zeros((0, size, size, spec.channels), np.float32)
     for _ in range(produced, num_batches):
         yield _pad_eval_batch(empty_image, np.zeros(0, np.int32), local_batch)
@@ -586,25 +638,50 @@ def train_iterator(
     cache: bool = True,
     augment: bool | None = None,
     validation_examples: int = 0,
+    deterministic: bool = True,
 ) -> Iterator[Batch]:
     """Yields this process's training batches forever, from global step `start_step` on.
 
-    Each batch is {'image': float32 [local, H, W, C] normalised per channel, 'label': int32
-    [local]} with local = global_batch_size // process_count: rows [i*local:(i+1)*local] of the
-    global batch for process i. Epoch e is a shuffle that depends only on (seed, e); the last
-    partial global batch is dropped, so an epoch has num_train_examples // global_batch_size
-    steps. Augmentation (default per data set: ImageNet random-resized crop + flip, CIFAR-10
-    pad-4 crop + flip, Fashion-MNIST none) is seeded by (seed, epoch, position), so resuming is
-    bitwise exact.
+    An epoch has num_train_examples // global_batch_size steps and, over all processes, yields
+    every example once except num_train_examples % global_batch_size left out. Augmentation
+    (default per data set: ImageNet random-resized crop + flip, CIFAR-10 pad-4 crop + flip,
+    Fashion-MNIST none) is seeded by (seed, epoch, position), so resuming is bitwise exact.
 
     With `cache` (the default) Fashion-MNIST and CIFAR-10 are loaded into memory once (a few
-    seconds) and batched with numpy; `cache=False` streams them through tf.data like ImageNet,
-    with a different (file- and buffer-shuffled, equally deterministic) order. ImageNet is always
-    streamed: every process reads the whole split and decodes only its own rows.
+    seconds) and batched with numpy: epoch e is a permutation that depends only on (seed, e), and
+    process i takes rows [i*local:(i+1)*local] of each global batch, so any process count sees the
+    same global batches. ImageNet, and the small data sets with `cache=False`, stream through
+    tf.data: process i reads only its own share of the split (a TFDS even split, about
+    num_train_examples / process_count records per epoch), shuffled per epoch with seeds of
+    (seed, epoch, i). Every global batch then holds `local` examples of each share: the order is a
+    function of (seed, step, process_count), and a run resumed with another process count still
+    sees every example once per epoch, in another order.
 
-    `validation_examples` = n > 0 leaves out the last n examples of the training split (see
-    `eval_iterator`).
+    Args:
+      name: `fashion_mnist`, `cifar10` or `imagenet2012`.
+      data_dir: TFDS data directory (None: TFDS's default, see `resolve_data_dir`).
+      global_batch_size: examples per step over all processes; divisible by `process_count`.
+      seed: non-negative seed of the order and of the augmentation.
+      start_step: global step of the first batch (a resumed run's step).
+      process_index: this process, in [0, process_count).
+      process_count: processes that share each global batch.
+      image_size: model-input side in pixels (None or 0: the data set's own).
+      cache: hold the small data sets in memory (ImageNet always streams).
+      augment: random crops and flips (None: the data set's default).
+      validation_examples: n > 0 leaves out the last n training examples (see `eval_iterator`).
+      deterministic: streamed data only; False lets tf.data hand out examples in the order they
+        finish, so batches differ from run to run and resuming is no longer exact (see
+        BENCHMARKS.md for what it saves).
+
+    Returns:
+      An endless iterator of {'image': float32 [local, H, W, C] normalised per channel, 'label':
+      int32 [local]}, local = global_batch_size // process_count.
+
+    Raises:
+      ValueError: a bad argument, or more examples per batch than the split holds.
+      FileNotFoundError: the data set is not prepared under `data_dir`.
     """
+    hide_gpus_from_tensorflow()
     spec = _spec(name, validation_examples)
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)
     _check_seed_and_step(seed, start_step)
@@ -637,10 +714,12 @@ def train_iterator(
         global_batch_size,
         local_batch,
         process_index,
+        process_count,
         seed,
         start_step,
         size,
         augment,
+        deterministic,
     )
 
 
@@ -652,18 +731,38 @@ def eval_iterator(
     process_count: int = 1,
     image_size: int | None = None,
     validation_examples: int = 0,
+    deterministic: bool = True,
 ) -> Iterator[Batch]:
-    """Yields one pass over the eval split in stored order, padded to whole global batches.
+    """Yields one pass over the eval split, padded to whole global batches.
 
     The eval split is the data set's test split (ImageNet: validation), or with
     `validation_examples` = n > 0 the last n examples of the training split, which
-    `train_iterator(validation_examples=n)` never yields.
+    `train_iterator(validation_examples=n)` never yields. In-memory data sets give process i
+    rows [i*local:(i+1)*local] of each global batch of the stored order; streamed ones give
+    process i its own share of the split (a TFDS even split), read by it alone. Either way every
+    process yields ceil(num_eval_examples / global_batch_size) batches, and summing masked
+    metrics over all processes counts every example exactly once.
 
-    Each batch is {'image': float32 [local, H, W, C], 'label': int32 [local], 'mask': float32
-    [local]}; mask is 1 for real examples and 0 for padding, so summing masked metrics over all
-    processes counts every example exactly once. Every process yields
-    ceil(num_eval_examples / global_batch_size) batches.
+    Args:
+      name: `fashion_mnist`, `cifar10` or `imagenet2012`.
+      data_dir: TFDS data directory (None: TFDS's default).
+      global_batch_size: examples per step over all processes; divisible by `process_count`.
+      process_index: this process, in [0, process_count).
+      process_count: processes that share each global batch.
+      image_size: model-input side in pixels (None or 0: the data set's own).
+      validation_examples: n > 0 evaluates on the last n examples of the training split.
+      deterministic: streamed data only; False lets tf.data hand out examples in the order they
+        finish (the same examples, so the same metrics, in another order).
+
+    Returns:
+      An iterator of {'image': float32 [local, H, W, C], 'label': int32 [local], 'mask': float32
+      [local]}: mask is 1 for real examples and 0 for padding.
+
+    Raises:
+      ValueError: a bad argument.
+      FileNotFoundError: the data set is not prepared under `data_dir`.
     """
+    hide_gpus_from_tensorflow()
     spec = _spec(name, validation_examples)
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)
     size = _image_size(spec, image_size)
@@ -675,4 +774,14 @@ def eval_iterator(
     n = _num_examples(builder, spec.eval_split)
     if n is None:
         raise FileNotFoundError(_not_prepared_message(name, data_dir))
-    return _streamed_eval(builder, spec, n, global_batch_size, local_batch, process_index, size)
+    return _streamed_eval(
+        builder,
+        spec,
+        n,
+        global_batch_size,
+        local_batch,
+        process_index,
+        process_count,
+        size,
+        deterministic,
+    )
