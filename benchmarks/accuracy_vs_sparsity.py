@@ -93,8 +93,8 @@ CSV_FIELDS = (
     "top1",
     "top5",
     "final_sparsity",
-    "flops",
-    "dense_flops",
+    "macs",
+    "dense_macs",
     "wall_time_s",
     "train_time_s",
     "steps",
@@ -324,8 +324,8 @@ def row_from_results(spec: Spec, results: dict, config) -> dict:
         "top1": results["top1"],
         "top5": results["top5"],
         "final_sparsity": results["sparsity"],
-        "flops": results["flops"],
-        "dense_flops": results["dense_flops"],
+        "macs": results["macs"],
+        "dense_macs": results["dense_macs"],
         "wall_time_s": results["wall_time_s"],
         "train_time_s": results["train_time_s"],
         "steps": results["steps"],
@@ -353,10 +353,18 @@ def record_path(root: str, spec: Spec) -> str:
     return os.path.join(root, "records", spec.name + ".json")
 
 
+# Record keys before multiply-accumulates were called MACs everywhere; read as the new keys.
+RENAMED_KEYS = {"flops": "macs", "dense_flops": "dense_macs"}
+
+
+def _load_record(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return {RENAMED_KEYS.get(k, k): v for k, v in json.load(f).items()}
+
+
 def read_record(root: str, spec: Spec) -> dict | None:
     try:
-        with open(record_path(root, spec), encoding="utf-8") as f:
-            return json.load(f)
+        return _load_record(record_path(root, spec))
     except (OSError, ValueError):
         return None
 
@@ -366,8 +374,7 @@ def read_all_records(root: str) -> list[dict]:
     rows = []
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
         if name.endswith(".json"):
-            with open(os.path.join(directory, name), encoding="utf-8") as f:
-                rows.append(json.load(f))
+            rows.append(_load_record(os.path.join(directory, name)))
     return rows
 
 
@@ -550,8 +557,8 @@ def accuracy_table(rows: list[dict], epochs: int, split: str = "test") -> list[s
     macs = {}
     for r in rows:
         if int(r["epochs"]) == epochs and r["method"] != "dense":
-            macs.setdefault(float(r["sparsity"]), []).append(float(r["flops"]))
-    dense_macs = next((float(r["dense_flops"]) for r in rows), None)
+            macs.setdefault(float(r["sparsity"]), []).append(float(r["macs"]))
+    dense_macs = next((float(r["dense_macs"]) for r in rows), None)
     if macs and dense_macs:
         lines += [
             "",

@@ -1,7 +1,7 @@
 """What OptG costs per train step, and how fast the exact global threshold is.
 
 Builds, in one process, the dense train step and the sparse train steps (optg, magnitude, taylor)
-of the training program (`optg_jax.training.train_step`) for the same model and batch, warms them
+of the training program (`optg_jax.steps.train_step`) for the same model and batch, warms them
 up, then times them interleaved (round-robin, one step of each per round) so that machine noise
 hits every variant alike, and prints median step-time ratios sparse/dense for ordinary steps and for
 mask-refresh steps. Also: compile count after refresh steps (must stay 1), bytes of OptG state per
@@ -35,7 +35,7 @@ from report import BENCHMARKS_MD, update_section  # noqa: E402
 
 import optg_jax  # noqa: E402
 from optg_jax import config as config_lib  # noqa: E402
-from optg_jax import models, topk, training  # noqa: E402
+from optg_jax import models, steps, topk  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "step_overhead.md")
 
@@ -50,7 +50,11 @@ def build_step(
     mask_update_every=10**6,
     total_steps=10**7,
 ):
-    """Returns (jitted step, initial TrainState, the jitted function for cache inspection)."""
+    """The training program's train step for one benchmark variant.
+
+    Returns:
+      (the jitted `steps.train_step`, donating its state argument; the initial `TrainState`).
+    """
     config = config_lib.base_config()
     config.model, config.criterion, config.dtype = model_name, criterion, dtype
     config.sparsity = 0.0 if criterion == "dense" else 0.9
@@ -58,19 +62,12 @@ def build_step(
     config.mask_update_every = mask_update_every
     config.label_smoothing = 0.0
     model = models.create(model_name, num_classes, dtype=jnp.dtype(dtype))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)
-    lr = training.learning_rate_schedule(config, total_steps, 1000)
-    tx = training.make_optimizer(config, total_steps, 1000, lr)
-    params = variables["params"]
-    state = training.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-    )
+    lr = steps.learning_rate_schedule(config, total_steps, 1000)
+    tx = steps.make_optimizer(config, total_steps, 1000, lr)
+    state = steps.create_train_state(jax.random.key(0), model, tx, image_shape)
     fn = jax.jit(
         functools.partial(
-            training.train_step,
+            steps.train_step,
             model=model,
             tx=tx,
             num_classes=num_classes,

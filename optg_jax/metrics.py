@@ -187,9 +187,9 @@ def summary_table(results: Mapping[str, Any]) -> str:
             f"{100 * results['sparsity']:.2f}% ({100 * results.get('target_sparsity', 0.0):.2f}%)",
         ),
         (
-            "FLOPs (dense)",
-            f"{_human(results['flops'])} ({_human(results['dense_flops'])}), "
-            f"{results['dense_flops'] / max(results['flops'], 1):.1f}x fewer",
+            "MACs (dense)",
+            f"{_human(results['macs'])} ({_human(results['dense_macs'])}), "
+            f"{results['dense_macs'] / max(results['macs'], 1):.1f}x fewer",
         ),
     ]
     if "train_time_s" in results:

@@ -30,8 +30,8 @@ def _row(bench, method, sparsity, seed, top1, epochs=4):
         "top1": top1,
         "top5": 0.99,
         "final_sparsity": sparsity,
-        "flops": 1e6 * (1 - sparsity),
-        "dense_flops": 1e6,
+        "macs": 1e6 * (1 - sparsity),
+        "dense_macs": 1e6,
         "wall_time_s": 100.0 + seed,
         "train_time_s": 90.0,
         "steps": 936,
@@ -172,8 +172,8 @@ def test_run_all_resumes_and_applies_method_options(bench, tmp_path):
             "top1": 0.8,
             "top5": 0.99,
             "sparsity": config.sparsity,
-            "flops": 1,
-            "dense_flops": 2,
+            "macs": 1,
+            "dense_macs": 2,
             "wall_time_s": 1.0,
             "train_time_s": 1.0,
             "steps": 10,
@@ -229,3 +229,15 @@ def test_validation_runs_have_their_own_protocol_and_report(bench, tmp_path):
     assert (results / "accuracy_vs_sparsity_validation.csv").exists()
     assert not (results / "accuracy_vs_sparsity.csv").exists()
     assert md.read_text().count(bench.report.markers("accuracy_vs_sparsity_validation")[0]) == 1
+
+
+def test_records_written_before_the_macs_rename_read_as_macs(bench, tmp_path):
+    spec = bench.Spec("optg", 0.99, 0, 4)
+    old = {k: v for k, v in _row(bench, "optg", 0.99, 0, 0.8).items() if "macs" not in k}
+    old.update(flops=12345, dense_flops=1e6)
+    path = bench.record_path(str(tmp_path), spec)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump(old, f)
+    for row in (bench.read_record(str(tmp_path), spec), bench.read_all_records(str(tmp_path))[0]):
+        assert (row["macs"], row["dense_macs"]) == (12345, 1e6) and "flops" not in row

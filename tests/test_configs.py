@@ -50,12 +50,12 @@ def test_config_has_shared_fields_and_validates(name):
 def test_sparsity_ramp_ends_well_before_the_run(name):
     """Within 1% of the target by 70% of training, exactly the target from the end of pruning."""
     import optg_jax  # pylint: disable=import-outside-toplevel
-    from optg_jax import training  # pylint: disable=import-outside-toplevel
+    from optg_jax import steps  # pylint: disable=import-outside-toplevel
 
     config = load(name)
     steps_per_epoch = 50
     total = config.num_epochs * steps_per_epoch
-    end = training.pruning_end_step(config, total)
+    end = steps.pruning_end_step(config, total)
     schedule = optg_jax.schedules.sigmoid_schedule(
         config.sparsity, 0, end, config.beta, steps_per_epoch
     )

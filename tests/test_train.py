@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from optg_jax import checkpoints, training
+from optg_jax import checkpoints, steps, training
 from optg_jax.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,8 +74,8 @@ def test_results_and_exact_target_sparsity(finished):
         "top1",
         "top5",
         "sparsity",
-        "flops",
-        "dense_flops",
+        "macs",
+        "dense_macs",
         "steps",
         "model",
         "criterion",
@@ -88,7 +88,7 @@ def test_results_and_exact_target_sparsity(finished):
     on_disk = json.loads((workdir / "results.json").read_text())
     assert on_disk["top1"] == results["top1"]
     assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
-    assert 0 < results["flops"] < results["dense_flops"]
+    assert 0 < results["macs"] < results["dense_macs"]
     # Exactly floor(N * (1 - 0.9)) of the N masked weights are kept.
     export = np.load(workdir / "export" / "model.npz")
     kernels = [k for k in export.files if k.startswith("params/") and export[k].ndim >= 2]
@@ -113,8 +113,8 @@ def test_workdir_contents(finished):
         "eval/top5",
         "sparsity/global",
         "sparsity/target",
-        "flops/sparse",
-        "flops/dense",
+        "macs/sparse",
+        "macs/dense",
         "lr",
         "score_lr",
     ):
@@ -132,11 +132,35 @@ def test_rerun_after_completion_does_no_steps(finished):
     assert snapshot(workdir) == before
 
 
+def test_rerun_of_a_run_written_before_the_macs_rename_prints_its_results(
+    finished, tmp_path, capsys
+):
+    """A results.json with the old keys `flops`/`dense_flops` still reads as a finished run."""
+    workdir, results = finished
+    old = tmp_path / "old"
+    shutil.copytree(workdir, old)
+    on_disk = json.loads((old / "results.json").read_text())
+    renamed = {"macs": "flops", "dense_macs": "dense_flops"}
+    (old / "results.json").write_text(
+        json.dumps({renamed.get(k, k): v for k, v in on_disk.items()})
+    )
+    before = snapshot(old)
+    capsys.readouterr()
+    again = run(imagenet_test_config(), old)
+    out = capsys.readouterr().out
+    assert again["macs"] == results["macs"] and again["dense_macs"] == results["dense_macs"]
+    assert "flops" not in again and again["top1"] == results["top1"]
+    assert "holds a finished run" in out
+    ratio = results["dense_macs"] / results["macs"]
+    assert f"{ratio:.1f}x fewer" in out and "MACs (dense)" in out
+    assert snapshot(old) == before
+
+
 def test_eval_only(finished):
     workdir, results = finished
     out = run(imagenet_test_config(eval_only=True), workdir)
     assert out["steps"] == NUM_STEPS and out["top1"] == pytest.approx(results["top1"])
-    assert out["sparsity"] == results["sparsity"] and out["flops"] == results["flops"]
+    assert out["sparsity"] == results["sparsity"] and out["macs"] == results["macs"]
     assert (workdir / "eval_results.json").exists()
 
 
@@ -207,7 +231,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_dense_baseline_and_bfloat16(tmp_path):
     results = run(imagenet_test_config(criterion="dense", dtype="bfloat16"), tmp_path / "w")
-    assert results["sparsity"] == 0.0 and results["flops"] == results["dense_flops"]
+    assert results["sparsity"] == 0.0 and results["macs"] == results["dense_macs"]
     assert results["steps"] == NUM_STEPS and results["layer_sparsity"] == {}
 
 
@@ -277,7 +301,7 @@ def test_config_fields_reach_optg_optax(monkeypatch):
         score_momentum=0.5,
         mask_update_every=2,
     )
-    training.make_optimizer(config, 6, 3, lambda step: 0.1)
+    steps.make_optimizer(config, 6, 3, lambda step: 0.1)
     assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
     assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
 
