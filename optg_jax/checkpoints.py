@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from optg_jax import files
 from optg_jax.config import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -40,13 +41,9 @@ class CheckpointError(RuntimeError):
 # File helpers over etils.epath, so a workdir may be local or remote (gs://...).
 
 
-def is_remote(path) -> bool:
-    return "://" in str(path)
-
-
 def workdir_path(workdir: str) -> epath.Path:
     """The workdir as an epath.Path (absolute when local)."""
-    return epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir))
+    return epath.Path(workdir if files.is_remote(workdir) else os.path.abspath(workdir))
 
 
 def read_json(path) -> dict | None:
@@ -59,11 +56,7 @@ def read_json(path) -> dict | None:
 
 def write_json(path, obj: dict) -> None:
     """Writes `obj` as JSON (through a temporary file, so a reader never sees half a file)."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    files.write_text_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def checkpoint_steps_on_disk(workdir: str) -> list[int]:

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from optg_jax import fashion_mnist
+from optg_jax import fashion_mnist, files
 
 Batch = Mapping[str, np.ndarray]
 
@@ -151,12 +151,8 @@ def _base_split(split: str) -> str:
 def resolve_data_dir(data_dir: str | None) -> str:
     """Returns `data_dir`, or TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
     if data_dir:
-        return data_dir if _is_remote(data_dir) else os.path.expanduser(data_dir)
+        return data_dir if files.is_remote(data_dir) else os.path.expanduser(data_dir)
     return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
-
-
-def _is_remote(data_dir: str) -> bool:
-    return "://" in data_dir
 
 
 def _image_size(spec: _Spec, image_size: int | None) -> int:
@@ -205,7 +201,7 @@ def ensure_dataset(name: str, data_dir: str | None = None) -> None:
     """
     spec = _spec(name)
     data_dir = resolve_data_dir(data_dir)
-    if _is_remote(data_dir):
+    if files.is_remote(data_dir):
         return
     builder = tfds.builder(name, data_dir=data_dir)
     if _num_examples(builder, spec.train_split) is not None:

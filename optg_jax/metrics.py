@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 from etils import epath
 
+from optg_jax import files
+
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flattens nested dicts into {'a/b/c': leaf}."""
@@ -51,7 +53,7 @@ class MetricWriter:
         if enabled:
             self._tb = _TensorBoardWriter(os.path.join(workdir, "tb"))
             self._path = epath.Path(workdir) / "metrics.jsonl"
-            if "://" in str(workdir):
+            if files.is_remote(workdir):
                 self._lines = self._path.read_text().splitlines() if self._path.exists() else []
             else:
                 self._jsonl = open(self._path, "a", encoding="utf-8")
