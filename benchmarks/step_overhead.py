@@ -8,8 +8,8 @@ mask-refresh steps. Also: compile count after refresh steps (must stay 1), bytes
 masked weight, the compiled step's memory analysis (donated buffers, temporaries against the size of
 the params), and the exact global threshold over ResNet-50's 25.6M kernel weights.
 
-  .venv/bin/python benchmarks/step_overhead.py            # CPU: ResNet-20 and the Fashion-MNIST net
-  .venv/bin/python benchmarks/step_overhead.py --resnet50 # adds ResNet-50 at 224 (accelerators)
+  .venv/bin/python -m benchmarks.step_overhead            # CPU: ResNet-20 and the Fashion-MNIST net
+  .venv/bin/python -m benchmarks.step_overhead --resnet50 # adds ResNet-50 at 224 (accelerators)
 
 Prints the tables and writes them to benchmarks/results/step_overhead.md and to the
 `step_overhead` section of BENCHMARKS.md.
@@ -21,23 +21,18 @@ import argparse
 import functools
 import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import optg_jax
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, update_section
+from optg_jax import config as config_lib
+from optg_jax import models, steps, topk
 
-from report import BENCHMARKS_MD, update_section  # noqa: E402
-
-import optg_jax  # noqa: E402
-from optg_jax import config as config_lib  # noqa: E402
-from optg_jax import models, steps, topk  # noqa: E402
-
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "step_overhead.md")
+OUT = os.path.join(RESULTS_DIR, "step_overhead.md")
 
 
 def build_step(
