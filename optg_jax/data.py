@@ -105,6 +105,16 @@ _SPECS: Mapping[str, _Spec] = types.MappingProxyType(
     }
 )
 
+
+def names() -> list[str]:
+    """The data set names the functions here accept.
+
+    Returns:
+      The names, e.g. `['fashion_mnist', 'cifar10', 'imagenet2012']`.
+    """
+    return list(_SPECS)
+
+
 _CIFAR_PAD = 4
 _EVAL_RESIZE_RATIO = 256 / 224  # ImageNet eval: resize the shorter side to 256, crop 224.
 # Domain tags keep the random streams for shuffling and augmentation independent.

@@ -234,7 +234,11 @@ class Run:
           An iterator of `{'image', 'label'}` global arrays sharded by `batch_sharding`.
         """
         local = data.train_iterator(
-            seed=self.config.seed, start_step=start_step, **self._iterator_args()
+            seed=self.config.seed,
+            start_step=start_step,
+            cache=self.config.data_in_memory,
+            augment=config_lib.AUGMENT[self.config.augment],
+            **self._iterator_args(),
         )
         return (self._global_batch(b, ("image", "label")) for b in local)
 

@@ -3,6 +3,7 @@ sparsity, checkpoints, resume (after completion, and from a corrupt latest check
 refusal of another run's workdir, and a diverging run."""
 
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -282,6 +283,34 @@ def test_validation_split_is_evaluated_instead_of_test(tmp_path):
     config.validation_examples = 0
     results = run(config, tmp_path / "t")
     assert results["eval_split"] == "test" and results["num_eval_examples"] == 32
+
+
+def test_data_fields_select_the_streamed_augmented_pipeline(tmp_path, monkeypatch):
+    """`data_in_memory=False` and `augment='on'` train Fashion-MNIST through tf.data, augmented."""
+    from optg_jax import data  # pylint: disable=import-outside-toplevel
+
+    calls, first_batches = [], []
+    original = data.train_iterator
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        batches = original(*args, **kwargs)
+        first_batches.append(next(batches))
+        return itertools.chain(first_batches[-1:], batches)
+
+    monkeypatch.setattr(data, "train_iterator", spy)
+    fields = dict(dataset="fashion_mnist", model="fmnist_cnn", image_size=28, num_epochs=1)
+    config = imagenet_test_config(data_in_memory=False, augment="on", **fields)
+    results = run(config, tmp_path / "w")
+    assert results["steps"] == 3 and 0 <= results["top1"] <= 1
+    assert (calls[0]["cache"], calls[0]["augment"]) == (False, True)
+    # The batches the run trained on are the streamed, augmented ones: the in-memory pipeline
+    # without augmentation yields other images for the same step.
+    with tfds.testing.mock_data(num_examples=32):
+        plain = next(original("fashion_mnist", None, 8, seed=0, cache=True, augment=False))
+        streamed = next(original("fashion_mnist", None, 8, seed=0, cache=False, augment=True))
+    np.testing.assert_array_equal(first_batches[0]["image"], streamed["image"])
+    assert not np.array_equal(first_batches[0]["image"], plain["image"])
 
 
 def test_config_fields_reach_optg_optax(monkeypatch):

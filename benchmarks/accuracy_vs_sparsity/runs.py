@@ -118,9 +118,19 @@ PER_RUN_FIELDS = (
 )
 
 
+# Identity fields added after grids had run: left out of the digest while at their defaults, so
+# that the workdirs of those grids keep their names.
+LATER_FIELDS = ("data_in_memory", "augment")
+
+
 def protocol_tag(config) -> str:
     """A directory name for the shared protocol: runs under other settings never mix."""
-    shared = {k: v for k, v in config_lib.identity(config).items() if k not in PER_RUN_FIELDS}
+    defaults = config_lib.base_config()
+    shared = {
+        k: v
+        for k, v in config_lib.identity(config).items()
+        if k not in PER_RUN_FIELDS and not (k in LATER_FIELDS and v == defaults[k])
+    }
     digest = hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
     size = config.image_size or "native"
     held_out = f"-val{config.validation_examples}" if config.validation_examples else ""
