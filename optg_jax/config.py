@@ -141,6 +141,17 @@ def paper_config(
     only. As in the paper, the sigmoid (beta = 1 per epoch) spans the whole run
     (`pruning_end_fraction = 1`): centred at mid-training and within 1% of the target about five
     epochs later, which leaves ~45% of the run to recover.
+
+    Args:
+      model: a model name (`optg_jax.models.names()`).
+      dataset: "imagenet2012" (224x224 inputs, label smoothing 0.1) or a CIFAR data set (32x32).
+      sparsity: the target sparsity.
+      num_epochs: the run's length in epochs.
+      learning_rate: the base learning rate at batch 256.
+      weight_decay: the weight decay.
+
+    Returns:
+      A `ConfigDict` from `base_config()` with those fields set.
     """
     c = base_config()
     imagenet = dataset == "imagenet2012"
@@ -245,15 +256,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def is_dense(config: ml_collections.ConfigDict) -> bool:
-    """True when the run trains a dense network (no OptG transformation in the chain)."""
+    """Whether the run trains a dense network (no OptG transformation in the chain).
+
+    Args:
+      config: the run's config.
+
+    Returns:
+      True for `criterion == "dense"` or `sparsity == 0`.
+    """
     return config.criterion == "dense" or config.sparsity == 0.0
 
 
 def effective_learning_rate(config: ml_collections.ConfigDict) -> float:
-    """The peak learning rate: the base lr at batch 256 scaled linearly with the batch size."""
+    """The peak learning rate: the base lr at batch 256 scaled linearly with the batch size.
+
+    Args:
+      config: the run's config (`learning_rate`, `batch_size`).
+
+    Returns:
+      `learning_rate * batch_size / 256`.
+    """
     return config.learning_rate * config.batch_size / 256.0
 
 
 def identity(config: ml_collections.ConfigDict) -> dict:
-    """The fields that define an experiment, as a JSON-friendly dict (see `IDENTITY_FIELDS`)."""
+    """The fields that define an experiment (see `IDENTITY_FIELDS`).
+
+    Args:
+      config: the run's config.
+
+    Returns:
+      `{field: value}`, JSON-friendly.
+    """
     return {k: config[k] for k in IDENTITY_FIELDS}

@@ -159,7 +159,14 @@ def _base_split(split: str) -> str:
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
-    """Returns `data_dir`, or TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
+    """Where the TFDS data sets are.
+
+    Args:
+      data_dir: a directory (`~` is expanded when local), or None/"" for TFDS's default.
+
+    Returns:
+      `data_dir`, or $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    """
     if data_dir:
         return data_dir if files.is_remote(data_dir) else os.path.expanduser(data_dir)
     return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
@@ -208,6 +215,15 @@ def ensure_dataset(name: str, data_dir: str | None = None) -> None:
     20 s, once). Other data sets must already be prepared: FileNotFoundError says what to do.
     A remote data_dir (gs://...) is never prepared, only read. Under `tfds.testing.mock_data`
     every data set counts as prepared.
+
+    Args:
+      name: the data set (`names()`).
+      data_dir: where TFDS data sets are (None: TFDS's default, see `resolve_data_dir`).
+
+    Raises:
+      ValueError: `name` is not a known data set.
+      FileNotFoundError: the data set is not prepared (or Debian's Fashion-MNIST files are
+        missing); the message says what to do.
     """
     spec = _spec(name)
     data_dir = resolve_data_dir(data_dir)
@@ -231,11 +247,24 @@ def dataset_info(
     image_size: int | None = None,
     validation_examples: int = 0,
 ) -> DatasetInfo:
-    """Returns the `DatasetInfo` of `name` at model-input size `image_size` (None/0: native).
+    """What a training program needs to know about a data set.
 
     Counts come from the data in `data_dir` when it is loadable (so mocked data reports its
-    mocked size), otherwise from the published split sizes. With `validation_examples` = n > 0
-    the training split loses its last n examples and the eval split is those n.
+    mocked size), otherwise from the published split sizes.
+
+    Args:
+      name: the data set (`names()`).
+      data_dir: where TFDS data sets are (None: TFDS's default).
+      image_size: the model input's height and width (None/0: the data set's native size).
+      validation_examples: n > 0 takes the last n examples of the training split as the eval
+        split (the training split loses them).
+
+    Returns:
+      The `DatasetInfo`.
+
+    Raises:
+      ValueError: an unknown `name`, a negative `image_size`, or `validation_examples` out of
+        range.
     """
     spec = _spec(name, validation_examples)
     size = _image_size(spec, image_size)
@@ -260,7 +289,18 @@ def dataset_info(
 
 
 def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
-    """Returns the number of full global batches in one pass over the training split."""
+    """The number of full global batches in one pass over the training split.
+
+    Args:
+      info: the data set's `DatasetInfo`.
+      global_batch_size: the batch over all processes.
+
+    Returns:
+      `info.num_train_examples // global_batch_size`.
+
+    Raises:
+      ValueError: the batch size is not positive or exceeds the training examples.
+    """
     _check_positive("global_batch_size", global_batch_size)
     _check_enough_examples(info.num_train_examples, global_batch_size)
     return info.num_train_examples // global_batch_size
@@ -589,23 +629,39 @@ def train_iterator(
     augment: bool | None = None,
     validation_examples: int = 0,
 ) -> Iterator[Batch]:
-    """Yields this process's training batches forever, from global step `start_step` on.
+    """This process's training batches forever, from global step `start_step` on.
 
-    Each batch is {'image': float32 [local, H, W, C] normalised per channel, 'label': int32
-    [local]} with local = global_batch_size // process_count: rows [i*local:(i+1)*local] of the
-    global batch for process i. Epoch e is a shuffle that depends only on (seed, e); the last
-    partial global batch is dropped, so an epoch has num_train_examples // global_batch_size
-    steps. Augmentation (default per data set: ImageNet random-resized crop + flip, CIFAR-10
-    pad-4 crop + flip, Fashion-MNIST none) is seeded by (seed, epoch, position), so resuming is
-    bitwise exact.
+    Process i gets rows [i*local:(i+1)*local] of each global batch, local = global_batch_size //
+    process_count. Epoch e is a shuffle that depends only on (seed, e); the last partial global
+    batch is dropped, so an epoch has num_train_examples // global_batch_size steps.
+    Augmentation is seeded by (seed, epoch, position), so resuming is bitwise exact.
 
-    With `cache` (the default) Fashion-MNIST and CIFAR-10 are loaded into memory once (a few
-    seconds) and batched with numpy; `cache=False` streams them through tf.data like ImageNet,
-    with a different (file- and buffer-shuffled, equally deterministic) order. ImageNet is always
-    streamed: every process reads the whole split and decodes only its own rows.
+    Args:
+      name: the data set (`names()`).
+      data_dir: where TFDS data sets are (None: TFDS's default).
+      global_batch_size: the batch over all processes.
+      seed: the seed of the order and the augmentation (>= 0).
+      start_step: the global step of the first batch (a resumed run passes its step).
+      process_index: this process's index, in [0, process_count).
+      process_count: the number of processes reading the data.
+      image_size: the model input's height and width (None/0: the data set's native size).
+      cache: Fashion-MNIST and CIFAR-10 are loaded into memory once (a few seconds) and batched
+        with numpy; False streams them through tf.data like ImageNet, in a different (file- and
+        buffer-shuffled, equally deterministic) order. ImageNet is always streamed: every
+        process reads the whole split and decodes only its own rows.
+      augment: None for the data set's default (ImageNet random-resized crop + flip, CIFAR-10
+        pad-4 crop + flip, Fashion-MNIST none); True or False to force it.
+      validation_examples: n > 0 leaves out the last n examples of the training split (see
+        `eval_iterator`).
 
-    `validation_examples` = n > 0 leaves out the last n examples of the training split (see
-    `eval_iterator`).
+    Returns:
+      An endless iterator of {'image': float32 [local, H, W, C] normalised per channel,
+      'label': int32 [local]}.
+
+    Raises:
+      ValueError: a bad argument (unknown name, batch not divisible by the processes, more than
+        the training examples, negative seed or step).
+      FileNotFoundError: the data set is not prepared under `data_dir`.
     """
     spec = _spec(name, validation_examples)
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)
@@ -655,16 +711,29 @@ def eval_iterator(
     image_size: int | None = None,
     validation_examples: int = 0,
 ) -> Iterator[Batch]:
-    """Yields one pass over the eval split in stored order, padded to whole global batches.
+    """One pass over the eval split in stored order, padded to whole global batches.
 
-    The eval split is the data set's test split (ImageNet: validation), or with
-    `validation_examples` = n > 0 the last n examples of the training split, which
-    `train_iterator(validation_examples=n)` never yields.
+    Padding rows have mask 0, so summing masked metrics over all processes counts every example
+    exactly once. Every process yields ceil(num_eval_examples / global_batch_size) batches.
 
-    Each batch is {'image': float32 [local, H, W, C], 'label': int32 [local], 'mask': float32
-    [local]}; mask is 1 for real examples and 0 for padding, so summing masked metrics over all
-    processes counts every example exactly once. Every process yields
-    ceil(num_eval_examples / global_batch_size) batches.
+    Args:
+      name: the data set (`names()`).
+      data_dir: where TFDS data sets are (None: TFDS's default).
+      global_batch_size: the batch over all processes.
+      process_index: this process's index, in [0, process_count).
+      process_count: the number of processes reading the data.
+      image_size: the model input's height and width (None/0: the data set's native size).
+      validation_examples: 0 evaluates on the data set's test split (ImageNet: validation);
+        n > 0 on the last n examples of the training split, which
+        `train_iterator(validation_examples=n)` never yields.
+
+    Returns:
+      An iterator of {'image': float32 [local, H, W, C], 'label': int32 [local], 'mask':
+      float32 [local]}, mask 1 for real examples and 0 for padding.
+
+    Raises:
+      ValueError: a bad argument (unknown name, batch not divisible by the processes).
+      FileNotFoundError: the data set is not prepared under `data_dir`.
     """
     spec = _spec(name, validation_examples)
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)

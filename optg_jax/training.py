@@ -245,7 +245,7 @@ class Run:
     def eval_batches(self) -> Iterator[dict]:
         """One pass over the eval split (at most `config.steps_per_eval` batches when > 0).
 
-        Returns:
+        Yields:
           An iterator of `{'image', 'label', 'mask'}` global arrays sharded by `batch_sharding`.
         """
         local = data.eval_iterator(**self._iterator_args())
