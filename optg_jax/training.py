@@ -360,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       dense_macs, steps and more.
 
     Raises:
-      ConfigError: (a ValueError) a bad config or a workdir of another run; nothing is written.
+      ConfigError: a bad config or a workdir of another run (a ValueError); nothing is written.
       FileNotFoundError: the data set is not prepared; nothing is written.
       TrainingError: a non-finite loss; the last good checkpoint is kept.
       checkpoints.CheckpointError: checkpoints exist but none is readable.
@@ -383,14 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _create_workdir(run, param_shapes)
 
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
-    abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.replicated), abstract_state
-    )
-    state, start_step = checkpoints.restore_latest(mngr, abstract_state, workdir, log=_say)
-    if state is None:
-        state = jax.jit(run.init_state, out_shardings=run.replicated)(rng)
-    else:
-        _say(f"resuming from the checkpoint at step {start_step}")
+    state, start_step = _restore_or_init(run, mngr, abstract_state, rng)
 
     train_time = 0.0
     if not config.eval_only and start_step < run.num_steps:
@@ -402,6 +395,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _write_outputs(run, state, results)
     mngr.close()
     return results
+
+
+def _restore_or_init(run: Run, mngr, abstract_state, rng: jax.Array) -> tuple[Any, int]:
+    """The latest readable checkpoint's state and step, or a fresh state at step 0."""
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.replicated), abstract_state
+    )
+    state, step = checkpoints.restore_latest(mngr, abstract_state, run.workdir, log=_say)
+    if state is None:
+        return jax.jit(run.init_state, out_shardings=run.replicated)(rng), 0
+    _say(f"resuming from the checkpoint at step {step}")
+    return state, step
 
 
 def train_loop(run: Run, state: steps.TrainState, mngr) -> steps.TrainState:
