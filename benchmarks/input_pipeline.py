@@ -11,8 +11,8 @@ rounds so that a busy machine slows them alike. Reports images/s and images/s pe
 non-deterministic pipeline would gain, the bytes per image that reach the device, and the host
 cores one accelerator needs at 2,500 and 5,000 images/s.
 
-  .venv/bin/python benchmarks/input_pipeline.py --quick   # under a minute
-  .venv/bin/python benchmarks/input_pipeline.py           # a few minutes
+  .venv/bin/python -m benchmarks.input_pipeline --quick   # under a minute
+  .venv/bin/python -m benchmarks.input_pipeline           # a few minutes
 
 Prints the tables and writes them to benchmarks/results/input_pipeline.md and to the
 `input_pipeline` section of BENCHMARKS.md.
@@ -32,10 +32,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from report import BENCHMARKS_MD, update_section  # noqa: E402
+from benchmarks.report import BENCHMARKS_MD, update_section
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "input_pipeline.md")
 IMAGE_SIZE = 224
@@ -217,8 +214,9 @@ def run_pinned(cores: int, data_dir: str, batch_size: int, warmup: int, batches:
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(params)],
+        [sys.executable, "-m", "benchmarks.input_pipeline", "--worker", json.dumps(params)],
         env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         capture_output=True,
         text=True,
         timeout=1800,

@@ -1,14 +1,18 @@
-"""Shared by the benchmark scripts: each owns one marked section of BENCHMARKS.md."""
+"""Shared by the benchmarks: where results go, and each benchmark's section of BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import os
 
+from optg_jax import files
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 
 
 def markers(section: str) -> tuple[str, str]:
+    """The begin and end markers of `section` (HTML comments, invisible in rendered Markdown)."""
     return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
@@ -30,6 +34,4 @@ def update_section(path: str, section: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     else:
         text = "# Benchmarks\n\n" + block + "\n"
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    files.write_text_atomic(path, text)

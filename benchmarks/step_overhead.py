@@ -1,15 +1,15 @@
 """What OptG costs per train step, and how fast the exact global threshold is.
 
 Builds, in one process, the dense train step and the sparse train steps (optg, magnitude, taylor)
-of the training program (`optg_jax.training.train_step`) for the same model and batch, warms them
+of the training program (`optg_jax.steps.train_step`) for the same model and batch, warms them
 up, then times them interleaved (round-robin, one step of each per round) so that machine noise
 hits every variant alike, and prints median step-time ratios sparse/dense for ordinary steps and for
 mask-refresh steps. Also: compile count after refresh steps (must stay 1), bytes of OptG state per
 masked weight, the compiled step's memory analysis (donated buffers, temporaries against the size of
 the params), and the exact global threshold over ResNet-50's 25.6M kernel weights.
 
-  .venv/bin/python benchmarks/step_overhead.py            # CPU: ResNet-20 and the Fashion-MNIST net
-  .venv/bin/python benchmarks/step_overhead.py --resnet50 # adds ResNet-50 at 224 (accelerators)
+  .venv/bin/python -m benchmarks.step_overhead            # CPU: ResNet-20 and the Fashion-MNIST net
+  .venv/bin/python -m benchmarks.step_overhead --resnet50 # adds ResNet-50 at 224 (accelerators)
 
 Prints the tables and writes them to benchmarks/results/step_overhead.md and to the
 `step_overhead` section of BENCHMARKS.md.
@@ -21,23 +21,18 @@ import argparse
 import functools
 import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import optg_jax
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, update_section
+from optg_jax import config as config_lib
+from optg_jax import models, steps, topk
 
-from report import BENCHMARKS_MD, update_section  # noqa: E402
-
-import optg_jax  # noqa: E402
-from optg_jax import config as config_lib  # noqa: E402
-from optg_jax import models, topk, training  # noqa: E402
-
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "step_overhead.md")
+OUT = os.path.join(RESULTS_DIR, "step_overhead.md")
 
 
 def build_step(
@@ -50,7 +45,11 @@ def build_step(
     mask_update_every=10**6,
     total_steps=10**7,
 ):
-    """Returns (jitted step, initial TrainState, the jitted function for cache inspection)."""
+    """The training program's train step for one benchmark variant.
+
+    Returns:
+      (the jitted `steps.train_step`, donating its state argument; the initial `TrainState`).
+    """
     config = config_lib.base_config()
     config.model, config.criterion, config.dtype = model_name, criterion, dtype
     config.sparsity = 0.0 if criterion == "dense" else 0.9
@@ -58,19 +57,12 @@ def build_step(
     config.mask_update_every = mask_update_every
     config.label_smoothing = 0.0
     model = models.create(model_name, num_classes, dtype=jnp.dtype(dtype))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), train=False)
-    lr = training.learning_rate_schedule(config, total_steps, 1000)
-    tx = training.make_optimizer(config, total_steps, 1000, lr)
-    params = variables["params"]
-    state = training.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-    )
+    lr = steps.learning_rate_schedule(config, total_steps, 1000)
+    tx = steps.make_optimizer(config, total_steps, 1000, lr)
+    state = steps.create_train_state(jax.random.key(0), model, tx, image_shape)
     fn = jax.jit(
         functools.partial(
-            training.train_step,
+            steps.train_step,
             model=model,
             tx=tx,
             num_classes=num_classes,

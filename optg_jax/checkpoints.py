@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from optg_jax import files
 from optg_jax.config import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -40,17 +41,27 @@ class CheckpointError(RuntimeError):
 # File helpers over etils.epath, so a workdir may be local or remote (gs://...).
 
 
-def is_remote(path) -> bool:
-    return "://" in str(path)
-
-
 def workdir_path(workdir: str) -> epath.Path:
-    """The workdir as an epath.Path (absolute when local)."""
-    return epath.Path(workdir if is_remote(workdir) else os.path.abspath(workdir))
+    """The workdir as an `epath.Path`.
+
+    Args:
+      workdir: a local directory or a remote one (gs://...).
+
+    Returns:
+      The path, made absolute when local.
+    """
+    return epath.Path(workdir if files.is_remote(workdir) else os.path.abspath(workdir))
 
 
 def read_json(path) -> dict | None:
-    """The JSON object at `path`, or None when the file is absent or unreadable."""
+    """Reads a JSON file.
+
+    Args:
+      path: the file (local or remote).
+
+    Returns:
+      The JSON object at `path`, or None when the file is absent or unreadable.
+    """
     try:
         return json.loads(epath.Path(path).read_text())
     except (OSError, ValueError):
@@ -58,16 +69,24 @@ def read_json(path) -> dict | None:
 
 
 def write_json(path, obj: dict) -> None:
-    """Writes `obj` as JSON (through a temporary file, so a reader never sees half a file)."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    """Writes `obj` as JSON (through a temporary file, so a reader never sees half a file).
+
+    Args:
+      path: the file (local or remote); its directory is created if missing.
+      obj: a JSON-friendly dict (other values are written as `str(value)`).
+    """
+    files.write_text_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def checkpoint_steps_on_disk(workdir: str) -> list[int]:
-    """Steps of the finished checkpoints under workdir/checkpoints (without opening orbax)."""
+    """The checkpoints on disk, found without opening orbax.
+
+    Args:
+      workdir: the run's directory.
+
+    Returns:
+      The steps of the finished checkpoints under workdir/checkpoints, ascending.
+    """
     d = workdir_path(workdir) / CHECKPOINT_DIR
     if not d.exists():
         return []
@@ -75,7 +94,14 @@ def checkpoint_steps_on_disk(workdir: str) -> list[int]:
 
 
 def shapes(tree) -> dict[str, list[int]]:
-    """{'conv1/kernel': [3, 3, 1, 32], ...} for the array leaves of `tree`."""
+    """The shapes of the array leaves of a pytree, by '/'-joined key path.
+
+    Args:
+      tree: a pytree of arrays or `jax.ShapeDtypeStruct`s.
+
+    Returns:
+      `{'conv1/kernel': [3, 3, 1, 32], ...}`.
+    """
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {
         jax.tree_util.keystr(p, simple=True, separator="/"): list(np.shape(x)) for p, x in leaves
@@ -88,11 +114,18 @@ def shapes(tree) -> dict[str, list[int]]:
 def check_workdir(
     workdir: str, identity: dict, param_shapes: dict, defaults: dict | None = None
 ) -> bool:
-    """Refuses a workdir created by another experiment; returns whether config.json exists.
+    """Refuses a workdir created by another experiment.
 
-    `defaults` gives the value that an identity field had before it existed (a workdir written by
-    an older version lacks it): such a workdir is the same experiment if this config keeps that
-    value.
+    Args:
+      workdir: the run's directory.
+      identity: this run's identity fields (`config.identity(config)`).
+      param_shapes: this run's parameter shapes (`shapes(params)`).
+      defaults: the value each identity field had before it existed (a workdir written by an
+        older version lacks it): such a workdir is the same experiment if this config keeps
+        that value.
+
+    Returns:
+      Whether workdir/config.json exists (it matches this run when it does).
 
     Raises:
       ConfigError: one line naming the differing fields (or the first differing parameter).
@@ -131,7 +164,14 @@ def check_workdir(
 def write_workdir_config(
     workdir: str, config_dict: dict, identity: dict, param_shapes: dict
 ) -> None:
-    """Writes workdir/config.json (process 0, first run only)."""
+    """Writes workdir/config.json (process 0, first run only).
+
+    Args:
+      workdir: the run's directory.
+      config_dict: the whole config as a dict.
+      identity: the identity fields, checked by `check_workdir` on every rerun.
+      param_shapes: the parameter shapes, checked likewise.
+    """
     write_json(
         workdir_path(workdir) / CONFIG_FILE,
         {"config": config_dict, "identity": identity, "param_shapes": param_shapes},
@@ -142,7 +182,16 @@ def write_workdir_config(
 
 
 def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
-    """An orbax CheckpointManager over workdir/checkpoints keeping the last `keep` steps."""
+    """An orbax checkpoint manager over workdir/checkpoints.
+
+    Args:
+      workdir: the run's directory.
+      keep: how many of the latest checkpoints to keep.
+      create: whether to create workdir/checkpoints if it is missing.
+
+    Returns:
+      The `ocp.CheckpointManager`; its saves are synchronous.
+    """
     # Synchronous saves: a checkpoint is on disk when `save` returns (the "last good checkpoint"
     # of a diverged run is real), and no background thread writes while the input pipeline runs
     # (tfds.testing.mock_data swaps the file system under every thread while it builds a
@@ -158,7 +207,13 @@ def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManag
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
-    """Saves `state` at `step` (a no-op when that step is already saved)."""
+    """Saves `state` at `step` (a no-op when that step is already saved).
+
+    Args:
+      mngr: the workdir's checkpoint manager.
+      step: the step count of `state`.
+      state: the train state (a pytree of arrays).
+    """
     if step in mngr.all_steps():
         return
     mngr.save(step, args=ocp.args.StandardSave(state))
@@ -188,8 +243,15 @@ def restore_latest(
     A checkpoint that cannot be read (truncated, corrupt) is moved to workdir/corrupt_checkpoints
     with a one-line message, and the previous one is tried.
 
+    Args:
+      mngr: the workdir's checkpoint manager.
+      abstract_state: the train state's shapes, dtypes and shardings (`jax.ShapeDtypeStruct`s).
+      workdir: the run's directory.
+      log: where the one-line messages go.
+
     Returns:
       (state, step), or (None, 0) when the workdir holds no checkpoint.
+
     Raises:
       ConfigError: the checkpoint's parameters do not fit the model (another experiment).
       CheckpointError: checkpoints exist but none can be read.
@@ -237,8 +299,15 @@ def restore_latest(
 def export(workdir: str, masked_params, batch_stats, info: dict) -> str:
     """Writes the masked parameters (zeros in place) and BN statistics as a plain .npz.
 
-    Keys are 'params/<module path>' and 'batch_stats/<module path>'; `info` goes to
-    export/info.json. Returns the .npz path.
+    Args:
+      workdir: the run's directory; the files go to workdir/export.
+      masked_params: the weights `W * M` (host arrays).
+      batch_stats: the BatchNorm statistics (host arrays; `{}` or None for none).
+      info: what the export is (model, sparsity, figures), written to export/info.json.
+
+    Returns:
+      The path of export/model.npz, whose keys are 'params/<module path>' and
+      'batch_stats/<module path>'.
     """
     out = workdir_path(workdir) / EXPORT_DIR
     out.mkdir(parents=True, exist_ok=True)

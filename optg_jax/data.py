@@ -30,7 +30,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from optg_jax import fashion_mnist
+from optg_jax import fashion_mnist, files
 
 Batch = Mapping[str, np.ndarray]
 
@@ -109,6 +109,16 @@ _SPECS: Mapping[str, _Spec] = types.MappingProxyType(
     }
 )
 
+
+def names() -> list[str]:
+    """The data set names the functions here accept.
+
+    Returns:
+      The names, e.g. `['fashion_mnist', 'cifar10', 'imagenet2012']`.
+    """
+    return list(_SPECS)
+
+
 _CIFAR_PAD = 4
 _EVAL_RESIZE_RATIO = 256 / 224  # ImageNet eval: resize the shorter side to 256, crop 224.
 # Domain tags keep the random streams for shuffling and augmentation independent.
@@ -153,9 +163,16 @@ def _base_split(split: str) -> str:
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
-    """Returns `data_dir`, or TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
+    """Where the TFDS data sets are.
+
+    Args:
+      data_dir: a directory (`~` is expanded when local), or None/"" for TFDS's default.
+
+    Returns:
+      `data_dir`, or $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    """
     if data_dir:
-        return data_dir if _is_remote(data_dir) else os.path.expanduser(data_dir)
+        return data_dir if files.is_remote(data_dir) else os.path.expanduser(data_dir)
     return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
@@ -176,10 +193,6 @@ def hide_gpus_from_tensorflow() -> None:
                 "keeps GPU memory that JAX cannot use; call "
                 "optg_jax.data.hide_gpus_from_tensorflow() before any other TensorFlow code."
             )
-
-
-def _is_remote(data_dir: str) -> bool:
-    return "://" in data_dir
 
 
 def _image_size(spec: _Spec, image_size: int | None) -> int:
@@ -225,11 +238,20 @@ def ensure_dataset(name: str, data_dir: str | None = None) -> None:
     20 s, once). Other data sets must already be prepared: FileNotFoundError says what to do.
     A remote data_dir (gs://...) is never prepared, only read. Under `tfds.testing.mock_data`
     every data set counts as prepared.
+
+    Args:
+      name: the data set (`names()`).
+      data_dir: where TFDS data sets are (None: TFDS's default, see `resolve_data_dir`).
+
+    Raises:
+      ValueError: `name` is not a known data set.
+      FileNotFoundError: the data set is not prepared (or Debian's Fashion-MNIST files are
+        missing); the message says what to do.
     """
     hide_gpus_from_tensorflow()
     spec = _spec(name)
     data_dir = resolve_data_dir(data_dir)
-    if _is_remote(data_dir):
+    if files.is_remote(data_dir):
         return
     builder = tfds.builder(name, data_dir=data_dir)
     if _num_examples(builder, spec.train_split) is not None:
@@ -249,11 +271,24 @@ def dataset_info(
     image_size: int | None = None,
     validation_examples: int = 0,
 ) -> DatasetInfo:
-    """Returns the `DatasetInfo` of `name` at model-input size `image_size` (None/0: native).
+    """What a training program needs to know about a data set.
 
     Counts come from the data in `data_dir` when it is loadable (so mocked data reports its
-    mocked size), otherwise from the published split sizes. With `validation_examples` = n > 0
-    the training split loses its last n examples and the eval split is those n.
+    mocked size), otherwise from the published split sizes.
+
+    Args:
+      name: the data set (`names()`).
+      data_dir: where TFDS data sets are (None: TFDS's default).
+      image_size: the model input's height and width (None/0: the data set's native size).
+      validation_examples: n > 0 takes the last n examples of the training split as the eval
+        split (the training split loses them).
+
+    Returns:
+      The `DatasetInfo`.
+
+    Raises:
+      ValueError: an unknown `name`, a negative `image_size`, or `validation_examples` out of
+        range.
     """
     hide_gpus_from_tensorflow()
     spec = _spec(name, validation_examples)
@@ -279,7 +314,18 @@ def dataset_info(
 
 
 def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
-    """Returns the number of full global batches in one pass over the training split."""
+    """The number of full global batches in one pass over the training split.
+
+    Args:
+      info: the data set's `DatasetInfo`.
+      global_batch_size: the batch over all processes.
+
+    Returns:
+      `info.num_train_examples // global_batch_size`.
+
+    Raises:
+      ValueError: the batch size is not positive or exceeds the training examples.
+    """
     _check_positive("global_batch_size", global_batch_size)
     _check_enough_examples(info.num_train_examples, global_batch_size)
     # The last partial batch is dropped (every step sees a full global batch). The reference's

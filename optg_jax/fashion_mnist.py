@@ -30,7 +30,17 @@ _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
 
 
 def gzip_payload_offset(data: bytes) -> int:
-    """Returns the offset of the deflate stream in the gzip member `data` (RFC 1952 header)."""
+    """Where the deflate stream of a gzip member starts (after its RFC 1952 header).
+
+    Args:
+      data: the bytes of one gzip member.
+
+    Returns:
+      The offset of the deflate stream in `data`.
+
+    Raises:
+      ValueError: `data` is not a gzip (deflate) member.
+    """
     if len(data) < 10 or data[:2] != _GZIP_MAGIC or data[2] != 8:
         raise ValueError("not a gzip (deflate) file: bad magic or compression method")
     flags = data[3]
@@ -48,11 +58,22 @@ def gzip_payload_offset(data: bytes) -> int:
 
 
 def rebuild_gzip_header(data: bytes, name: str, mtime: int) -> bytes:
-    """Returns `data` (one gzip member) with its header replaced by one naming `name` at `mtime`.
+    """Replaces the header of a gzip member by one naming `name` at `mtime`.
 
     The new header carries only FNAME (latin-1, NUL-terminated), `mtime`, and the original
     extra-flags and OS bytes; the compressed payload and the CRC32/size trailer are kept
     byte for byte, so the file decompresses to exactly the same content.
+
+    Args:
+      data: the bytes of one gzip member.
+      name: the file name to record (latin-1, without NUL).
+      mtime: the modification time to record (Unix seconds, 32 bits).
+
+    Returns:
+      The rebuilt gzip member.
+
+    Raises:
+      ValueError: `mtime` or `name` does not fit the header, or `data` is not gzip.
     """
     if not 0 <= mtime < 2**32:
         raise ValueError(f"mtime must fit in 32 unsigned bits, got {mtime}")
@@ -66,7 +87,11 @@ def rebuild_gzip_header(data: bytes, name: str, mtime: int) -> bytes:
 
 
 def tfds_checksums() -> dict[str, tuple[int, str]]:
-    """Returns {file name: (size, sha256)} from TFDS's checksums file for fashion_mnist."""
+    """TFDS's recorded checksums of the Fashion-MNIST files.
+
+    Returns:
+      `{file name: (size in bytes, sha256 hex digest)}` from TFDS's checksums file.
+    """
     from importlib import resources
 
     text = (
@@ -82,6 +107,15 @@ def tfds_checksums() -> dict[str, tuple[int, str]]:
 
 
 def missing_debian_files_message(source_dir: str, data_dir: str | None = None) -> str:
+    """The one-line error for missing Debian Fashion-MNIST files.
+
+    Args:
+      source_dir: where the Debian files were looked for.
+      data_dir: the TFDS directory the data set was wanted in, if any.
+
+    Returns:
+      The message: what is missing and how to install it.
+    """
     target = f" at {data_dir}" if data_dir else ""
     return (
         f"Fashion-MNIST IDX files not found under {source_dir}. Install the Debian package "
@@ -91,10 +125,18 @@ def missing_debian_files_message(source_dir: str, data_dir: str | None = None) -
 
 
 def rebuild_upstream_files(out_dir: str, source_dir: str = DEBIAN_DIR) -> dict[str, str]:
-    """Writes the four upstream-identical .gz files into `out_dir`; returns {name: path}.
+    """Writes the four upstream-identical .gz files into `out_dir`.
 
-    Raises FileNotFoundError if a Debian file is missing, ValueError if a rebuilt file's size or
-    sha256 differs from TFDS's recorded checksum.
+    Args:
+      out_dir: an existing directory for the rebuilt files.
+      source_dir: where Debian's `dataset-fashion-mnist` files are.
+
+    Returns:
+      `{file name: path written}`.
+
+    Raises:
+      FileNotFoundError: a Debian file is missing.
+      ValueError: a rebuilt file's size or sha256 differs from TFDS's recorded checksum.
     """
     checksums = tfds_checksums()
     paths = {}
@@ -120,7 +162,12 @@ def rebuild_upstream_files(out_dir: str, source_dir: str = DEBIAN_DIR) -> dict[s
 
 
 def prepare(data_dir: str, source_dir: str = DEBIAN_DIR) -> None:
-    """Builds TFDS `fashion_mnist` under `data_dir` from the Debian files, without network."""
+    """Builds TFDS `fashion_mnist` under `data_dir` from the Debian files, without network.
+
+    Args:
+      data_dir: the TFDS data directory to build into.
+      source_dir: where Debian's `dataset-fashion-mnist` files are.
+    """
     import tensorflow_datasets as tfds
 
     with tempfile.TemporaryDirectory(prefix="fashion_mnist_manual_") as scratch:

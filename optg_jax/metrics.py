@@ -15,9 +15,19 @@ from typing import Any, Mapping
 import numpy as np
 from etils import epath
 
+from optg_jax import files
+
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flattens nested dicts into {'a/b/c': leaf}."""
+    """Flattens nested dicts into one level with '/'-joined keys.
+
+    Args:
+      tree: a mapping whose values may be mappings.
+      prefix: prepended (with '/') to every key.
+
+    Returns:
+      `{'a/b/c': leaf}`.
+    """
     out = {}
     for k, v in tree.items():
         key = f"{prefix}/{k}" if prefix else str(k)
@@ -51,13 +61,18 @@ class MetricWriter:
         if enabled:
             self._tb = _TensorBoardWriter(os.path.join(workdir, "tb"))
             self._path = epath.Path(workdir) / "metrics.jsonl"
-            if "://" in str(workdir):
+            if files.is_remote(workdir):
                 self._lines = self._path.read_text().splitlines() if self._path.exists() else []
             else:
                 self._jsonl = open(self._path, "a", encoding="utf-8")
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Writes `metrics` (nested dict of numbers) at `step`."""
+        """Writes one record (a no-op on processes other than 0).
+
+        Args:
+          step: the training step the metrics belong to.
+          metrics: a nested dict of numbers (scalars, NumPy or JAX scalars).
+        """
         if not self._enabled:
             return
         metrics = {
@@ -77,6 +92,7 @@ class MetricWriter:
             self._jsonl.flush()
 
     def close(self) -> None:
+        """Flushes and closes the TensorBoard writer and the JSON-lines file."""
         if self._tb is not None:
             self._tb.close()
         if self._jsonl is not None:
@@ -145,6 +161,12 @@ class ProgressBar:
             )
 
     def update(self, n: int = 1, **postfix) -> None:
+        """Advances the bar.
+
+        Args:
+          n: how many steps were done.
+          **postfix: values shown after the bar (floats with 4 significant digits).
+        """
         if self._bar is None:
             return
         if postfix:
@@ -155,12 +177,17 @@ class ProgressBar:
         self._bar.update(n)
 
     def write(self, line: str) -> None:
-        """Prints a line above the bar (or plainly when there is no bar)."""
+        """Prints a line above the bar (nothing when the bar is disabled).
+
+        Args:
+          line: the text, without a newline.
+        """
         if self._bar is None:
             return
         self._bar.write(line, file=sys.stderr)
 
     def close(self) -> None:
+        """Closes the bar (idempotent)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -174,7 +201,15 @@ def _human(n: float) -> str:
 
 
 def summary_table(results: Mapping[str, Any]) -> str:
-    """A one-screen table of a run's results (the dict written to results.json)."""
+    """A one-screen table of a run's results.
+
+    Args:
+      results: the dict written to results.json (`top1`, `top5`, `sparsity`, `macs`,
+        `dense_macs`; optional `model`, `layer_sparsity`, times, ...).
+
+    Returns:
+      The table as text, framed by rules; long per-layer lists show their first and last layers.
+    """
     rows = [
         ("model", results.get("model")),
         ("dataset", results.get("dataset")),
@@ -187,9 +222,9 @@ def summary_table(results: Mapping[str, Any]) -> str:
             f"{100 * results['sparsity']:.2f}% ({100 * results.get('target_sparsity', 0.0):.2f}%)",
         ),
         (
-            "FLOPs (dense)",
-            f"{_human(results['flops'])} ({_human(results['dense_flops'])}), "
-            f"{results['dense_flops'] / max(results['flops'], 1):.1f}x fewer",
+            "MACs (dense)",
+            f"{_human(results['macs'])} ({_human(results['dense_macs'])}), "
+            f"{results['dense_macs'] / max(results['macs'], 1):.1f}x fewer",
         ),
     ]
     if "train_time_s" in results:

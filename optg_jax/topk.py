@@ -19,7 +19,14 @@ _SIGN = jnp.uint32(0x80000000)
 
 
 def ordered_key(x: jax.Array) -> jax.Array:
-    """Maps float32 values to uint32 keys with the same order (NaN sorts lowest, -0 == +0)."""
+    """Maps float32 values to uint32 keys with the same order (NaN sorts lowest, -0 == +0).
+
+    Args:
+      x: values of any shape (cast to float32).
+
+    Returns:
+      uint32 keys, same shape: `a < b` exactly when `ordered_key(a) < ordered_key(b)`.
+    """
     x = jnp.asarray(x, jnp.float32)
     x = jnp.where(jnp.isnan(x), -jnp.inf, x)
     x = jnp.where(x == 0, 0.0, x)  # one key for -0.0 and +0.0
@@ -56,14 +63,20 @@ def _sample_bracket(scores: Sequence[jax.Array], k: jax.Array, sample_size: int)
 def kth_largest_key(
     scores: Sequence[jax.Array], k: jax.Array, sample_size: int = 1 << 18
 ) -> jax.Array:
-    """Key of the k-th largest value over all arrays in `scores` (1-based k, 1 <= k <= N).
-
-    For `k = 0` returns the largest possible key, so that nothing lies strictly above it.
-    Returns a uint32 scalar; compare with `ordered_key` of the scores.
+    """Key of the k-th largest value over all arrays in `scores`.
 
     Counting bisection over the key range: each step counts the keys at or above a candidate.
     For large inputs a strided sample first narrows the range (checked by one counting pass), which
     saves about a third of the passes; the answer is exact in every case.
+
+    Args:
+      scores: float arrays of any shapes, ranked together.
+      k: int scalar, 1-based rank, `0 <= k <= N` (N = the total number of entries).
+      sample_size: the strided sample's size; inputs under `4 * sample_size` are not sampled.
+
+    Returns:
+      A uint32 scalar key, to compare with `ordered_key` of the scores; for `k = 0` the largest
+      possible key, so that nothing lies strictly above it.
     """
     k = jnp.asarray(k, jnp.int32)
     lo, hi = jnp.uint32(0), jnp.uint32(0xFFFFFFFF)
@@ -126,6 +139,14 @@ def topk_masks(scores: Sequence[jax.Array], k: jax.Array, dtype=jnp.uint8) -> li
 
 
 def num_kept(num_weights: int, sparsity: jax.Array) -> jax.Array:
-    """`floor(num_weights * (1 - sparsity))` as int32, computed in float32 on device."""
+    """How many weights a sparsity keeps, computed in float32 on device.
+
+    Args:
+      num_weights: the number of weights N.
+      sparsity: float scalar, the removed fraction.
+
+    Returns:
+      int32 scalar `floor(N * (1 - sparsity))`, clipped to [0, N].
+    """
     kept = jnp.floor(num_weights * (1.0 - jnp.asarray(sparsity, jnp.float32)))
     return jnp.clip(kept, 0, num_weights).astype(jnp.int32)

@@ -1,27 +1,20 @@
-"""benchmarks/accuracy_vs_sparsity.py: grid, resume and report writing on fake results."""
+"""benchmarks/accuracy_vs_sparsity: method grammar, grid, resume and report writing on fake results."""
 
 import csv
-import importlib.util
 import json
 import os
 
 import pytest
 
+from benchmarks import report as sections
+from benchmarks.accuracy_vs_sparsity import methods, report, runs
 from optg_jax import config as config_lib
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "accuracy_vs_sparsity.py")
+BEGIN = sections.markers(report.SECTION)[0]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("accuracy_vs_sparsity", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _row(bench, method, sparsity, seed, top1, epochs=4):
-    spec = bench.Spec(method, sparsity, seed, epochs)
+def _row(method, sparsity, seed, top1, epochs=4):
+    spec = runs.Spec(method, sparsity, seed, epochs)
     return {
         "method": method,
         "sparsity": sparsity,
@@ -30,8 +23,8 @@ def _row(bench, method, sparsity, seed, top1, epochs=4):
         "top1": top1,
         "top5": 0.99,
         "final_sparsity": sparsity,
-        "flops": 1e6 * (1 - sparsity),
-        "dense_flops": 1e6,
+        "macs": 1e6 * (1 - sparsity),
+        "dense_macs": 1e6,
         "wall_time_s": 100.0 + seed,
         "train_time_s": 90.0,
         "steps": 936,
@@ -43,40 +36,40 @@ def _row(bench, method, sparsity, seed, top1, epochs=4):
     }
 
 
-def _fake_rows(bench):
+def _fake_rows():
     acc = {"magnitude": 0.85, "taylor": 0.84, "supermask": 0.86, "optg": 0.87}
-    rows = [_row(bench, "dense", 0.0, seed, 0.90 + 0.01 * seed) for seed in range(3)]
+    rows = [_row("dense", 0.0, seed, 0.90 + 0.01 * seed) for seed in range(3)]
     for m, a in acc.items():
         for s in (0.90, 0.99):
             for seed in range(3):
-                rows.append(_row(bench, m, s, seed, a - (s - 0.9) + 0.002 * seed))
+                rows.append(_row(m, s, seed, a - (s - 0.9) + 0.002 * seed))
     # The budget study: OptG, GMP, Taylor at 99% for 2 and 8 epochs (4 is in the grid).
     for e in (2, 8):
-        for m in bench.BUDGET_METHODS:
-            rows.append(_row(bench, m, 0.99, 0, 0.7 + 0.01 * e + (0.02 if m == "optg" else 0), e))
+        for m in runs.BUDGET_METHODS:
+            rows.append(_row(m, 0.99, 0, 0.7 + 0.01 * e + (0.02 if m == "optg" else 0), e))
     return rows
 
 
-def test_grid_sizes_and_order(bench):
-    full = bench.grid_specs(bench.GRID_METHODS, bench.SPARSITIES, [0, 1, 2], 4)
+def test_grid_sizes_and_order():
+    full = runs.grid_specs(runs.GRID_METHODS, runs.SPARSITIES, [0, 1, 2], 4)
     assert len(full) == 5 * 4 * 3 + 3
     assert len(set(full)) == len(full)
     assert [s.seed for s in full] == sorted(s.seed for s in full)  # seed-major
-    quick = bench.grid_specs(bench.GRID_METHODS, bench.QUICK_SPARSITIES, [0], 4)
+    quick = runs.grid_specs(runs.GRID_METHODS, runs.QUICK_SPARSITIES, [0], 4)
     assert len(quick) == 5 * 2 + 1
-    budget = bench.budget_specs([2, 4, 8])
-    assert {s.method for s in budget} == set(bench.BUDGET_METHODS)
-    assert set(budget) & set(quick) == {bench.Spec(m, 0.99, 0, 4) for m in bench.BUDGET_METHODS}
+    budget = runs.budget_specs([2, 4, 8])
+    assert {s.method for s in budget} == set(runs.BUDGET_METHODS)
+    assert set(budget) & set(quick) == {runs.Spec(m, 0.99, 0, 4) for m in runs.BUDGET_METHODS}
 
 
-def test_parse_method(bench):
-    assert bench.parse_method("optg") == ("optg", {})
-    assert bench.parse_method("optg-floor0.25") == ("optg", {"score_lr_floor": 0.25})
-    assert bench.parse_method("supermask-frozen") == (
+def test_parse_method():
+    assert methods.parse_method("optg") == ("optg", {})
+    assert methods.parse_method("optg-floor0.25") == ("optg", {"score_lr_floor": 0.25})
+    assert methods.parse_method("supermask-frozen") == (
         "supermask",
         {"update_masks_after_pruning": False},
     )
-    assert bench.parse_method("optg-every50-mom0.99-beta2-frozen") == (
+    assert methods.parse_method("optg-every50-mom0.99-beta2-frozen") == (
         "optg",
         {
             "mask_update_every": 50,
@@ -85,35 +78,35 @@ def test_parse_method(bench):
             "update_masks_after_pruning": False,
         },
     )
-    assert bench.parse_method("magnitude-every10") == ("magnitude", {"mask_update_every": 10})
-    assert "floor 0.5, masks frozen" in bench.label("optg-floor0.5-frozen")
-    assert bench.label("optg-every50-frozen") == (
+    assert methods.parse_method("magnitude-every10") == ("magnitude", {"mask_update_every": 10})
+    assert "floor 0.5, masks frozen" in methods.label("optg-floor0.5-frozen")
+    assert methods.label("optg-every50-frozen") == (
         "ablation: OptG, refresh every 50 steps, masks frozen after the ramp"
     )
-    assert bench.label(bench.TUNED_OPTG).startswith("OptG tuned on validation")
+    assert methods.label(methods.TUNED_OPTG).startswith("OptG tuned on validation")
     for bad in ("snip", "dense-frozen", "magnitude-floor0.5", "taylor-mom0.5", "optg-fast"):
         with pytest.raises(ValueError, match="unknown"):
-            bench.parse_method(bad)
+            methods.parse_method(bad)
     for bad in ("optg-floor2", "optg-every0", "optg-mom1", "optg-beta-1"):
         with pytest.raises(ValueError):
-            bench.parse_method(bad)
+            methods.parse_method(bad)
     with pytest.raises(ValueError, match="bad value"):
-        bench.parse_method("optg-everyx")
+        methods.parse_method("optg-everyx")
 
 
-def test_report_files(bench, tmp_path):
+def test_report_files(tmp_path):
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\n<!-- other:begin -->\nother text\n<!-- other:end -->\n")
     results = tmp_path / "results"
     results.mkdir()
     (results / "accuracy_vs_sparsity_notes.md").write_text("Hand-written finding.")
-    rows = _fake_rows(bench)
-    text = bench.write_report(rows, 4, "HEADER", str(results), str(md))
+    rows = _fake_rows()
+    text = report.write_report(rows, 4, "HEADER", str(results), str(md))
 
     with open(results / "accuracy_vs_sparsity.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows)
-    assert set(table[0]) == set(bench.CSV_FIELDS)
+    assert set(table[0]) == set(report.CSV_FIELDS)
     # OptG at 99%: 0.87 - 0.09 + {0, .002, .004} -> 78.20 ± 0.20 over 3 seeds, best -> bold.
     assert "**78.20 ± 0.20** (3)" in text
     assert "Dense: 91.00 ± 1.00 (3)." in text
@@ -126,34 +119,28 @@ def test_report_files(bench, tmp_path):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     content = md.read_text()
-    assert "other text" in content and content.count(bench.BEGIN) == 1
-    bench.write_report(rows[:5], 4, "HEADER2", str(results), str(md))
+    assert "other text" in content and content.count(BEGIN) == 1
+    report.write_report(rows[:5], 4, "HEADER2", str(results), str(md))
     content = md.read_text()
-    assert content.count(bench.BEGIN) == 1 and "HEADER2" in content and "HEADER\n" not in content
+    assert content.count(BEGIN) == 1 and "HEADER2" in content and "HEADER\n" not in content
     assert "other text" in content
 
 
-def test_verdict_says_when_optg_loses(bench):
-    rows = [_row(bench, "optg", 0.98, 0, 0.80), _row(bench, "supermask", 0.98, 0, 0.81)]
-    rows.append(_row(bench, bench.TUNED_OPTG, 0.98, 0, 0.815))
-    lines = bench.verdicts(bench.summarize(rows, 4), [0.98])
-    assert lines[0] == "OptG:" and lines[4] == bench.label(bench.TUNED_OPTG) + ":"
+def test_verdict_says_when_optg_loses():
+    rows = [_row("optg", 0.98, 0, 0.80), _row("supermask", 0.98, 0, 0.81)]
+    rows.append(_row(methods.TUNED_OPTG, 0.98, 0, 0.815))
+    lines = report.verdicts(report.summarize(rows, 4), [0.98])
+    assert lines[0] == "OptG:" and lines[4] == methods.label(methods.TUNED_OPTG) + ":"
     assert "**no**" in lines[2] and "one seed" in lines[2] and "-1.00 points" in lines[2]
     assert "**yes**" in lines[6] and "+0.50 points" in lines[6]
 
 
-def test_update_section_creates_file(bench, tmp_path):
-    path = tmp_path / "B.md"
-    bench.update_section(str(path), "body")
-    assert path.read_text() == f"# Benchmarks\n\n{bench.BEGIN}\nbody\n{bench.END}\n"
-
-
-def test_run_all_resumes_and_applies_method_options(bench, tmp_path):
+def test_run_all_resumes_and_applies_method_options(tmp_path):
     shared = config_lib.base_config()
     shared.mask_update_every = 25
     specs = [
-        bench.Spec("magnitude", 0.9, 0, 1),
-        bench.Spec("optg-floor0.5-every50-frozen", 0.9, 0, 1),
+        runs.Spec("magnitude", 0.9, 0, 1),
+        runs.Spec("optg-floor0.5-every50-frozen", 0.9, 0, 1),
     ]
     calls = []
 
@@ -172,43 +159,47 @@ def test_run_all_resumes_and_applies_method_options(bench, tmp_path):
             "top1": 0.8,
             "top5": 0.99,
             "sparsity": config.sparsity,
-            "flops": 1,
-            "dense_flops": 2,
+            "macs": 1,
+            "dense_macs": 2,
             "wall_time_s": 1.0,
             "train_time_s": 1.0,
             "steps": 10,
         }
 
     lines = []
-    rows = bench.run_all(specs, shared, str(tmp_path), train_fn=fake_train, say=lines.append)
+    rows = runs.run_all(specs, shared, str(tmp_path), train_fn=fake_train, say=lines.append)
     assert calls == [("magnitude", 0.9, 1, 0.0, 25, True), ("optg", 0.9, 1, 0.5, 50, False)]
     assert shared.mask_update_every == 25  # The shared config is not touched.
     assert rows[1]["method"] == "optg-floor0.5-every50-frozen" and rows[1]["top1"] == 0.8
     assert "run 2/2" in lines[-1] and "ETA" in lines[-1]
-    with open(bench.record_path(str(tmp_path), specs[0])) as f:
+    with open(runs.record_path(str(tmp_path), specs[0])) as f:
         assert json.load(f)["sparsity"] == 0.9
     # A second call skips the finished runs.
     calls.clear()
-    bench.run_all(specs, shared, str(tmp_path), train_fn=fake_train, say=lines.append)
+    runs.run_all(specs, shared, str(tmp_path), train_fn=fake_train, say=lines.append)
     assert not calls and "2 already done" in lines[-1]
-    assert len(bench.read_all_records(str(tmp_path))) == 2
+    assert len(runs.read_all_records(str(tmp_path))) == 2
 
 
-def test_validation_runs_have_their_own_protocol_and_report(bench, tmp_path):
+def test_validation_runs_have_their_own_protocol_and_report(tmp_path):
     shared = config_lib.base_config()
-    tag = bench.protocol_tag(shared)
+    tag = runs.protocol_tag(shared)
     shared.validation_examples = 5000
-    assert bench.protocol_tag(shared) == tag + "-val5000"
+    assert runs.protocol_tag(shared) == tag + "-val5000"
     shared.validation_examples = 0
     shared.score_lr_floor = 0.5  # A per-method field: same protocol.
-    assert bench.protocol_tag(shared) == tag
+    assert runs.protocol_tag(shared) == tag
     shared.learning_rate = 0.05  # A shared field: another protocol.
-    assert bench.protocol_tag(shared) != tag
+    assert runs.protocol_tag(shared) != tag
+    shared.learning_rate = config_lib.base_config().learning_rate
+    assert runs.protocol_tag(shared) == tag
+    shared.data_in_memory = False  # A field added later: in the digest once it is not default.
+    assert runs.protocol_tag(shared) != tag
 
     md = tmp_path / "BENCHMARKS.md"
     results = tmp_path / "results"
     rows = [
-        _row(bench, m, s, 0, a - (s - 0.98))
+        _row(m, s, 0, a - (s - 0.98))
         for m, a in (
             ("magnitude", 0.85),
             ("optg", 0.84),
@@ -217,15 +208,60 @@ def test_validation_runs_have_their_own_protocol_and_report(bench, tmp_path):
         )
         for s in (0.98, 0.99)
     ]
-    rows.append(_row(bench, "optg-every10", 0.99, 0, 0.95))  # Not run at 98%: not a candidate.
-    text = bench.write_report(rows, 4, "VAL", str(results), str(md), validation=True)
+    rows.append(_row("optg-every10", 0.99, 0, 0.95))  # Not run at 98%: not a candidate.
+    text = report.write_report(rows, 4, "VAL", str(results), str(md), validation=True)
     assert "validation split" in text and "Against the goal" not in text
     assert "1 seed): `optg-every50` (86.50)" in text
     # With a second seed for two variants, only those two are candidates.
-    rows += [_row(bench, m, s, 1, 0.85) for m in ("optg", "optg-frozen") for s in (0.98, 0.99)]
-    text = bench.write_report(rows, 4, "VAL", str(results), str(md), validation=True)
+    rows += [_row(m, s, 1, 0.85) for m in ("optg", "optg-frozen") for s in (0.98, 0.99)]
+    text = report.write_report(rows, 4, "VAL", str(results), str(md), validation=True)
     # optg-frozen: 98% (0.86 + 0.85) / 2, 99% (0.85 + 0.85) / 2 -> 85.25 beats optg's 84.75.
     assert "2 seeds): `optg-frozen` (85.25)" in text
     assert (results / "accuracy_vs_sparsity_validation.csv").exists()
     assert not (results / "accuracy_vs_sparsity.csv").exists()
-    assert md.read_text().count(bench.report.markers("accuracy_vs_sparsity_validation")[0]) == 1
+    assert md.read_text().count(sections.markers("accuracy_vs_sparsity_validation")[0]) == 1
+
+
+def test_records_written_before_the_macs_rename_read_as_macs(tmp_path):
+    spec = runs.Spec("optg", 0.99, 0, 4)
+    old = {k: v for k, v in _row("optg", 0.99, 0, 0.8).items() if "macs" not in k}
+    old.update(flops=12345, dense_flops=1e6)
+    path = runs.record_path(str(tmp_path), spec)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump(old, f)
+    for row in (runs.read_record(str(tmp_path), spec), runs.read_all_records(str(tmp_path))[0]):
+        assert (row["macs"], row["dense_macs"]) == (12345, 1e6) and "flops" not in row
+
+
+def test_command_line_rewrites_the_report_from_records(tmp_path):
+    """`python -m benchmarks.accuracy_vs_sparsity --report-only` over one finished run's record."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shared = runs.shared_config(os.path.join(root, "configs", "fashion_mnist.py"))
+    spec = runs.Spec("optg", 0.99, 0, 4)
+    workdir_root = tmp_path / "runs"
+    runs.write_record(
+        str(workdir_root / runs.protocol_tag(shared)), spec, _row("optg", 0.99, 0, 0.8125)
+    )
+    md, results = tmp_path / "B.md", tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.accuracy_vs_sparsity",
+            "--report-only",
+            f"--workdir-root={workdir_root}",
+            f"--results-dir={results}",
+            f"--benchmarks-md={md}",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| OptG | **81.25** (1) |" in proc.stdout
+    assert "**81.25** (1)" in md.read_text() and (results / "accuracy_vs_sparsity.csv").exists()

@@ -1,23 +1,18 @@
 """benchmarks/input_pipeline.py: its data, measurement and report on a handful of images."""
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "input_pipeline.py")
 PIXELS = 224 * 224 * 3
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("input_pipeline", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import input_pipeline
+
+    return input_pipeline
 
 
 @pytest.fixture(scope="module")

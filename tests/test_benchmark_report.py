@@ -1,13 +1,8 @@
 """benchmarks/report.py: each benchmark rewrites only its own section of BENCHMARKS.md."""
 
 import os
-import sys
 
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-)
-
-import report  # noqa: E402
+from benchmarks import report
 
 
 def test_sections_are_created_and_replaced_independently(tmp_path):

@@ -79,7 +79,7 @@ def test_eight_devices_match_one(tmp_path):
     r1 = json.loads((tmp_path / "d1" / "results.json").read_text())
     r8 = json.loads((tmp_path / "d8" / "results.json").read_text())
     assert r8["num_devices"] == 8 and r1["num_devices"] == 1
-    assert r8["sparsity"] == r1["sparsity"] and r8["flops"] == r1["flops"]
+    assert r8["sparsity"] == r1["sparsity"] and r8["macs"] == r1["macs"]
 
 
 def test_batch_not_divisible_by_devices(tmp_path):

@@ -3,6 +3,7 @@ sparsity, checkpoints, resume (after completion, and from a corrupt latest check
 refusal of another run's workdir, and a diverging run."""
 
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from optg_jax import checkpoints, training
+from optg_jax import checkpoints, steps, training
 from optg_jax.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,8 +75,8 @@ def test_results_and_exact_target_sparsity(finished):
         "top1",
         "top5",
         "sparsity",
-        "flops",
-        "dense_flops",
+        "macs",
+        "dense_macs",
         "steps",
         "model",
         "criterion",
@@ -88,7 +89,7 @@ def test_results_and_exact_target_sparsity(finished):
     on_disk = json.loads((workdir / "results.json").read_text())
     assert on_disk["top1"] == results["top1"]
     assert 0.0 <= results["top1"] <= results["top5"] <= 1.0
-    assert 0 < results["flops"] < results["dense_flops"]
+    assert 0 < results["macs"] < results["dense_macs"]
     # Exactly floor(N * (1 - 0.9)) of the N masked weights are kept.
     export = np.load(workdir / "export" / "model.npz")
     kernels = [k for k in export.files if k.startswith("params/") and export[k].ndim >= 2]
@@ -113,8 +114,8 @@ def test_workdir_contents(finished):
         "eval/top5",
         "sparsity/global",
         "sparsity/target",
-        "flops/sparse",
-        "flops/dense",
+        "macs/sparse",
+        "macs/dense",
         "lr",
         "score_lr",
     ):
@@ -132,11 +133,35 @@ def test_rerun_after_completion_does_no_steps(finished):
     assert snapshot(workdir) == before
 
 
+def test_rerun_of_a_run_written_before_the_macs_rename_prints_its_results(
+    finished, tmp_path, capsys
+):
+    """A results.json with the old keys `flops`/`dense_flops` still reads as a finished run."""
+    workdir, results = finished
+    old = tmp_path / "old"
+    shutil.copytree(workdir, old)
+    on_disk = json.loads((old / "results.json").read_text())
+    renamed = {"macs": "flops", "dense_macs": "dense_flops"}
+    (old / "results.json").write_text(
+        json.dumps({renamed.get(k, k): v for k, v in on_disk.items()})
+    )
+    before = snapshot(old)
+    capsys.readouterr()
+    again = run(imagenet_test_config(), old)
+    out = capsys.readouterr().out
+    assert again["macs"] == results["macs"] and again["dense_macs"] == results["dense_macs"]
+    assert "flops" not in again and again["top1"] == results["top1"]
+    assert "holds a finished run" in out
+    ratio = results["dense_macs"] / results["macs"]
+    assert f"{ratio:.1f}x fewer" in out and "MACs (dense)" in out
+    assert snapshot(old) == before
+
+
 def test_eval_only(finished):
     workdir, results = finished
     out = run(imagenet_test_config(eval_only=True), workdir)
     assert out["steps"] == NUM_STEPS and out["top1"] == pytest.approx(results["top1"])
-    assert out["sparsity"] == results["sparsity"] and out["flops"] == results["flops"]
+    assert out["sparsity"] == results["sparsity"] and out["macs"] == results["macs"]
     assert (workdir / "eval_results.json").exists()
 
 
@@ -207,7 +232,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_dense_baseline_and_bfloat16(tmp_path):
     results = run(imagenet_test_config(criterion="dense", dtype="bfloat16"), tmp_path / "w")
-    assert results["sparsity"] == 0.0 and results["flops"] == results["dense_flops"]
+    assert results["sparsity"] == 0.0 and results["macs"] == results["dense_macs"]
     assert results["steps"] == NUM_STEPS and results["layer_sparsity"] == {}
 
 
@@ -260,6 +285,34 @@ def test_validation_split_is_evaluated_instead_of_test(tmp_path):
     assert results["eval_split"] == "test" and results["num_eval_examples"] == 32
 
 
+def test_data_fields_select_the_streamed_augmented_pipeline(tmp_path, monkeypatch):
+    """`data_in_memory=False` and `augment='on'` train Fashion-MNIST through tf.data, augmented."""
+    from optg_jax import data  # pylint: disable=import-outside-toplevel
+
+    calls, first_batches = [], []
+    original = data.train_iterator
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        batches = original(*args, **kwargs)
+        first_batches.append(next(batches))
+        return itertools.chain(first_batches[-1:], batches)
+
+    monkeypatch.setattr(data, "train_iterator", spy)
+    fields = dict(dataset="fashion_mnist", model="fmnist_cnn", image_size=28, num_epochs=1)
+    config = imagenet_test_config(data_in_memory=False, augment="on", **fields)
+    results = run(config, tmp_path / "w")
+    assert results["steps"] == 3 and 0 <= results["top1"] <= 1
+    assert (calls[0]["cache"], calls[0]["augment"]) == (False, True)
+    # The batches the run trained on are the streamed, augmented ones: the in-memory pipeline
+    # without augmentation yields other images for the same step.
+    with tfds.testing.mock_data(num_examples=32):
+        plain = next(original("fashion_mnist", None, 8, seed=0, cache=True, augment=False))
+        streamed = next(original("fashion_mnist", None, 8, seed=0, cache=False, augment=True))
+    np.testing.assert_array_equal(first_batches[0]["image"], streamed["image"])
+    assert not np.array_equal(first_batches[0]["image"], plain["image"])
+
+
 def test_config_fields_reach_optg_optax(monkeypatch):
     import optg_jax  # pylint: disable=import-outside-toplevel
 
@@ -277,7 +330,7 @@ def test_config_fields_reach_optg_optax(monkeypatch):
         score_momentum=0.5,
         mask_update_every=2,
     )
-    training.make_optimizer(config, 6, 3, lambda step: 0.1)
+    steps.make_optimizer(config, 6, 3, lambda step: 0.1)
     assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
     assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
 

@@ -61,15 +61,26 @@ _FACTORIES: types.MappingProxyType[str, Callable[..., nn.Module]] = types.Mappin
 
 
 def names() -> list[str]:
-    """The names `create` accepts."""
+    """The names `create` accepts.
+
+    Returns:
+      The model names, in the zoo's order.
+    """
     return list(_FACTORIES)
 
 
 def create(name: str, num_classes: int, dtype: Any = jnp.float32, **kwargs) -> nn.Module:
     """Builds the model called `name` with `num_classes` outputs computing in `dtype`.
 
-    Extra keyword arguments go to the model (e.g. `width_multiplier=0.5` for "mobilenet_v1",
-    `zero_init_residual=True` for the ResNets in `resnet.py`).
+    Args:
+      name: one of `names()`.
+      num_classes: the number of outputs (logits).
+      dtype: the compute dtype (params are float32).
+      **kwargs: passed to the model (e.g. `width_multiplier=0.5` for "mobilenet_v1",
+        `zero_init_residual=True` for the ResNets in `resnet.py`).
+
+    Returns:
+      The `flax.linen` module.
 
     Raises:
       ValueError: `name` is not one of `names()`.

@@ -83,14 +83,41 @@ class CifarResNet(nn.Module):
 
 
 def resnet20(num_classes: int, dtype=jnp.float32) -> CifarResNet:
+    """ResNet-20 for CIFAR (3 stages of 3 basic blocks).
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+
+    Returns:
+      The `CifarResNet` of depth 20.
+    """
     return CifarResNet(20, num_classes, dtype=dtype)
 
 
 def resnet32(num_classes: int, dtype=jnp.float32) -> CifarResNet:
+    """ResNet-32 for CIFAR (3 stages of 5 basic blocks).
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+
+    Returns:
+      The `CifarResNet` of depth 32.
+    """
     return CifarResNet(32, num_classes, dtype=dtype)
 
 
 def resnet56(num_classes: int, dtype=jnp.float32) -> CifarResNet:
+    """ResNet-56 for CIFAR (3 stages of 9 basic blocks).
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+
+    Returns:
+      The `CifarResNet` of depth 56.
+    """
     return CifarResNet(56, num_classes, dtype=dtype)
 
 

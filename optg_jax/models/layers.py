@@ -38,8 +38,18 @@ def conv(
 ) -> nn.Conv:
     """A square `nn.Conv` with PyTorch padding `(kernel_size - 1) // 2` on every side.
 
-    Kernel shape is `(k, k, in_features // groups, features)`, initialised by `kernel_init`
-    (kaiming normal, fan_in, by default); params are float32, the computation runs in `dtype`.
+    Args:
+      features: output channels.
+      kernel_size: the kernel's height and width `k`.
+      stride: the stride in both directions.
+      dtype: the compute dtype (params are float32).
+      groups: the feature group count (`in_features` for a depthwise conv).
+      use_bias: whether the conv has a bias.
+      kernel_init: the kernel initialiser (kaiming normal, fan_in, by default).
+      name: the module name.
+
+    Returns:
+      The `nn.Conv`; its kernel shape is `(k, k, in_features // groups, features)`.
     """
     pad = (kernel_size - 1) // 2
     return nn.Conv(
@@ -67,6 +77,15 @@ def batch_norm(
 
     Running statistics live in the 'batch_stats' collection and are updated as
     `new = 0.9 * old + 0.1 * batch` when the caller marks 'batch_stats' mutable.
+
+    Args:
+      train: use the batch statistics (and update the running ones) instead of the running ones.
+      dtype: the compute dtype (params are float32).
+      scale_init: the initialiser of the scale (e.g. zeros for a block's last BatchNorm).
+      name: the module name.
+
+    Returns:
+      The `nn.BatchNorm`.
     """
     return nn.BatchNorm(
         use_running_average=not train,
@@ -80,7 +99,16 @@ def batch_norm(
 
 
 def classifier(num_classes: int, *, dtype: Any, name: str = "fc") -> nn.Dense:
-    """The final linear layer (with bias); callers cast its output to float32 logits."""
+    """The final linear layer (with bias); callers cast its output to float32 logits.
+
+    Args:
+      num_classes: the number of outputs.
+      dtype: the compute dtype (params are float32).
+      name: the module name.
+
+    Returns:
+      The `nn.Dense`.
+    """
     return nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 

@@ -62,4 +62,14 @@ class MobileNetV1(nn.Module):
 
 
 def mobilenet_v1(num_classes: int, dtype=jnp.float32, width_multiplier: float = 1.0) -> MobileNetV1:
+    """MobileNet-V1 for ImageNet (Howard et al. 2017).
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+      width_multiplier: scales every layer's channels (1.0 = the standard network).
+
+    Returns:
+      The `MobileNetV1`.
+    """
     return MobileNetV1(num_classes, width_multiplier=width_multiplier, dtype=dtype)

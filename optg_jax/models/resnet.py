@@ -142,14 +142,44 @@ class ResNet(nn.Module):
 
 
 def resnet18(num_classes: int, dtype=jnp.float32, **kwargs) -> ResNet:
+    """ResNet-18 for ImageNet (basic blocks, 2-2-2-2).
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+      **kwargs: further `ResNet` fields (e.g. `zero_init_residual=True`).
+
+    Returns:
+      The `ResNet`.
+    """
     return ResNet((2, 2, 2, 2), BasicBlock, num_classes, dtype=dtype, **kwargs)
 
 
 def resnet34(num_classes: int, dtype=jnp.float32, **kwargs) -> ResNet:
+    """ResNet-34 for ImageNet (basic blocks, 3-4-6-3).
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+      **kwargs: further `ResNet` fields (e.g. `zero_init_residual=True`).
+
+    Returns:
+      The `ResNet`.
+    """
     return ResNet((3, 4, 6, 3), BasicBlock, num_classes, dtype=dtype, **kwargs)
 
 
 def resnet50(num_classes: int, dtype=jnp.float32, **kwargs) -> ResNet:
+    """ResNet-50 for ImageNet (bottleneck blocks, 3-4-6-3).
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+      **kwargs: further `ResNet` fields (e.g. `zero_init_residual=True`).
+
+    Returns:
+      The `ResNet`.
+    """
     return ResNet((3, 4, 6, 3), Bottleneck, num_classes, dtype=dtype, **kwargs)
 
 
@@ -160,6 +190,14 @@ def resnet50_bottleneck_cifar(num_classes: int, dtype=jnp.float32, **kwargs) -> 
     basic blocks with 3.0M parameters). This bottleneck network is what several CIFAR pruning
     papers call ResNet-50, and it is kept to compare with them. Its classifier and init are the
     zoo's (bias-free, fan_in): 23,520,832 parameters with 10 classes.
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+      **kwargs: further `ResNet` fields (e.g. `zero_init_residual=True`).
+
+    Returns:
+      The `ResNet`.
     """
     return ResNet((3, 4, 6, 3), Bottleneck, num_classes, stem="cifar", dtype=dtype, **kwargs)
 
@@ -169,6 +207,14 @@ def tiny_resnet(num_classes: int, dtype=jnp.float32, **kwargs) -> ResNet:
 
     The 7x7/2 stem and max-pool divide the resolution by 4 before any block, so a step is cheap
     at 224x224 too; any input of at least 1x1 works.
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+      **kwargs: further `ResNet` fields (e.g. `zero_init_residual=True`).
+
+    Returns:
+      The `ResNet`.
     """
     return ResNet(
         (1, 1),

@@ -20,6 +20,12 @@ def max_pool_2x2(x):
     Same values as `nn.max_pool(x, (2, 2), strides=(2, 2))`; its gradient is an elementwise
     comparison instead of XLA's select-and-scatter, which is slow on CPU (the whole Fashion-MNIST
     train step runs about 1.6x faster on 2 CPU cores).
+
+    Args:
+      x: `[B, H, W, C]`; an odd last row or column is dropped.
+
+    Returns:
+      `[B, H // 2, W // 2, C]`, same dtype.
     """
     b, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2]
@@ -52,4 +58,13 @@ class FashionMnistCNN(nn.Module):
 
 
 def fmnist_cnn(num_classes: int, dtype=jnp.float32) -> FashionMnistCNN:
+    """The small Fashion-MNIST CNN (two conv blocks, two dense layers).
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+
+    Returns:
+      The `FashionMnistCNN`.
+    """
     return FashionMnistCNN(num_classes, dtype=dtype)

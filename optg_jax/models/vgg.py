@@ -70,4 +70,13 @@ class VGG(nn.Module):
 
 
 def vgg19_cifar(num_classes: int, dtype=jnp.float32) -> VGG:
+    """VGG-19 with BatchNorm for CIFAR (32x32 inputs).
+
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+
+    Returns:
+      The `VGG`.
+    """
     return VGG(num_classes, dtype=dtype)

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optg_jax import flops, models
+from optg_jax import macs as macs_lib
+from optg_jax import models
 
 
 def abstract_variables(model, shape):
@@ -15,7 +16,7 @@ def abstract_variables(model, shape):
 
 
 def macs(model, shape, masks=None):
-    return flops.count(model, abstract_variables(model, shape), shape, masks)
+    return macs_lib.count(model, abstract_variables(model, shape), shape, masks)
 
 
 class OneConv(nn.Module):
@@ -100,22 +101,22 @@ def test_masked_conv_at_90_percent_sparsity_costs_10_percent():
     mask = np.zeros(90, np.uint8)
     mask[np.random.default_rng(0).choice(90, 9, replace=False)] = 1
     masks = {"Conv_0": {"kernel": mask.reshape(3, 3, 2, 5), "bias": None}}
-    dense = flops.count(model, variables, (6, 6, 2))
+    dense = macs_lib.count(model, variables, (6, 6, 2))
     assert dense == 6 * 6 * 90
-    assert flops.count(model, variables, (6, 6, 2), masks) == dense // 10 == 6 * 6 * 9
+    assert macs_lib.count(model, variables, (6, 6, 2), masks) == dense // 10 == 6 * 6 * 9
 
 
 def test_masked_dense_counts_nonzeros():
     model = FlattenDense(10)
     variables = abstract_variables(model, (2, 5, 1))  # kernel 10x10
     mask = np.eye(10, dtype=bool)
-    assert flops.count(model, variables, (2, 5, 1), {"Dense_0": {"kernel": mask}}) == 10
+    assert macs_lib.count(model, variables, (2, 5, 1), {"Dense_0": {"kernel": mask}}) == 10
 
 
 def test_mask_in_a_big_model_affects_only_its_layer():
     model = models.create("resnet20", 10)
     variables = abstract_variables(model, (32, 32, 3))
-    dense = flops.count_by_layer(model, variables, (32, 32, 3))
+    dense = macs_lib.count_by_layer(model, variables, (32, 32, 3))
     kernel = variables["params"]["layer2_0"]["conv2"]["kernel"]
     keep = np.zeros(kernel.size, bool)
     keep[: kernel.size // 4] = True  # 9216 weights: exactly 25% kept
@@ -123,27 +124,27 @@ def test_mask_in_a_big_model_affects_only_its_layer():
     masks = jax.tree.map(lambda _: None, variables["params"])
     masks["layer2_0"]["conv2"]["kernel"] = keep.reshape(kernel.shape)
     del masks["layer3_0"]
-    masked = flops.count_by_layer(model, variables, (32, 32, 3), masks)
+    masked = macs_lib.count_by_layer(model, variables, (32, 32, 3), masks)
     name = "layer2_0/conv2/kernel"
     assert masked[name] * 4 == dense[name] == 16 * 16 * kernel.size
     assert {k: v for k, v in masked.items() if k != name} == {
         k: v for k, v in dense.items() if k != name
     }
-    assert flops.count(model, variables, (32, 32, 3), masks) == sum(masked.values())
+    assert macs_lib.count(model, variables, (32, 32, 3), masks) == sum(masked.values())
 
 
 def test_all_zero_mask_costs_nothing():
     model = OneConv(4)
     variables = abstract_variables(model, (5, 5, 2))
     masks = {"Conv_0": {"kernel": jnp.zeros((3, 3, 2, 4), jnp.bool_)}}
-    assert flops.count(model, variables, (5, 5, 2), masks) == 0
+    assert macs_lib.count(model, variables, (5, 5, 2), masks) == 0
 
 
 def test_mask_of_wrong_size_is_rejected():
     model = OneConv(4)
     variables = abstract_variables(model, (5, 5, 2))
     with pytest.raises(ValueError, match="Conv_0/kernel"):
-        flops.count(model, variables, (5, 5, 2), {"Conv_0": {"kernel": np.ones((3, 3))}})
+        macs_lib.count(model, variables, (5, 5, 2), {"Conv_0": {"kernel": np.ones((3, 3))}})
 
 
 # --- kernels reached through nested jaxprs --------------------------------------------------------
@@ -166,10 +167,10 @@ class Nested(nn.Module):
 def test_kernels_are_found_inside_remat_jit_and_scan():
     model = Nested()
     variables = abstract_variables(model, (5, 5, 2))
-    by_layer = flops.count_by_layer(model, variables, (5, 5, 2))
+    by_layer = macs_lib.count_by_layer(model, variables, (5, 5, 2))
     assert by_layer == {"conv/kernel": 5 * 5 * 9 * 2 * 4, "w": 100 * 6, "loop": 3 * 36}
     masks = {"w": np.arange(600).reshape(100, 6) % 2, "loop": np.eye(6)}
-    masked = flops.count_by_layer(model, variables, (5, 5, 2), masks)
+    masked = macs_lib.count_by_layer(model, variables, (5, 5, 2), masks)
     assert masked == {"conv/kernel": 5 * 5 * 9 * 2 * 4, "w": 300, "loop": 3 * 6}
 
 
@@ -181,8 +182,8 @@ class Attention(nn.Module):
 
 
 def test_products_without_params_are_reported_separately():
-    by_layer = flops.count_by_layer(Attention(), {}, (2, 2, 3))
-    assert by_layer == {flops.UNATTRIBUTED: 4 * 4 * 3}
+    by_layer = macs_lib.count_by_layer(Attention(), {}, (2, 2, 3))
+    assert by_layer == {macs_lib.UNATTRIBUTED: 4 * 4 * 3}
 
 
 # --- the published totals ----------------------------------------------------------------------
@@ -191,14 +192,14 @@ def test_products_without_params_are_reported_separately():
 def test_resnet50_imagenet_is_4_1_gmacs():
     model = models.create("resnet50", 1000)
     variables = abstract_variables(model, (224, 224, 3))
-    by_layer = flops.count_by_layer(model, variables, (224, 224, 3))
+    by_layer = macs_lib.count_by_layer(model, variables, (224, 224, 3))
     total = sum(by_layer.values())
     assert total == pytest.approx(4.1e9, rel=0.02)
     assert total == 4_089_184_256  # the usual "4.09 GFLOPs" of torchvision / thop
     assert by_layer["conv1/kernel"] == 112 * 112 * 7 * 7 * 3 * 64
     assert by_layer["fc/kernel"] == 2048 * 1000
     assert len(by_layer) == 54  # 53 convs + fc
-    assert flops.count(model, variables, (224, 224, 3)) == total
+    assert macs_lib.count(model, variables, (224, 224, 3)) == total
 
 
 def test_mobilenet_v1_is_569_mmacs():
@@ -218,7 +219,7 @@ def test_concrete_variables_give_the_same_count():
     model = models.create("tiny_resnet", 10)
     x = jnp.zeros((1, 8, 8, 3))
     variables = jax.jit(lambda x: model.init(jax.random.key(0, impl="rbg"), x, train=False))(x)
-    assert flops.count(model, variables, (16, 16, 3)) == macs(model, (16, 16, 3)) > 0
+    assert macs_lib.count(model, variables, (16, 16, 3)) == macs(model, (16, 16, 3)) > 0
 
 
 def test_reference_cifar_resnet50_macs_by_hand():

@@ -61,10 +61,21 @@ def count(model, variables, input_shape: Sequence[int], masks=None) -> int:
 
 
 def count_by_layer(model, variables, input_shape: Sequence[int], masks=None) -> dict[str, int]:
-    """Like `count`, split by kernel: `{"layer1_0/conv1/kernel": macs, ...}`.
+    """Like `count`, split by kernel.
 
-    Keys are '/'-joined param paths, in the order the layers run. MACs of products that use no
-    param (e.g. attention scores) are reported under `UNATTRIBUTED`.
+    Args:
+      model: a Flax module applied as `model.apply(variables, x, train=False)`.
+      variables: its variables (arrays or `jax.ShapeDtypeStruct`s), as for `count`.
+      input_shape: one example's shape, without the batch dimension.
+      masks: optional masks shaped like `variables['params']`, as for `count`.
+
+    Returns:
+      `{"layer1_0/conv1/kernel": macs, ...}` (Python ints): keys are '/'-joined param paths, in
+      the order the layers run; MACs of products that use no param (e.g. attention scores) are
+      reported under `UNATTRIBUTED`.
+
+    Raises:
+      ValueError: a mask's size differs from its kernel's.
     """
     params = variables.get("params", {})
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)

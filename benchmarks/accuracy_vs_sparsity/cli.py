@@ -1,0 +1,134 @@
+"""The command line of the accuracy-vs-sparsity benchmark (`python -m benchmarks.accuracy_vs_sparsity`).
+
+See `benchmarks.accuracy_vs_sparsity` for what it measures and the commands; `--help` lists the
+options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+
+from benchmarks.accuracy_vs_sparsity.methods import parse_method
+from benchmarks.accuracy_vs_sparsity.report import (
+    SECTION,
+    accuracy_table,
+    budget_table,
+    protocol_header,
+    write_report,
+)
+from benchmarks.accuracy_vs_sparsity.runs import (
+    GRID_METHODS,
+    QUICK_SPARSITIES,
+    SPARSITIES,
+    budget_specs,
+    code_version,
+    grid_specs,
+    protocol_tag,
+    read_all_records,
+    run_all,
+    shared_config,
+)
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT
+
+DESCRIPTION = "Top-1 against sparsity for OptG and its baselines, every method under one protocol."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the grid (and the budget study), rewriting the report after every run.
+
+    Args:
+      argv: the command-line arguments (default: `sys.argv[1:]`).
+
+    Returns:
+      The exit status, 0.
+    """
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--quick", action="store_true", help="98%% and 99%%, seed 0 only")
+    parser.add_argument("--methods", nargs="+", default=list(GRID_METHODS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="grid run length (default: the protocol's, 4 for Fashion-MNIST)",
+    )
+    parser.add_argument("--budget", action="store_true", help="also run the budget study")
+    parser.add_argument("--budget-epochs", nargs="+", type=int, default=[2, 4, 8, 16])
+    parser.add_argument("--no-grid", action="store_true", help="skip the grid (e.g. budget only)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report from finished runs; train nothing",
+    )
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "fashion_mnist.py"))
+    parser.add_argument("--dataset", default="")
+    parser.add_argument("--model", default="")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--mask-update-every", type=int, default=None)
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on all but the last N training examples and evaluate on "
+        "them (tuning OptG-specific settings; the test split is not read)",
+    )
+    parser.add_argument("--workdir-root", default=os.path.join(ROOT, "runs", "bench", SECTION))
+    parser.add_argument("--results-dir", default=RESULTS_DIR)
+    parser.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
+    args = parser.parse_args(argv)
+    for m in args.methods:
+        parse_method(m)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    code_version()  # The library as imported now, before a long grid.
+    shared = shared_config(
+        args.config,
+        dataset=args.dataset,
+        model=args.model,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        mask_update_every=args.mask_update_every,
+        learning_rate=args.learning_rate,
+        validation_examples=args.validation,
+    )
+    epochs = args.epochs or int(shared.num_epochs)
+    shared.num_epochs = epochs
+    root = os.path.join(args.workdir_root, protocol_tag(shared))
+    os.makedirs(root, exist_ok=True)
+
+    # Runs of one protocol compile the same steps: reuse them across runs and invocations.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir_root, "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+    sparsities = args.sparsities or list(QUICK_SPARSITIES if args.quick else SPARSITIES)
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    specs = [] if args.no_grid else grid_specs(args.methods, sparsities, seeds, epochs)
+    if args.budget:
+        specs += [s for s in budget_specs(args.budget_epochs) if s not in specs]
+    header = protocol_header(shared, epochs, root)
+
+    validation = bool(shared.validation_examples)
+
+    def report():
+        write_report(
+            read_all_records(root), epochs, header, args.results_dir, args.benchmarks_md, validation
+        )
+
+    if not args.report_only:
+        run_all(specs, shared, root, on_row=report)
+    report()
+    rows = read_all_records(root)
+    print("\n".join(accuracy_table(rows, epochs, "validation" if validation else "test")))
+    budget = budget_table(rows)
+    if budget:
+        print("\n" + "\n".join(budget))
+    return 0

@@ -1,0 +1,445 @@
+"""The report of the accuracy-vs-sparsity benchmark: statistics, tables, CSV, plots, Markdown.
+
+Everything here reads the per-run rows (`runs.read_all_records`) and writes files; nothing trains.
+`write_report` writes the CSV, the PNGs, `<section>.md` and the section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+
+from benchmarks.accuracy_vs_sparsity.methods import TUNED_OPTG, label, method_order, parse_method
+from benchmarks.accuracy_vs_sparsity.runs import (
+    BUDGET_BASELINES,
+    BUDGET_METHODS,
+    BUDGET_SPARSITY,
+)
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, update_section
+from optg_jax import config as config_lib
+
+SECTION = "accuracy_vs_sparsity"
+
+CSV_FIELDS = (
+    "method",
+    "sparsity",
+    "seed",
+    "epochs",
+    "top1",
+    "top5",
+    "final_sparsity",
+    "macs",
+    "dense_macs",
+    "wall_time_s",
+    "train_time_s",
+    "steps",
+    "model",
+    "dataset",
+    "image_size",
+    "batch_size",
+    "code",
+)
+
+
+def cell_stats(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample std (0 for one value), n)."""
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std, len(values)
+
+
+def summarize(rows: list[dict], epochs: int) -> dict:
+    """{(method, sparsity): (mean top-1, std, n)} over seeds for runs of `epochs` epochs."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if int(r["epochs"]) == epochs:
+            groups.setdefault((r["method"], float(r["sparsity"])), []).append(float(r["top1"]))
+    return {k: cell_stats(v) for k, v in groups.items()}
+
+
+def fmt_cell(stats, bold=False) -> str:
+    if stats is None:
+        return "—"
+    mean, std, n = stats
+    text = f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
+    text = f"**{text}**" if bold else text
+    return f"{text} ({n})"
+
+
+def verdicts(cells: dict, sparsities: list[float]) -> list[str]:
+    """The goals, checked per sparsity for OptG (paper defaults) and the tuned OptG: Markdown."""
+    lines = []
+    for method in ("optg", TUNED_OPTG):
+        lines += [f"{label(method)}:", ""] if any((method, s) in cells for s in sparsities) else []
+        lines += [f"  {line}" for line in _verdicts_of(method, cells, sparsities)]
+        lines += [""] if lines and lines[-1] else []
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
+def _verdicts_of(method: str, cells: dict, sparsities: list[float]) -> list[str]:
+    lines = []
+    for s in sparsities:
+        optg = cells.get((method, s))
+        others = {
+            m: v
+            for (m, sp), v in cells.items()
+            if sp == s and m in ("magnitude", "taylor", "supermask")
+        }
+        if optg is None or not others:
+            continue
+        best_m, best = max(others.items(), key=lambda kv: kv[1][0])
+        gap = 100 * (optg[0] - best[0])
+        if s >= 0.98:
+            ok = optg[0] > best[0]
+            goal = "OptG has the best mean top-1 of the sparse methods"
+        else:
+            tolerance = max(optg[1], best[1])
+            ok = optg[0] >= best[0] - tolerance
+            goal = (
+                f"OptG within one std ({100 * tolerance:.2f}, the larger of the two) of the "
+                "best baseline"
+            )
+        seeds = min(optg[2], best[2])
+        note = " (one seed: not a statistical statement)" if seeds < 2 else ""
+        lines.append(
+            f"- {100 * s:g}%: {goal}: **{'yes' if ok else 'no'}** — OptG "
+            f"{100 * optg[0]:.2f} vs best baseline {label(best_m)} {100 * best[0]:.2f} "
+            f"(OptG {gap:+.2f} points){note}."
+        )
+    return lines
+
+
+def best_tuned(cells: dict, sparsities: list[float]) -> list[str]:
+    """Validation report: the OptG variant (criterion optg) with the best mean over sparsities.
+
+    Candidates are the variants run at every sparsity with the most seeds (a variant dropped
+    after one seed cannot win on one lucky run).
+    """
+    means, seeds = {}, {}
+    for (m, s), (mean, _, n) in cells.items():
+        if m != "dense" and parse_method(m)[0] == "optg" and s in sparsities:
+            means.setdefault(m, {})[s] = mean
+            seeds[m] = min(seeds.get(m, n), n)
+    complete = {m: v for m, v in means.items() if len(v) == len(sparsities)}
+    if not complete:
+        return []
+    most = max(seeds[m] for m in complete)
+    complete = {m: v for m, v in complete.items() if seeds[m] == most}
+    best = max(complete, key=lambda m: statistics.fmean(complete[m].values()))
+    mean = statistics.fmean(complete[best].values())
+    return [
+        f"Best OptG variant on the validation split (mean top-1 over "
+        f"{', '.join(f'{100 * s:g}%' for s in sparsities)}, among the variants with "
+        f"{most} seed{'s' if most > 1 else ''}): `{best}` ({100 * mean:.2f}); the grid's "
+        f"tuned OptG is `{TUNED_OPTG}`."
+    ]
+
+
+def accuracy_table(rows: list[dict], epochs: int, split: str = "test") -> list[str]:
+    cells = summarize(rows, epochs)
+    if not cells:
+        return []
+    sparsities = sorted({s for (m, s) in cells if m != "dense"})
+    methods = sorted({m for (m, s) in cells if m != "dense"}, key=method_order)
+    lines = [
+        f"Top-1 (%) on the {split} split after {epochs} epochs: mean ± std over seeds "
+        "(number of seeds); the best sparse mean per column (ablations included) in bold.",
+        "",
+    ]
+    if ("dense", 0.0) in cells:
+        lines += [f"Dense: {fmt_cell(cells[('dense', 0.0)])}.", ""]
+    lines += [
+        "| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |",
+        "|---|" + "---:|" * len(sparsities),
+    ]
+    best = {
+        s: max((cells[(m, s)][0] for m in methods if (m, s) in cells), default=None)
+        for s in sparsities
+    }
+    for m in methods:
+        lines.append(
+            f"| {label(m)} | "
+            + " | ".join(
+                fmt_cell(cells.get((m, s)), bold=(m, s) in cells and cells[(m, s)][0] == best[s])
+                for s in sparsities
+            )
+            + " |"
+        )
+    macs = {}
+    for r in rows:
+        if int(r["epochs"]) == epochs and r["method"] != "dense":
+            macs.setdefault(float(r["sparsity"]), []).append(float(r["macs"]))
+    dense_macs = next((float(r["dense_macs"]) for r in rows), None)
+    if macs and dense_macs:
+        lines += [
+            "",
+            f"Sparse MACs per example (mean over methods and seeds; dense "
+            f"{dense_macs / 1e6:.2f}M): "
+            + ", ".join(
+                f"{100 * s:g}%: {statistics.fmean(v) / 1e6:.3f}M" for s, v in sorted(macs.items())
+            )
+            + ".",
+        ]
+    if split != "test":
+        pick = best_tuned(cells, sparsities)
+        return lines + (["", *pick] if pick else [])
+    check = verdicts(cells, sparsities)
+    if check:
+        lines += ["", "Against the goal:", ""] + check
+    return lines
+
+
+def budget_table(rows: list[dict], sparsity=BUDGET_SPARSITY, seed: int = 0) -> list[str]:
+    picked = [
+        r
+        for r in rows
+        if float(r["sparsity"]) == sparsity
+        and int(r["seed"]) == seed
+        and r["method"] in BUDGET_METHODS
+    ]
+    epochs = sorted({int(r["epochs"]) for r in picked})
+    if len(epochs) < 2:
+        return []
+    methods = [m for m in BUDGET_METHODS if any(r["method"] == m for r in picked)]
+    top1 = {(r["method"], int(r["epochs"])): float(r["top1"]) for r in picked}
+    optgs = [m for m in methods if m not in BUDGET_BASELINES]
+    lines = [
+        f"Budget study: top-1 (%) at {100 * sparsity:g}%, seed {seed}, by run length (the "
+        "ramp always ends at two-thirds of the run); the last columns are each OptG's "
+        "lead over the better of GMP and Taylor.",
+        "",
+        "| epochs | "
+        + " | ".join(label(m) for m in methods)
+        + " | "
+        + " | ".join(f"{'OptG' if m == 'optg' else 'tuned OptG'} − best baseline" for m in optgs)
+        + " |",
+        "|---:|" + "---:|" * (len(methods) + len(optgs)),
+    ]
+    for e in epochs:
+        vals = [top1.get((m, e)) for m in methods]
+        others = [top1[(m, e)] for m in BUDGET_BASELINES if (m, e) in top1]
+        gaps = [
+            f"{100 * (top1[(m, e)] - max(others)):+.2f}" if (m, e) in top1 and others else "—"
+            for m in optgs
+        ]
+        lines.append(
+            f"| {e} | "
+            + " | ".join("—" if v is None else f"{100 * v:.2f}" for v in vals)
+            + " | "
+            + " | ".join(gaps)
+            + " |"
+        )
+    return lines
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            int(r["epochs"]),
+            method_order(r["method"]),
+            float(r["sparsity"]),
+            int(r["seed"]),
+        ),
+    )
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {
+                    k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, ""))
+                    for k in CSV_FIELDS
+                }
+            )
+
+
+def plot(
+    rows: list[dict], epochs: int, path: str, budget_path: str | None = None, split: str = "test"
+) -> list[str]:
+    """Writes the PNG(s); returns the paths written."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    written = []
+    cells = summarize(rows, epochs)
+    sparsities = sorted({s for (m, s) in cells if m != "dense"})
+    if sparsities:
+        methods = sorted({m for (m, s) in cells if m != "dense"}, key=method_order)
+        # The legend goes under the axes (long variant labels must not hide the 99% points).
+        fig, ax = plt.subplots(figsize=(7.0, 4.2 + 0.2 * (len(methods) + 1)))
+        x = {s: i for i, s in enumerate(sparsities)}
+        for k, m in enumerate(methods):
+            pts = [(x[s], *cells[(m, s)][:2]) for s in sparsities if (m, s) in cells]
+            shift = (k - (len(methods) - 1) / 2) * 0.04
+            ax.errorbar(
+                [p[0] + shift for p in pts],
+                [100 * p[1] for p in pts],
+                yerr=[100 * p[2] for p in pts],
+                marker="o",
+                capsize=3,
+                label=label(m),
+            )
+        if ("dense", 0.0) in cells:
+            dense = 100 * cells[("dense", 0.0)][0]
+            ax.axhline(dense, color="k", ls="--", lw=1, label="dense")
+            ax.set_ylim(top=max(ax.get_ylim()[1], dense + 0.4))
+        ax.set_xticks(range(len(sparsities)), [f"{100 * s:g}%" for s in sparsities])
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel(f"top-1 (%), {split} split")
+        ax.set_title(f"{rows[0]['model']} on {rows[0]['dataset']}, {epochs} epochs")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    picked = [
+        r
+        for r in rows
+        if float(r["sparsity"]) == BUDGET_SPARSITY
+        and int(r["seed"]) == 0
+        and r["method"] in BUDGET_METHODS
+    ]
+    if budget_path and len({int(r["epochs"]) for r in picked}) >= 2:
+        fig, ax = plt.subplots(figsize=(5.6, 5.0))
+        for m in BUDGET_METHODS:
+            pts = sorted(
+                (int(r["epochs"]), 100 * float(r["top1"])) for r in picked if r["method"] == m
+            )
+            if pts:
+                # The tuned variant's settings are spelled out in the tables; short here.
+                ax.plot(*zip(*pts), marker="o", label=label(m).split(" (")[0])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("epochs")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{100 * BUDGET_SPARSITY:g}% sparsity, seed 0")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+        fig.tight_layout()
+        fig.savefig(budget_path, dpi=110)
+        plt.close(fig)
+        written.append(budget_path)
+    return written
+
+
+def report_markdown(
+    rows: list[dict],
+    epochs: int,
+    header: str,
+    notes: str,
+    section: str = SECTION,
+    split: str = "test",
+) -> str:
+    title = (
+        "Accuracy against sparsity"
+        if split == "test"
+        else "Tuning OptG on a validation split (never the test split)"
+    )
+    lines = [f"## {title} (benchmarks/accuracy_vs_sparsity)", "", header, ""]
+    table = accuracy_table(rows, epochs, split)
+    lines += table or ["No grid run has finished yet."]
+    budget = budget_table(rows)
+    if budget:
+        lines += ["", "### Budget study", ""] + budget
+    if rows:
+        total = sum(float(r["wall_time_s"]) for r in rows)
+        lines += [
+            "",
+            f"{len(rows)} runs, {total / 60:.0f} min of wall time in all (per run: "
+            f"{min(float(r['wall_time_s']) for r in rows):.0f}–"
+            f"{max(float(r['wall_time_s']) for r in rows):.0f} s). Every run is a row of "
+            f"[benchmarks/results/{section}.csv](benchmarks/results/{section}.csv).",
+        ]
+        lines += ["", f"![top-1 against sparsity](benchmarks/results/{section}.png)"]
+        if budget:
+            lines += ["", f"![budget study](benchmarks/results/{section}_budget.png)"]
+    if notes.strip():
+        lines += ["", notes.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    rows: list[dict],
+    epochs: int,
+    header: str,
+    results_dir: str = RESULTS_DIR,
+    benchmarks_md: str = BENCHMARKS_MD,
+    validation: bool = False,
+) -> str:
+    """CSV, Markdown, PNGs and the BENCHMARKS.md section; returns the Markdown.
+
+    Runs evaluated on a validation split (`validation`) go to files and a section of their own
+    (`accuracy_vs_sparsity_validation*`), never mixed with the test results.
+    """
+    section, split = (f"{SECTION}_validation", "validation") if validation else (SECTION, "test")
+    os.makedirs(results_dir, exist_ok=True)
+    notes_path = os.path.join(results_dir, f"{section}_notes.md")
+    notes = ""
+    if os.path.exists(notes_path):
+        with open(notes_path, encoding="utf-8") as f:
+            notes = f.read()
+    write_csv(rows, os.path.join(results_dir, f"{section}.csv"))
+    if rows:
+        plot(
+            rows,
+            epochs,
+            os.path.join(results_dir, f"{section}.png"),
+            os.path.join(results_dir, f"{section}_budget.png"),
+            split,
+        )
+    text = report_markdown(rows, epochs, header, notes, section, split)
+    with open(os.path.join(results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    update_section(benchmarks_md, section, text)
+    return text
+
+
+def protocol_header(shared, epochs: int, root: str) -> str:
+    """The section's opening: the shared protocol, where the workdirs are, the commands."""
+    c = shared
+    size = f" at {c.image_size}x{c.image_size}" if c.image_size else ""
+    return "\n".join(
+        [
+            "Every method (dense, GMP = `magnitude`, `taylor`, `supermask` = OptG without the "
+            "supermask optimizer, `optg`) is trained with the same protocol, fixed before any "
+            "comparison was run:",
+            "",
+            f"- `{c.model}` on `{c.dataset}`{size}, {epochs} epochs (grid), batch {c.batch_size}, "
+            f"SGD momentum {c.momentum}, peak lr {config_lib.effective_learning_rate(c):g} "
+            f"(warm-up {c.warmup_epochs:g} epochs, then cosine), weight decay {c.weight_decay:g}, "
+            f"label smoothing {c.label_smoothing:g};",
+            f"- `{c.schedule}` sparsity ramp (β = {c.beta:g} per epoch) from step 0 to "
+            f"{c.pruning_end_fraction:.3g} of training for every sparse method, global allocation, "
+            f"a mask refresh every {c.mask_update_every} steps (during and after the ramp); "
+            f"OptG/supermask score momentum {c.score_momentum:g};",
+            "- top-1 on the test split. The shared hyper-parameters were not tuned. OptG and "
+            "supermask use the paper's OptG-specific settings (β = 1, score momentum 0.9, masks "
+            "re-selected after the ramp as in the paper's code); the row *OptG tuned on "
+            "validation* changes only OptG-specific settings, picked on a validation split carved "
+            "from the training set (section *Tuning OptG on a validation split* below), never on "
+            "test."
+            if not c.validation_examples
+            else f"- top-1 on a validation split: the last {c.validation_examples} training examples, "
+            "held out of training; the test split is not read.",
+            "",
+            f"Workdirs: `{os.path.relpath(root, ROOT)}`. Commands:",
+            "",
+            "```",
+            ".venv/bin/python -m benchmarks.accuracy_vs_sparsity --quick   # 98%, 99%, seed 0",
+            ".venv/bin/python -m benchmarks.accuracy_vs_sparsity           # 90-99%, seeds 0-2",
+            ".venv/bin/python -m benchmarks.accuracy_vs_sparsity --no-grid --budget \\",
+            "    --budget-epochs 2 4 8 16                                  # the budget study",
+            "# the OptG-specific settings, on the last 10,000 training examples:",
+            ".venv/bin/python -m benchmarks.accuracy_vs_sparsity --validation 10000 \\",
+            "    --sparsities 0.98 0.99 --seeds 0 --methods magnitude optg optg-frozen ...",
+            "# CIFAR-10 from TFDS (not run here):",
+            ".venv/bin/python -m benchmarks.accuracy_vs_sparsity --config configs/resnet32_cifar10.py"
+            " \\",
+            "    --data-dir ~/tensorflow_datasets --epochs 160 --budget-epochs 40 80 160",
+            "```",
+        ]
+    )

@@ -1,0 +1,272 @@
+"""What one training step is: the train state, the optimizer, and the train and eval steps.
+
+`create_train_state` builds the state (`TrainState`: weights, BatchNorm statistics, the optax
+chain state with the OptG scores and masks, the step count); `make_optimizer` builds the chain
+`optg_optax -> add_decayed_weights -> sgd` with the `learning_rate_schedule`; `train_step` and
+`eval_step` are pure functions of the state and one batch, ready for `jax.jit` (the training
+program in `optg_jax.training` and `benchmarks/step_overhead.py` both jit them from here).
+
+The network that is trained and evaluated is `W * M` (`masked_params`): the forward pass sees the
+masked weights, and `optg_optax` turns the gradient with respect to them into weight and score
+updates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+import optg_jax
+from optg_jax import config as config_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes (a pytree; checkpoints hold exactly this).
+
+    Attributes:
+      step: int32 scalar, the number of updates done.
+      params: the dense weights `W` (float32 pytree).
+      batch_stats: BatchNorm running statistics (`{}` for models without BatchNorm).
+      opt_state: the optax chain state; holds the OptG scores, score momentum and masks.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def learning_rate_schedule(
+    config: ml_collections.ConfigDict, num_steps: int, steps_per_epoch: int
+) -> optax.Schedule:
+    """Linear warm-up to `learning_rate * batch_size / 256`, then cosine decay to 0.
+
+    Args:
+      config: the run's config (`learning_rate`, `batch_size`, `warmup_epochs`).
+      num_steps: total number of training steps.
+      steps_per_epoch: training steps per epoch (the warm-up is given in epochs).
+
+    Returns:
+      An optax schedule, `step -> float32 learning rate`.
+    """
+    peak = config_lib.effective_learning_rate(config)
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), num_steps - 1)
+    if warmup <= 0:
+        return optax.cosine_decay_schedule(peak, decay_steps=num_steps)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup_steps=warmup, decay_steps=num_steps, end_value=0.0
+    )
+
+
+def pruning_end_step(config: ml_collections.ConfigDict, num_steps: int) -> int:
+    """The step at which the sparsity reaches the target.
+
+    Args:
+      config: the run's config (`pruning_end_fraction`).
+      num_steps: total number of training steps.
+
+    Returns:
+      `round(pruning_end_fraction * num_steps)`, at least 1 and at most `num_steps`.
+    """
+    return int(min(num_steps, max(1, round(config.pruning_end_fraction * num_steps))))
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict,
+    num_steps: int,
+    steps_per_epoch: int,
+    lr_schedule: optax.Schedule,
+) -> optax.GradientTransformation:
+    """The optax chain `optg_optax -> add_decayed_weights -> sgd(momentum)` of a run.
+
+    Dense runs (`config_lib.is_dense`) have no OptG link; a zero `weight_decay` has no decay link.
+
+    Args:
+      config: the run's config (sparsity, criterion, schedule and the other OptG fields,
+        `weight_decay`, `momentum`).
+      num_steps: total number of training steps.
+      steps_per_epoch: training steps per epoch (the default mask refresh interval and the unit
+        of the sigmoid's `beta`).
+      lr_schedule: the weights' learning rate, `step -> lr` (OptG's score lr derives from it).
+
+    Returns:
+      The `optax.GradientTransformation`.
+    """
+    links = []
+    if not config_lib.is_dense(config):
+        links.append(
+            optg_jax.optg_optax(
+                target_sparsity=float(config.sparsity),
+                total_steps=num_steps,
+                learning_rate=lr_schedule,
+                criterion=config.criterion,
+                schedule=config.schedule,
+                mask_update_every=int(config.mask_update_every) or steps_per_epoch,
+                beta=float(config.beta),
+                steps_per_epoch=steps_per_epoch,
+                pruning_start_step=0,
+                pruning_end_step=pruning_end_step(config, num_steps),
+                allocation=config.allocation,
+                score_momentum=float(config.score_momentum),
+                score_lr_floor=float(config.score_lr_floor),
+                update_masks_after_pruning=bool(config.update_masks_after_pruning),
+            )
+        )
+    if config.weight_decay:
+        links.append(optax.add_decayed_weights(config.weight_decay))
+    links.append(optax.sgd(lr_schedule, momentum=config.momentum or None))
+    return optax.chain(*links)
+
+
+def create_train_state(
+    rng: jax.Array,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape: Sequence[int],
+) -> TrainState:
+    """The initial train state: fresh model variables, the optimizer state, step 0.
+
+    Args:
+      rng: a JAX PRNG key for `model.init`.
+      model: the Flax module, applied as `model.apply(variables, x, train=...)`.
+      tx: the optimizer (e.g. from `make_optimizer`); its state is built on the params.
+      input_shape: one example's shape `(H, W, C)`, without the batch dimension.
+
+    Returns:
+      A `TrainState`. The function is pure: jit it with `model`, `tx` and `input_shape` bound
+      (e.g. `jax.jit(functools.partial(create_train_state, model=..., tx=..., input_shape=...))`).
+    """
+    variables = model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+    )
+
+
+def masked_params(params: Any, opt_state: Any, sparse: bool) -> Any:
+    """The weights the network runs with: `W * M` on the masked leaves of a sparse run.
+
+    Args:
+      params: the dense weights `W`.
+      opt_state: the optax chain state (holds the masks when `sparse`).
+      sparse: whether the run has an OptG link; `False` returns `params` as they are.
+
+    Returns:
+      A pytree like `params`.
+    """
+    return optg_jax.apply_masks(params, opt_state) if sparse else params
+
+
+def model_variables(params: Any, batch_stats: Any) -> dict:
+    """The variables dict `model.apply` takes.
+
+    Args:
+      params: the weights to run with.
+      batch_stats: BatchNorm statistics; `{}` (or empty) for a model without BatchNorm.
+
+    Returns:
+      `{'params': params}`, plus `'batch_stats'` when there are any.
+    """
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    num_classes: int,
+    label_smoothing: float,
+    sparse: bool,
+) -> tuple[TrainState, dict]:
+    """One SGD step on the (global) batch.
+
+    Args:
+      state: the train state before the step.
+      batch: `{'image': float [B, H, W, C], 'label': int32 [B]}` (sharded on B when jitted over
+        a mesh; the loss is the mean over the whole batch).
+      model: the Flax module.
+      tx: the optimizer whose state is `state.opt_state`.
+      num_classes: number of classes (the one-hot width).
+      label_smoothing: label smoothing of the cross-entropy (0 for none).
+      sparse: whether `tx` holds an OptG link (masked forward pass, sparsity metrics).
+
+    Returns:
+      `(new state, metrics)`: metrics are float32 scalars `loss`, `accuracy`, `grad_norm` and,
+      for sparse runs, the scheduled `sparsity` and `score_lr` after this step.
+    """
+    mparams = masked_params(state.params, state.opt_state, sparse)
+
+    def loss_fn(mp):
+        logits, new_vars = model.apply(
+            model_variables(mp, state.batch_stats),
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        targets = jax.nn.one_hot(batch["label"], num_classes)
+        if label_smoothing:
+            targets = optax.smooth_labels(targets, label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(mparams)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "grad_norm": optax.global_norm(grads),
+    }
+    if sparse:
+        optg_state = optg_jax.get_optg_state(opt_state)
+        metrics["sparsity"] = optg_state.sparsity
+        metrics["score_lr"] = optg_state.score_lr
+    new_state = TrainState(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState, batch: dict, *, model: nn.Module, num_classes: int, sparse: bool
+) -> dict:
+    """Sums of the eval figures over one (padded) batch of the masked model.
+
+    Args:
+      state: the train state.
+      batch: `{'image': float [B, H, W, C], 'label': int32 [B], 'mask': float32 [B]}`, mask 0 on
+        padding rows.
+      model: the Flax module.
+      num_classes: number of classes (top-5 becomes top-`num_classes` below 5 classes).
+      sparse: whether `state.opt_state` holds masks to apply.
+
+    Returns:
+      float32 scalars: `correct1` and `correct5` (correct top-1/top-5 predictions), `loss` (summed
+      cross-entropy) and `count` (real examples), each summed over the non-padding rows.
+    """
+    mparams = masked_params(state.params, state.opt_state, sparse)
+    logits = model.apply(model_variables(mparams, state.batch_stats), batch["image"], train=False)
+    weight = batch["mask"].astype(jnp.float32)
+    labels = batch["label"]
+    top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    _, top_k = jax.lax.top_k(logits, min(5, num_classes))
+    top5 = jnp.any(top_k == labels[:, None], axis=-1).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {
+        "correct1": jnp.sum(top1 * weight),
+        "correct5": jnp.sum(top5 * weight),
+        "loss": jnp.sum(ce * weight),
+        "count": jnp.sum(weight),
+    }
