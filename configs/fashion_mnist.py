@@ -19,9 +19,8 @@ def get_config():
     c.label_smoothing = 0.0
     c.warmup_epochs = 0.5
     c.sparsity = 0.95
-    # A short run: the ramp (beta = 1 per epoch) ends after 2/3 of training, so the last third
-    # trains the final sparse network.
-    c.pruning_end_fraction = 2.0 / 3.0
+    # The library's default recipe (base_config's): a cubic ramp ending at 2/3 of training, masks
+    # frozen after it, so the last third trains the final sparse network.
     c.checkpoint_every_steps = 500
     c.log_every_steps = 50
     return c

@@ -13,14 +13,17 @@ from optg_jax import schedules
 from optg_jax.optg import (
     ALLOCATIONS,
     CRITERIA,
+    RECIPES,
     Criterion,
     OptGState,
+    Recipe,
     ScoreStep,
     apply_masks,
     default_is_masked,
     get_masks,
     get_optg_state,
     optg_optax,
+    recipe_settings,
     sparsity_summary,
 )
 
@@ -34,7 +37,10 @@ __all__ = [
     "default_is_masked",
     "get_masks",
     "get_optg_state",
+    "RECIPES",
+    "Recipe",
     "optg_optax",
+    "recipe_settings",
     "schedules",
     "sparsity_summary",
 ]

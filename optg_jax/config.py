@@ -2,8 +2,9 @@
 
 Every file in `configs/` starts from `base_config()` and overrides what differs from the paper's
 defaults, so the field names are the same for every model and dataset and the command line can
-override any of them (`--config.sparsity=0.98`). No field defaults to `None`: ml_collections cannot
-override a `None` field from the command line, so "unset" is spelled `0`, `-1` or `""`.
+override any of them (`--config.sparsity=0.98`). A field that is `None` by default is an
+`ml_collections` placeholder of a fixed type, so the command line can still set it; the OptG
+fields left `None` take the values of the config's `recipe` (`optg_jax.recipe_settings`).
 
 `validate(config)` checks a config before anything touches the workdir and raises `ConfigError`
 (a `ValueError`) with a one-line message naming the bad field and value. The names a field accepts
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 
 import ml_collections
+from ml_collections import config_dict
 
 import optg_jax
 from optg_jax import models, schedules
@@ -38,6 +40,7 @@ IDENTITY_FIELDS = (
     "learning_rate",
     "sparsity",
     "criterion",
+    "recipe",
     "schedule",
     "beta",
     "pruning_end_fraction",
@@ -102,19 +105,24 @@ def base_config() -> ml_collections.ConfigDict:
     # OptG sparsity.
     c.sparsity = 0.9  # Target fraction of removed weights, in [0, 1); 0 = dense training.
     c.criterion = "optg"  # optg | supermask | taylor | magnitude | dense.
-    c.schedule = "sigmoid"  # sigmoid | cubic | constant | one_shot.
+    # The values of the OptG fields below that are left None (README, "Library defaults"):
+    # "default" (budget-safe: cubic ramp ending at 2/3 of the run, masks frozen after it, score
+    # momentum 0.99) or "paper" (the reference code's settings).
+    c.recipe = "default"
+    c.schedule = config_dict.placeholder(str)  # sigmoid | cubic | constant | one_shot.
     c.beta = 1.0  # Steepness of the sigmoid schedule (per epoch, as in the paper).
-    # The sparsity ramp ends at this fraction of training (the sigmoid is centred at its middle);
-    # the rest of training recovers at the target sparsity with the final mask.
-    c.pruning_end_fraction = 2.0 / 3.0
-    c.mask_update_every = 0  # Steps between mask refreshes; 0 = one epoch.
+    # The sparsity ramp ends at this fraction of training; the rest of training recovers at the
+    # target sparsity.
+    c.pruning_end_fraction = config_dict.placeholder(float)
+    # Steps between mask refreshes; 0 = one epoch.
+    c.mask_update_every = config_dict.placeholder(int)
     c.allocation = "global"
-    c.score_momentum = 0.9
+    c.score_momentum = config_dict.placeholder(float)
     # optg only: the score lr factor is floor + (1 - floor) * p(t)/P (0 = the paper's form).
     c.score_lr_floor = 0.0
     # Keep re-selecting masks at the target sparsity after the ramp (the paper's code does). Only
     # optg/supermask masks can change then; GMP/Taylor never revive a removed weight.
-    c.update_masks_after_pruning = True
+    c.update_masks_after_pruning = config_dict.placeholder(bool)
 
     # Bookkeeping.
     c.seed = 0
@@ -138,9 +146,10 @@ def paper_config(
     """The OptG paper's recipe for a long ImageNet or CIFAR-10 run (OPTG_SPEC.md).
 
     Batch 256, cosine lr after 5 warm-up epochs, momentum 0.9, label smoothing 0.1 on ImageNet
-    only. As in the paper, the sigmoid (beta = 1 per epoch) spans the whole run
-    (`pruning_end_fraction = 1`): centred at mid-training and within 1% of the target about five
-    epochs later, which leaves ~45% of the run to recover.
+    only, and the library's `recipe="paper"`: the sigmoid (beta = 1 per epoch) spans the whole
+    run, centred at mid-training and within 1% of the target about five epochs later, which leaves
+    ~45% of the run to recover; a mask refresh every epoch, also after the ramp; score momentum
+    0.9.
 
     Args:
       model: a model name (`optg_jax.models.names()`).
@@ -161,7 +170,7 @@ def paper_config(
     c.learning_rate, c.weight_decay = learning_rate, weight_decay
     c.label_smoothing = 0.1 if imagenet else 0.0
     c.warmup_epochs = 5.0
-    c.pruning_end_fraction = 1.0
+    c.recipe = "paper"
     c.sparsity = sparsity
     c.checkpoint_every_steps = 5000 if imagenet else 2000
     return c
@@ -179,13 +188,14 @@ def choices() -> dict[str, tuple[str, ...]]:
 
     Returns:
       `{field: accepted names}` for `model`, `criterion` (the library's criteria and "dense"),
-      `schedule`, `allocation`, `dtype` and `augment`.
+      `schedule` (or None: the recipe's), `allocation`, `recipe`, `dtype` and `augment`.
     """
     return dict(
         model=tuple(models.names()),
         criterion=(*optg_jax.CRITERIA, "dense"),
-        schedule=tuple(schedules.SCHEDULE_NAMES),
+        schedule=(*schedules.SCHEDULE_NAMES, None),
         allocation=tuple(optg_jax.ALLOCATIONS),
+        recipe=tuple(optg_jax.RECIPES),
         dtype=DTYPES,
         augment=tuple(AUGMENT),
     )
@@ -208,7 +218,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     for field, allowed in choices().items():
         if config[field] not in allowed:
-            _fail(field, config[field], f"is not one of {', '.join(allowed)}")
+            names = ", ".join(name for name in allowed if name is not None)
+            _fail(field, config[field], f"is not one of {names}")
     s = config.sparsity
     if not isinstance(s, (int, float)) or not 0.0 <= s < 1.0 or math.isnan(s):
         _fail("sparsity", s, "is outside [0, 1)")
@@ -225,8 +236,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _fail(field, config[field], "must be > 0")
     if not config.beta > 0:
         _fail("beta", config.beta, "must be > 0")
-    if not 0.0 < config.pruning_end_fraction <= 1.0:
-        _fail("pruning_end_fraction", config.pruning_end_fraction, "is outside (0, 1]")
+    fraction = config.pruning_end_fraction
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        _fail("pruning_end_fraction", fraction, "is outside (0, 1]")
     if not 0.0 <= config.score_lr_floor <= 1.0:
         _fail("score_lr_floor", config.score_lr_floor, "is outside [0, 1]")
     for field in (
@@ -236,16 +248,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "image_size",
         "validation_examples",
     ):
-        if config[field] < 0:
+        if config[field] is not None and config[field] < 0:
             _fail(field, config[field], "must be >= 0")
     for field in ("momentum", "score_momentum", "label_smoothing"):
-        if not 0.0 <= config[field] < 1.0:
+        if config[field] is not None and not 0.0 <= config[field] < 1.0:
             _fail(field, config[field], "is outside [0, 1)")
     for field in ("num_train_steps", "steps_per_epoch", "steps_per_eval"):
         if config[field] == 0 or config[field] < -1:
             _fail(field, config[field], "must be > 0, or -1 for the default")
     for field in ("update_masks_after_pruning", "data_in_memory"):
-        if not isinstance(config[field], bool):
+        if not isinstance(config[field], bool) and not (
+            field == "update_masks_after_pruning" and config[field] is None
+        ):
             _fail(field, config[field], "must be True or False")
     # Last: the data set names come from `optg_jax.data`, whose TensorFlow import takes seconds,
     # so every other mistake is reported before it.

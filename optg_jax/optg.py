@@ -53,7 +53,7 @@ from jax import lax
 from optg_jax import schedules as schedules_lib
 from optg_jax import topk
 
-ALLOCATIONS = ("global", "uniform")
+ALLOCATIONS = ("global", "uniform", "magnitude")
 
 MaskPredicate = Callable[[tuple, Any], bool]
 
@@ -182,6 +182,44 @@ _CRITERIA: Mapping[str, Criterion] = types.MappingProxyType(
 CRITERIA = tuple(_CRITERIA)
 
 
+class Recipe(NamedTuple):
+    """The values `optg_optax` takes for the arguments a caller leaves at `None`.
+
+    Attributes:
+      name: the name `optg_optax(recipe=...)` accepts.
+      pruning_end_fraction: the sparsity reaches `P` at `round(fraction * total_steps)`.
+      refreshes_during_ramp: `mask_update_every` defaults to `ramp_steps // n` (at least 1);
+        0 means one epoch (`steps_per_epoch`, else `total_steps // 100`).
+      schedule: the sparsity schedule (a name in `schedules.SCHEDULE_NAMES`).
+      score_momentum: momentum of the score SGD.
+      update_masks_after_pruning: whether masks keep being re-selected after the ramp.
+    """
+
+    name: str
+    pruning_end_fraction: float
+    refreshes_during_ramp: int
+    schedule: str
+    score_momentum: float
+    update_masks_after_pruning: bool
+
+
+_RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
+    {
+        r.name: r
+        for r in (
+            # Budget-safe settings chosen on validation splits (README, BENCHMARKS.md): the ramp
+            # ends at two-thirds of the run, a fixed number of refreshes during it, the field's
+            # cubic ramp, a long score average, and masks frozen once the target is reached.
+            Recipe("default", 2.0 / 3.0, 64, "cubic", 0.99, False),
+            # The paper's code: the sigmoid spans the whole run, a refresh every epoch, score
+            # momentum 0.9, masks re-selected after the ramp too.
+            Recipe("paper", 1.0, 0, "sigmoid", 0.9, True),
+        )
+    }
+)
+RECIPES = tuple(_RECIPES)
+
+
 def default_is_masked(path: tuple, leaf: Any) -> bool:
     """Every conv or dense kernel: arrays of rank >= 2 (first and last layers included).
 
@@ -204,6 +242,78 @@ def _exact_num_kept(num_weights: int, sparsity: float) -> int:
 
 def _is_none(x) -> bool:
     return x is None
+
+
+def recipe_settings(
+    total_steps: int,
+    recipe: str = "default",
+    *,
+    schedule: str | schedules_lib.Schedule | None = None,
+    mask_update_every: int | None = None,
+    steps_per_epoch: int | None = None,
+    pruning_start_step: int = 0,
+    pruning_end_step: int | None = None,
+    score_momentum: float | None = None,
+    update_masks_after_pruning: bool | None = None,
+) -> dict[str, Any]:
+    """The settings `optg_optax` runs with: the given ones, and the recipe's for those left `None`.
+
+    Args:
+      total_steps: number of updates in the whole run.
+      recipe: `"default"` or `"paper"` (see `RECIPES` and the README's table).
+      schedule: the sparsity schedule, or `None` for the recipe's.
+      mask_update_every: steps between mask refreshes, or `None`: the default recipe refreshes
+        `refreshes_during_ramp` times during the ramp, the paper's every epoch
+        (`steps_per_epoch`, else 1% of the run).
+      steps_per_epoch: the caller's epoch (the unit of the sigmoid's `beta`), or `None`: the
+        caller's `mask_update_every`, else 1% of the run.
+      pruning_start_step: the step at which the ramp starts.
+      pruning_end_step: the step at which the sparsity reaches its target, or `None`:
+        `pruning_start_step + round(fraction * (total_steps - pruning_start_step))`.
+      score_momentum: momentum of the score SGD, or `None` for the recipe's.
+      update_masks_after_pruning: whether masks keep changing after the ramp, or `None` for
+        the recipe's.
+
+    Returns:
+      A dict with the keys `schedule`, `mask_update_every`, `steps_per_epoch`,
+      `pruning_start_step`, `pruning_end_step`, `score_momentum` and
+      `update_masks_after_pruning`. Values are not validated here (`optg_optax` does that).
+
+    Raises:
+      ValueError: `recipe` is not one of `RECIPES`.
+    """
+    if recipe not in _RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    rules = _RECIPES[recipe]
+    is_int = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+    if pruning_end_step is None and is_int(total_steps) and is_int(pruning_start_step):
+        ramp = round(rules.pruning_end_fraction * (total_steps - pruning_start_step))
+        pruning_end_step = int(min(total_steps, pruning_start_step + max(1, ramp)))
+    epoch = steps_per_epoch
+    if epoch is None:
+        # The sigmoid's unit: the caller's refresh interval (their epoch), else 1% of the run.
+        epoch = mask_update_every
+        if epoch is None and is_int(total_steps):
+            epoch = max(1, int(total_steps) // 100)
+    if mask_update_every is None:
+        if rules.refreshes_during_ramp and is_int(pruning_end_step) and is_int(pruning_start_step):
+            ramp = pruning_end_step - pruning_start_step
+            mask_update_every = max(1, int(ramp) // rules.refreshes_during_ramp)
+        else:
+            mask_update_every = epoch
+    return {
+        "schedule": rules.schedule if schedule is None else schedule,
+        "mask_update_every": mask_update_every,
+        "steps_per_epoch": epoch,
+        "pruning_start_step": pruning_start_step,
+        "pruning_end_step": pruning_end_step,
+        "score_momentum": rules.score_momentum if score_momentum is None else score_momentum,
+        "update_masks_after_pruning": (
+            rules.update_masks_after_pruning
+            if update_masks_after_pruning is None
+            else update_masks_after_pruning
+        ),
+    }
 
 
 def _validate(
@@ -276,17 +386,20 @@ def optg_optax(
     total_steps: int,
     learning_rate: float | optax.Schedule,
     criterion: str | Criterion = "optg",
-    schedule: str | schedules_lib.Schedule = "sigmoid",
+    schedule: str | schedules_lib.Schedule | None = None,
     mask_update_every: int | None = None,
     *,
+    recipe: str = "default",
     beta: float = 1.0,
     steps_per_epoch: int | None = None,
     pruning_start_step: int = 0,
     pruning_end_step: int | None = None,
     allocation: str = "global",
-    score_momentum: float = 0.9,
+    score_momentum: float | None = None,
     score_lr_floor: float = 0.0,
-    update_masks_after_pruning: bool = True,
+    update_masks_after_pruning: bool | None = None,
+    layer_score_scaling: str = "none",
+    allow_revival: bool = True,
     is_masked: MaskPredicate | None = None,
     mask_dtype=jnp.uint8,
 ) -> optax.GradientTransformation:
@@ -303,24 +416,37 @@ def optg_optax(
         `optg` use `learning_rate(t) * p(t) / P`, of `supermask` `learning_rate(t)`.
       criterion: `"optg"`, `"supermask"`, `"taylor"` or `"magnitude"` (see the module
         docstring), or a `Criterion` record for a criterion of your own.
-      schedule: `"sigmoid"` (paper, normalised to reach `P` exactly at
-        `pruning_end_step`), `"cubic"`, `"constant"`, `"one_shot"` (at
-        `pruning_start_step`), or a callable `step -> sparsity`.
-      mask_update_every: steps between mask refreshes (default: one epoch if
-        `steps_per_epoch` is given, else `total_steps // 100`, at least 1).
+      schedule: `"cubic"` (Zhu & Gupta), `"sigmoid"` (the paper's, normalised to reach `P`
+        exactly at `pruning_end_step`), `"constant"`, `"one_shot"` (at `pruning_start_step`), a
+        callable `step -> sparsity`, or None for the recipe's.
+      mask_update_every: steps between mask refreshes, or None for the recipe's (default
+        recipe: `refreshes_during_ramp` refreshes spread over the ramp; paper: one epoch,
+        `steps_per_epoch`, else 1% of the run).
+      recipe: what the arguments left at None become (`recipe_settings`, `RECIPES`):
+        `"default"`, budget-safe settings chosen on validation splits (the README's table), or
+        `"paper"`, the reference code's settings.
       beta: steepness of the sigmoid schedule, per epoch (paper: 1).
-      steps_per_epoch: the epoch length that `beta` refers to (default `mask_update_every`).
+      steps_per_epoch: the epoch length that `beta` refers to (default: `mask_update_every` if
+        given, else 1% of the run).
       pruning_start_step: sparsity is 0 up to this step.
-      pruning_end_step: sparsity reaches `P` exactly here (default `total_steps`). The masks
-        are always re-selected at this step (after the last update when it is `total_steps`),
-        so the final masks remove exactly `N - floor(N * (1 - P))` of the `N` masked weights.
+      pruning_end_step: sparsity reaches `P` exactly here (None: the recipe's fraction of the
+        steps after `pruning_start_step`). The masks are always re-selected at this step
+        (after the last update when it is `total_steps`), so the final masks remove exactly
+        `N - floor(N * (1 - P))` of the `N` masked weights.
       allocation: `"global"` ranks all masked leaves together (paper); `"uniform"` keeps the
-        same fraction in every leaf.
-      score_momentum: momentum of the score SGD (PyTorch convention `v = mu v + g`).
+        same fraction in every leaf; `"magnitude"` gives each leaf the share a global ranking of
+        the dense weights' magnitudes would keep, filled by the criterion's own ranking.
+      score_momentum: momentum of the score SGD (PyTorch convention `v = mu v + g`), or None
+        for the recipe's (default 0.99, paper 0.9).
       score_lr_floor: `optg` only; the score learning rate factor becomes
         `floor + (1 - floor) * p(t) / P` (0 = the paper's supermask optimizer).
       update_masks_after_pruning: keep re-selecting masks (at sparsity `P`) every
-        `mask_update_every` steps after `pruning_end_step`, as the reference code does.
+        `mask_update_every` steps after `pruning_end_step`, as the reference code does; None for
+        the recipe's (default False: masks are frozen once the ramp ends).
+      layer_score_scaling: `"none"`, or `"rms"`: each leaf's ranking scores are divided by their
+        root mean square before the global ranking.
+      allow_revival: whether a removed weight can come back at a refresh (OptG's scores keep
+        moving for removed weights); False ranks only the kept weights.
       is_masked: predicate on `(key_path, leaf)` choosing the masked leaves (default: every
         leaf of rank >= 2, i.e. conv and dense kernels).
       mask_dtype: dtype of the masks (`jnp.uint8` or `jnp.bool_`).
@@ -328,14 +454,21 @@ def optg_optax(
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.
     """
-    if mask_update_every is None:
-        mask_update_every = steps_per_epoch
-    if mask_update_every is None and isinstance(total_steps, (int, np.integer)):
-        mask_update_every = max(1, int(total_steps) // 100)
-    if steps_per_epoch is None:
-        steps_per_epoch = mask_update_every
-    if pruning_end_step is None:
-        pruning_end_step = total_steps
+    settings = recipe_settings(
+        total_steps,
+        recipe,
+        schedule=schedule,
+        mask_update_every=mask_update_every,
+        steps_per_epoch=steps_per_epoch,
+        pruning_start_step=pruning_start_step,
+        pruning_end_step=pruning_end_step,
+        score_momentum=score_momentum,
+        update_masks_after_pruning=update_masks_after_pruning,
+    )
+    schedule, mask_update_every = settings["schedule"], settings["mask_update_every"]
+    steps_per_epoch, pruning_end_step = settings["steps_per_epoch"], settings["pruning_end_step"]
+    score_momentum = settings["score_momentum"]
+    update_masks_after_pruning = settings["update_masks_after_pruning"]
     _validate(
         target_sparsity,
         total_steps,
@@ -376,14 +509,32 @@ def optg_optax(
             lr = lr * (score_lr_floor + (1.0 - score_lr_floor) * progress)
         return lr.astype(jnp.float32)
 
-    def select(rank_scores: list, sparsity) -> list:
+    def ranked(scores_leaves, weights_leaves, masks_leaves):
+        rank = rule.rank(scores_leaves, weights_leaves, masks_leaves)
+        if not allow_revival:
+            rank = [jnp.where(m > 0, r, -jnp.inf) for r, m in zip(rank, masks_leaves)]
+        return rank
+
+    def select(rank_scores: list, sparsity, weights: list) -> list:
         """Masks for the given per-leaf ranking scores at the given sparsity."""
+        if layer_score_scaling == "rms":
+            rank_scores = [
+                r / jnp.sqrt(jnp.mean(jnp.square(r)) + jnp.float32(1e-30)) for r in rank_scores
+            ]
         sizes = [int(np.prod(s.shape)) for s in rank_scores]
         at_target = sparsity >= jnp.float32(target)
-        if allocation == "global":
+        if allocation in ("global", "magnitude"):
             total = sum(sizes)
             k = jnp.where(at_target, _exact_num_kept(total, target), topk.num_kept(total, sparsity))
-            return topk.topk_masks(rank_scores, k, mask_dtype)
+            if allocation == "global":
+                return topk.topk_masks(rank_scores, k, mask_dtype)
+            # Per-leaf budgets from a global ranking of the dense weights' magnitudes; each leaf
+            # then keeps its best entries by the criterion's own scores.
+            budget = topk.topk_masks([jnp.abs(w) for w in weights], k, jnp.uint8)
+            masks = []
+            for s, b in zip(rank_scores, budget):
+                masks.extend(topk.topk_masks([s], jnp.sum(b, dtype=jnp.int32), mask_dtype))
+            return masks
         masks = []
         for s, size in zip(rank_scores, sizes):
             k = jnp.where(at_target, _exact_num_kept(size, target), topk.num_kept(size, sparsity))
@@ -396,7 +547,7 @@ def optg_optax(
         # (total - kept) in integers: exactly 0 when nothing is removed.
         return ((total - kept) / max(total, 1)).astype(jnp.float32)
 
-    def reselect_if(pred, step, rank_fn, masks_leaves, sparsity):
+    def reselect_if(pred, step, rank_fn, masks_leaves, sparsity, weights):
         """(masks, realised sparsity) selected at `step` when `pred`, else unchanged.
 
         `rank_fn()` gives the ranking scores; it is called inside the taken branch only, so an
@@ -404,7 +555,7 @@ def optg_optax(
         """
 
         def reselect(_):
-            new = select(rank_fn(), sparsity_fn(step))
+            new = select(rank_fn(), sparsity_fn(step), weights)
             return new, realized_sparsity(new)
 
         return lax.cond(pred, reselect, lambda _: (list(masks_leaves), sparsity), None)
@@ -430,7 +581,7 @@ def optg_optax(
         if masks_leaves:
             sparsity = sparsity_fn(count)
             rank = rule.rank(jax.tree.leaves(scores), params_leaves, masks_leaves)
-            masks_leaves = select(rank, sparsity)
+            masks_leaves = select(rank, sparsity, params_leaves)
         masks = jax.tree.unflatten(treedef, masks_leaves)
         return OptGState(
             count=count,
@@ -475,9 +626,10 @@ def optg_optax(
             new_m_leaves, sparsity = reselect_if(
                 refresh,
                 count,
-                lambda: rule.rank(s_leaves, w_leaves, m_leaves),
+                lambda: ranked(s_leaves, w_leaves, m_leaves),
                 m_leaves,
                 state.sparsity,
+                w_leaves,
             )
 
         s_leaves, v_leaves = rule.update(
@@ -503,9 +655,10 @@ def optg_optax(
             new_m_leaves, sparsity = reselect_if(
                 final,
                 new_count,
-                lambda: rule.rank(s_leaves, w_leaves, new_m_leaves),
+                lambda: ranked(s_leaves, w_leaves, new_m_leaves),
                 new_m_leaves,
                 sparsity,
+                w_leaves,
             )
             last_refresh = jnp.where(final, new_count, last_refresh)
 

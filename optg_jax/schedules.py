@@ -82,6 +82,12 @@ def sigmoid_schedule(
       end_step: step at which `p` reaches `target` exactly (and stays).
       beta: steepness per epoch (> 0); the paper uses 1.
       steps_per_epoch: steps in one epoch, the unit of `beta`.
+
+    Returns:
+      A jittable schedule `step -> float32 scalar sparsity` (`step` a Python or traced integer).
+
+    Raises:
+      ValueError: an argument outside its range; the message names it.
     """
     _check_target(target)
     _check_window(begin_step, end_step)
@@ -104,7 +110,22 @@ def sigmoid_schedule(
 
 
 def cubic_schedule(target: float, begin_step: int, end_step: int) -> Schedule:
-    """Zhu & Gupta's gradual pruning ramp `target * (1 - (1 - x)**3)`, x = window progress."""
+    """Zhu & Gupta's gradual pruning ramp `target * (1 - (1 - x)**3)`, x = window progress.
+
+    The sparsity rises fastest at the start of the window (when many weights are redundant) and
+    flattens towards `target`; the field's standard ramp for gradual magnitude pruning.
+
+    Args:
+      target: final sparsity `P` in [0, 1).
+      begin_step: step at which pruning starts (`p = 0` up to and including it).
+      end_step: step at which `p` reaches `target` exactly (and stays).
+
+    Returns:
+      A jittable schedule `step -> float32 scalar sparsity` (`step` a Python or traced integer).
+
+    Raises:
+      ValueError: an argument outside its range; the message names it.
+    """
     _check_target(target)
     _check_window(begin_step, end_step)
 
@@ -116,13 +137,34 @@ def cubic_schedule(target: float, begin_step: int, end_step: int) -> Schedule:
 
 
 def constant_schedule(target: float) -> Schedule:
-    """`target` from step 0 on (sparse training from scratch at a fixed sparsity)."""
+    """`target` from step 0 on (sparse training from scratch at a fixed sparsity).
+
+    Args:
+      target: the sparsity `P` in [0, 1).
+
+    Returns:
+      A jittable schedule `step -> float32 scalar sparsity` (`step` a Python or traced integer).
+
+    Raises:
+      ValueError: an argument outside its range; the message names it.
+    """
     _check_target(target)
     return lambda step: jnp.full((), target, jnp.float32)
 
 
 def one_shot_schedule(target: float, prune_step: int) -> Schedule:
-    """0 before `prune_step`, `target` from `prune_step` on."""
+    """0 before `prune_step`, `target` from `prune_step` on.
+
+    Args:
+      target: the sparsity `P` in [0, 1).
+      prune_step: the step from which the sparsity is `target` (a non-negative integer).
+
+    Returns:
+      A jittable schedule `step -> float32 scalar sparsity` (`step` a Python or traced integer).
+
+    Raises:
+      ValueError: an argument outside its range; the message names it.
+    """
     _check_target(target)
     if int(prune_step) != prune_step or prune_step < 0:
         raise ValueError(f"prune_step must be a non-negative integer, got {prune_step!r}")
@@ -135,7 +177,19 @@ def reference_sigmoid_schedule(
     """The reference code's schedule: `P * sigmoid(beta * (e - E/2))`, e = epoch of `step`.
 
     Piecewise constant over each epoch and not normalised (it starts above 0 and ends below
-    `target`). Kept for side-by-side comparisons with the reference procedure.
+    `target`). The training program uses it with `reference_schedules=True`.
+
+    Args:
+      target: the sparsity `P` in [0, 1).
+      num_epochs: `E`, the length of the run in epochs.
+      steps_per_epoch: optimizer steps in one epoch.
+      beta: steepness per epoch (the paper: 1).
+
+    Returns:
+      A jittable schedule `step -> float32 scalar sparsity` (`step` a Python or traced integer).
+
+    Raises:
+      ValueError: an argument outside its range; the message names it.
     """
     _check_target(target)
 
@@ -210,7 +264,20 @@ def make_schedule(
 ) -> Schedule:
     """Builds a schedule from its name (one of `SCHEDULE_NAMES`) or passes a callable on.
 
-    `one_shot` prunes at `begin_step`; `constant` ignores the window.
+    Args:
+      schedule: `"sigmoid"`, `"cubic"`, `"constant"`, `"one_shot"` (prunes at `begin_step`), or
+        a callable `step -> sparsity`, returned as it is.
+      target: final sparsity `P` in [0, 1).
+      begin_step: step at which the ramp starts.
+      end_step: step at which the ramp reaches `target` (`constant` ignores the window).
+      beta: the sigmoid's steepness per epoch.
+      steps_per_epoch: the sigmoid's epoch, in steps.
+
+    Returns:
+      A jittable schedule `step -> float32 scalar sparsity` (`step` a Python or traced integer).
+
+    Raises:
+      ValueError: an argument outside its range; the message names it.
     """
     if callable(schedule):
         return schedule

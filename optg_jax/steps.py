@@ -65,17 +65,52 @@ def learning_rate_schedule(
     )
 
 
-def pruning_end_step(config: ml_collections.ConfigDict, num_steps: int) -> int:
-    """The step at which the sparsity reaches the target.
+def pruning_end_step(config: ml_collections.ConfigDict, num_steps: int) -> int | None:
+    """The step at which the sparsity reaches the target, when the config sets it.
 
     Args:
       config: the run's config (`pruning_end_fraction`).
       num_steps: total number of training steps.
 
     Returns:
-      `round(pruning_end_fraction * num_steps)`, at least 1 and at most `num_steps`.
+      `round(pruning_end_fraction * num_steps)`, at least 1 and at most `num_steps`; None when
+      `pruning_end_fraction` is None (the recipe's).
     """
+    if config.pruning_end_fraction is None:
+        return None
     return int(min(num_steps, max(1, round(config.pruning_end_fraction * num_steps))))
+
+
+def optg_settings(
+    config: ml_collections.ConfigDict, num_steps: int, steps_per_epoch: int
+) -> dict[str, Any]:
+    """The keyword arguments the run gives `optg_optax`: config fields, None where unset.
+
+    Args:
+      config: the run's config (`recipe` and the OptG fields).
+      num_steps: total number of training steps.
+      steps_per_epoch: training steps per epoch (the unit of the sigmoid's `beta`, and the
+        refresh interval that `mask_update_every = 0` asks for).
+
+    Returns:
+      `{argument: value}` for `optg_optax` after `target_sparsity`, `total_steps` and
+      `learning_rate`; the recipe fills in the arguments that are None.
+    """
+    every = config.mask_update_every
+    return dict(
+        criterion=config.criterion,
+        recipe=config.recipe,
+        schedule=config.schedule,
+        mask_update_every=None if every is None else (int(every) or steps_per_epoch),
+        beta=float(config.beta),
+        steps_per_epoch=steps_per_epoch,
+        pruning_start_step=0,
+        pruning_end_step=pruning_end_step(config, num_steps),
+        allocation=config.allocation,
+        score_momentum=None if config.score_momentum is None else float(config.score_momentum),
+        score_lr_floor=float(config.score_lr_floor),
+        update_masks_after_pruning=config.update_masks_after_pruning,
+    )
 
 
 def make_optimizer(
@@ -103,20 +138,10 @@ def make_optimizer(
     if not config_lib.is_dense(config):
         links.append(
             optg_jax.optg_optax(
-                target_sparsity=float(config.sparsity),
-                total_steps=num_steps,
-                learning_rate=lr_schedule,
-                criterion=config.criterion,
-                schedule=config.schedule,
-                mask_update_every=int(config.mask_update_every) or steps_per_epoch,
-                beta=float(config.beta),
-                steps_per_epoch=steps_per_epoch,
-                pruning_start_step=0,
-                pruning_end_step=pruning_end_step(config, num_steps),
-                allocation=config.allocation,
-                score_momentum=float(config.score_momentum),
-                score_lr_floor=float(config.score_lr_floor),
-                update_masks_after_pruning=bool(config.update_masks_after_pruning),
+                float(config.sparsity),
+                num_steps,
+                lr_schedule,
+                **optg_settings(config, num_steps, steps_per_epoch),
             )
         )
     if config.weight_decay:

@@ -584,6 +584,18 @@ def _sparsity_figures(run: Run, state: steps.TrainState) -> dict:
     }
 
 
+# The `optg_optax` arguments that `optg_jax.recipe_settings` resolves.
+_RECIPE_ARGUMENTS = (
+    "schedule",
+    "mask_update_every",
+    "steps_per_epoch",
+    "pruning_start_step",
+    "pruning_end_step",
+    "score_momentum",
+    "update_masks_after_pruning",
+)
+
+
 def _final_results(
     run: Run,
     state: steps.TrainState,
@@ -607,6 +619,7 @@ def _final_results(
         "model": config.model,
         "dataset": config.dataset,
         "criterion": config.criterion,
+        "recipe": config.recipe,
         "schedule": config.schedule,
         "target_sparsity": float(config.sparsity) if run.sparse else 0.0,
         "layer_sparsity": figures["layer_sparsity"],
@@ -617,6 +630,15 @@ def _final_results(
         "train_time_s": train_time,
         "wall_time_s": time.time() - wall_start,
     }
+    if run.sparse:  # What optg_optax ran with, the recipe's values filled in.
+        settings = steps.optg_settings(config, run.num_steps, run.steps_per_epoch)
+        resolved = optg_jax.recipe_settings(
+            run.num_steps,
+            settings["recipe"],
+            **{k: settings[k] for k in _RECIPE_ARGUMENTS},
+        )
+        results["schedule"] = resolved["schedule"]
+        results["optg_settings"] = resolved
     if config.eval_only:
         results["eval_only"] = True
         if previous is not None:  # The training run's results.

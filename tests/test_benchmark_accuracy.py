@@ -168,7 +168,8 @@ def test_run_all_resumes_and_applies_method_options(tmp_path):
 
     lines = []
     rows = runs.run_all(specs, shared, str(tmp_path), train_fn=fake_train, say=lines.append)
-    assert calls == [("magnitude", 0.9, 1, 0.0, 25, True), ("optg", 0.9, 1, 0.5, 50, False)]
+    # update_masks_after_pruning: None (the recipe's) unless the method sets it.
+    assert calls == [("magnitude", 0.9, 1, 0.0, 25, None), ("optg", 0.9, 1, 0.5, 50, False)]
     assert shared.mask_update_every == 25  # The shared config is not touched.
     assert rows[1]["method"] == "optg-floor0.5-every50-frozen" and rows[1]["top1"] == 0.8
     assert "run 2/2" in lines[-1] and "ETA" in lines[-1]

@@ -36,28 +36,50 @@ def test_required_config_files_exist():
     assert set(REQUIRED) <= names
 
 
+def resolved_settings(config, total, steps_per_epoch):
+    """What optg_optax runs with for this config: the recipe's values where fields are None."""
+    import optg_jax  # pylint: disable=import-outside-toplevel
+    from optg_jax import steps  # pylint: disable=import-outside-toplevel
+
+    given = steps.optg_settings(config, total, steps_per_epoch)
+    keys = ("schedule", "mask_update_every", "steps_per_epoch", "pruning_end_step")
+    keys += ("score_momentum", "update_masks_after_pruning")
+    return optg_jax.recipe_settings(total, given["recipe"], **{k: given[k] for k in keys})
+
+
 @pytest.mark.parametrize("name", REQUIRED)
 def test_config_has_shared_fields_and_validates(name):
     config = load(name)
     assert set(config_lib.base_config()) <= set(config)
     config_lib.validate(config)
-    assert config.criterion == "optg" and config.schedule == "sigmoid" and config.beta == 1.0
+    assert config.criterion == "optg" and config.beta == 1.0
     assert config.momentum == 0.9 and not config_lib.is_dense(config)
-    assert 0 < config.pruning_end_fraction <= 1
+    settings = resolved_settings(config, config.num_epochs * 50, 50)
+    if name == "fashion_mnist":  # The short default run: the library's default recipe.
+        assert config.recipe == "default"
+        assert (settings["schedule"], settings["score_momentum"]) == ("cubic", 0.99)
+        assert settings["update_masks_after_pruning"] is False
+        assert settings["pruning_end_step"] == round(2 / 3 * config.num_epochs * 50)
+    else:  # The paper's long runs: the paper's recipe.
+        assert config.recipe == "paper"
+        assert (settings["schedule"], settings["score_momentum"]) == ("sigmoid", 0.9)
+        assert settings["update_masks_after_pruning"] is True
+        assert settings["pruning_end_step"] == config.num_epochs * 50
+        assert settings["mask_update_every"] == 50  # one epoch
 
 
 @pytest.mark.parametrize("name", REQUIRED)
 def test_sparsity_ramp_ends_well_before_the_run(name):
     """Within 1% of the target by 70% of training, exactly the target from the end of pruning."""
     import optg_jax  # pylint: disable=import-outside-toplevel
-    from optg_jax import steps  # pylint: disable=import-outside-toplevel
 
     config = load(name)
     steps_per_epoch = 50
     total = config.num_epochs * steps_per_epoch
-    end = steps.pruning_end_step(config, total)
-    schedule = optg_jax.schedules.sigmoid_schedule(
-        config.sparsity, 0, end, config.beta, steps_per_epoch
+    settings = resolved_settings(config, total, steps_per_epoch)
+    end = settings["pruning_end_step"]
+    schedule = optg_jax.schedules.make_schedule(
+        settings["schedule"], config.sparsity, 0, end, config.beta, steps_per_epoch
     )
     assert float(schedule(int(0.7 * total))) >= 0.99 * config.sparsity
     assert float(schedule(end)) == pytest.approx(config.sparsity, abs=1e-7)
@@ -106,7 +128,8 @@ def test_names_come_from_their_owners(monkeypatch):
     assert choices["model"] == tuple(models.names()) and "fmnist_cnn" in choices["model"]
     assert choices["criterion"] == (*optg_jax.CRITERIA, "dense")
     assert choices["allocation"] == optg_jax.ALLOCATIONS
-    assert choices["schedule"] == optg_jax.schedules.SCHEDULE_NAMES
+    assert choices["schedule"] == (*optg_jax.schedules.SCHEDULE_NAMES, None)  # None: the recipe's
+    assert choices["recipe"] == optg_jax.RECIPES
     config = load("fashion_mnist")
     config.model, config.dataset = "new_net", "new_data"
     monkeypatch.setattr(models, "names", lambda: ["new_net"])
@@ -132,6 +155,8 @@ def test_names_come_from_their_owners(monkeypatch):
         ("dataset", "imagenet"),
         ("criterion", "optq"),
         ("schedule", "linear"),
+        ("recipe", "fast"),
+        ("score_momentum", 1.0),
         ("dtype", "float16"),
         ("batch_size", 0),
         ("pruning_end_fraction", 1.5),

@@ -105,6 +105,7 @@ def test_supermask_optimizer_score_lr_and_pytorch_momentum():
         criterion="optg",
         schedule="sigmoid",
         mask_update_every=every,
+        recipe="paper",
         beta=1.0,
     )
     state = tx.init(params)
@@ -303,3 +304,98 @@ def test_custom_predicate():
     )
     state = tx.init(params)
     assert state.masks["l2"]["kernel"] is None and state.masks["l1"]["kernel"].shape == (3, 4)
+
+
+# ----------------------------------------------------------------------------------- recipes
+
+
+def test_recipe_settings_by_hand():
+    # Default: the ramp ends at round(2/3 * 300) = 200, refreshes every 200 // 64 = 3 steps.
+    assert optg_jax.recipe_settings(300) == {
+        "schedule": "cubic",
+        "mask_update_every": 3,
+        "steps_per_epoch": 3,
+        "pruning_start_step": 0,
+        "pruning_end_step": 200,
+        "score_momentum": 0.99,
+        "update_masks_after_pruning": False,
+    }
+    # With a start step the ramp is two-thirds of what is left: 60 + round(2/3 * 240) = 220.
+    s = optg_jax.recipe_settings(300, pruning_start_step=60, steps_per_epoch=30)
+    assert (s["pruning_end_step"], s["mask_update_every"], s["steps_per_epoch"]) == (220, 2, 30)
+    # An explicit refresh interval is kept and is also the sigmoid's epoch.
+    s = optg_jax.recipe_settings(4690, mask_update_every=469, schedule="sigmoid")
+    assert (s["mask_update_every"], s["steps_per_epoch"], s["pruning_end_step"]) == (469, 469, 3127)
+    assert s["schedule"] == "sigmoid"
+    # The paper: sigmoid over the whole run, one refresh per epoch, momentum 0.9, no freezing.
+    assert optg_jax.recipe_settings(300, "paper", steps_per_epoch=30) == {
+        "schedule": "sigmoid",
+        "mask_update_every": 30,
+        "steps_per_epoch": 30,
+        "pruning_start_step": 0,
+        "pruning_end_step": 300,
+        "score_momentum": 0.9,
+        "update_masks_after_pruning": True,
+    }
+    assert optg_jax.recipe_settings(250, "paper")["mask_update_every"] == 2  # 1% of the run
+    with pytest.raises(ValueError, match="recipe must be one of default, paper, got 'fast'"):
+        optg_jax.recipe_settings(300, "fast")
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        optg_jax.optg_optax(0.5, 10, 0.1, recipe="fast")
+
+
+def _mask_history(tx, steps, params):
+    """Masks (flattened, concatenated) after every update of a run on random gradients."""
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    history = []
+    for t in range(steps):
+        grads = jax.tree.map(
+            lambda p, t=t: jnp.asarray(np.random.default_rng(t).normal(size=p.shape), jnp.float32),
+            params,
+        )
+        _, state = update(grads, state, params)
+        masks = optg_jax.get_masks(state)
+        history.append(np.concatenate([np.ravel(m) for m in jax.tree.leaves(masks)]))
+    return np.stack(history)
+
+
+def test_default_recipe_ramps_cubically_and_freezes_masks_after_the_ramp():
+    params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(40, 50)), jnp.float32)}
+    total = 300  # ramp ends at 200; refresh every 3 steps
+    history = _mask_history(optg_jax.optg_optax(0.9, total, 0.1), total, params)
+    changed = [t for t in range(1, total) if (history[t] != history[t - 1]).any()]
+    # Update t re-selects at its start; it is the (t+1)-th update, history index t.
+    assert changed[0] == 3 and all(t % 3 == 0 for t in changed[:-1])
+    assert changed[-1] == 200 and max(changed) == 200  # frozen from the end of the ramp on
+    kept = history.sum(axis=1)
+    n = 2000
+    for t in (3, 99, 150):  # sparsity p(t) = 0.9 * (1 - (1 - t/200)^3) at a refresh
+        expected = math.floor(n * (1 - 0.9 * (1 - (1 - t / 200) ** 3)) + 1e-6)
+        assert abs(kept[t] - expected) <= 1, (t, kept[t], expected)
+    assert kept[-1] == 200  # exactly 10% of 2000
+
+
+def test_default_recipe_score_momentum_is_0_99():
+    params = toy_params()
+    tx = optg_jax.optg_optax(0.5, 30, 0.1, criterion="supermask")
+    state = tx.init(params)
+    g = jax.tree.map(jnp.ones_like, params)
+    for _ in range(2):
+        _, state = tx.update(g, state, params)
+    w = np.asarray(params["l1"]["kernel"])
+    # v1 = g*w, v2 = 0.99 v1 + g*w; s = -0.1 (v1 + v2) (no mask change at steps 0 and 1)
+    np.testing.assert_allclose(
+        np.asarray(state.scores["l1"]["kernel"]), -0.1 * (w + 1.99 * w), rtol=1e-6
+    )
+
+
+def test_paper_recipe_keeps_refreshing_after_the_ramp_and_ends_at_the_run_end():
+    params = {"w": jnp.asarray(np.random.default_rng(1).normal(size=(20, 30)), jnp.float32)}
+    tx = optg_jax.optg_optax(
+        0.8, 60, 0.1, recipe="paper", mask_update_every=10, pruning_end_step=30
+    )
+    history = _mask_history(tx, 60, params)
+    changed = [t for t in range(1, 60) if (history[t] != history[t - 1]).any()]
+    assert any(t > 30 for t in changed)  # re-selected after the ramp (scores keep moving)
+    assert all(t % 10 == 0 or t == 59 for t in changed)

@@ -95,6 +95,7 @@ def test_matches_numpy_reference_procedure_for_three_epochs_of_pruning():
             criterion="optg",
             schedule=schedules.reference_sigmoid_schedule(P, EPOCHS, STEPS_PER_EPOCH, BETA),
             mask_update_every=STEPS_PER_EPOCH,
+            recipe="paper",
         ),
         optax.add_decayed_weights(WD),
         optax.sgd(lr_fn, momentum=MU),

@@ -191,24 +191,9 @@ def test_docstring_checker_finds_what_is_missing(tmp_path, monkeypatch):
     ]
 
 
-# Files whose docstrings are being rewritten on another branch: once they pass, the strict xfail
-# fails and the entry goes.
-_DOCUMENTED_ELSEWHERE = {
-    "optg_jax/schedules.py": "the lead's branch documents schedules.py (new defaults land there)",
-}
-
-
 @pytest.mark.parametrize(
     "module",
-    [
-        pytest.param(
-            module,
-            marks=[pytest.mark.xfail(strict=True, reason=_DOCUMENTED_ELSEWHERE[module])]
-            if module in _DOCUMENTED_ELSEWHERE
-            else [],
-        )
-        for module in sorted(str(p.relative_to(ROOT)) for p in (ROOT / "optg_jax").rglob("*.py"))
-    ],
+    sorted(str(p.relative_to(ROOT)) for p in (ROOT / "optg_jax").rglob("*.py")),
 )
 def test_public_functions_have_args_returns_raises(module):
     """Google sections on every public function of optg_jax (names without a leading `_`)."""
