@@ -29,6 +29,7 @@ MODELS = (
     "resnet50_cifar",
     "fmnist_cnn",
     "tiny_resnet",
+    "vit_tiny",
 )
 DATASETS = ("imagenet2012", "cifar10", "fashion_mnist")
 CRITERIA = ("optg", "supermask", "taylor", "magnitude", "dense")

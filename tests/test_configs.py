@@ -20,6 +20,7 @@ REQUIRED = (
     "resnet50_cifar10",
     "resnet32_cifar10",
     "fashion_mnist",
+    "vit_fashion_mnist",
 )
 
 
