@@ -7,9 +7,11 @@ The library's public names::
     apply_masks(params, opt_state)
     get_masks(opt_state), get_optg_state(opt_state), sparsity_summary(opt_state)
     schedules.*              # sparsity schedules, step -> sparsity
+    masking.*                # which leaves are masked: default_is_masked, rank_at_least_2
 """
 
-from optg_jax import schedules
+from optg_jax import masking, schedules
+from optg_jax.masking import default_is_masked
 from optg_jax.optg import (
     ALLOCATIONS,
     CRITERIA,
@@ -17,7 +19,6 @@ from optg_jax.optg import (
     OptGState,
     ScoreStep,
     apply_masks,
-    default_is_masked,
     get_masks,
     get_optg_state,
     optg_optax,
@@ -34,6 +35,7 @@ __all__ = [
     "default_is_masked",
     "get_masks",
     "get_optg_state",
+    "masking",
     "optg_optax",
     "schedules",
     "sparsity_summary",

@@ -52,6 +52,7 @@ from jax import lax
 
 from optg_jax import schedules as schedules_lib
 from optg_jax import topk
+from optg_jax.masking import default_is_masked
 
 ALLOCATIONS = ("global", "uniform")
 
@@ -182,20 +183,6 @@ _CRITERIA: Mapping[str, Criterion] = types.MappingProxyType(
 CRITERIA = tuple(_CRITERIA)
 
 
-def default_is_masked(path: tuple, leaf: Any) -> bool:
-    """Every conv or dense kernel: arrays of rank >= 2 (first and last layers included).
-
-    Args:
-      path: the leaf's key path in the params pytree (unused).
-      leaf: the parameter array.
-
-    Returns:
-      Whether `optg_optax` masks the leaf.
-    """
-    del path
-    return getattr(leaf, "ndim", 0) >= 2
-
-
 def _exact_num_kept(num_weights: int, sparsity: float) -> int:
     """`floor(N * (1 - P))` with `P` read as the decimal the user wrote (0.9 is 9/10)."""
     p = fractions.Fraction(repr(float(sparsity)))
@@ -321,8 +308,8 @@ def optg_optax(
         `floor + (1 - floor) * p(t) / P` (0 = the paper's supermask optimizer).
       update_masks_after_pruning: keep re-selecting masks (at sparsity `P`) every
         `mask_update_every` steps after `pruning_end_step`, as the reference code does.
-      is_masked: predicate on `(key_path, leaf)` choosing the masked leaves (default: every
-        leaf of rank >= 2, i.e. conv and dense kernels).
+      is_masked: predicate on `(key_path, leaf)` choosing the masked leaves (default:
+        `optg_jax.masking.default_is_masked`, every `kernel` of rank >= 2).
       mask_dtype: dtype of the masks (`jnp.uint8` or `jnp.bool_`).
 
     Returns:
