@@ -8,9 +8,11 @@ The library's public names::
     get_masks(opt_state), get_optg_state(opt_state), sparsity_summary(opt_state)
     schedules.*              # sparsity schedules, step -> sparsity
     masking.*                # which leaves are masked: default_is_masked, rank_at_least_2
+    load_sparse(export_dir)  # a training run's compact sparse export -> model variables
 """
 
 from optg_jax import masking, schedules
+from optg_jax.export import load_sparse
 from optg_jax.masking import default_is_masked
 from optg_jax.optg import (
     ALLOCATIONS,
@@ -35,6 +37,7 @@ __all__ = [
     "default_is_masked",
     "get_masks",
     "get_optg_state",
+    "load_sparse",
     "masking",
     "optg_optax",
     "schedules",
