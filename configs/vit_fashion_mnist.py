@@ -5,10 +5,12 @@ python train.py --config=configs/vit_fashion_mnist.py --workdir=runs/vit_dense \
     --config.criterion=dense
 
 `vit_tiny`: 4x4 patches (49 tokens), width 128, 4 pre-norm blocks of 4 heads, MLP 256, mean
-pooling; 0.54M parameters, 28.3M MACs per example (about 6x the default CNN), so it gets a
-quarter of the CNN's epochs for a similar time. Trained with the program's SGD (momentum 0.9):
-an effective lr of 0.05 at batch 128 learns, 0.2 diverges early. Masks are refreshed every 50
-steps: a refresh per epoch would give only two in so short a run.
+pooling; 0.54M parameters, 28.3M MACs per example (6x the default CNN; a train step takes about
+5x as long on this CPU), so it gets a quarter of the CNN's epochs. Trained with the program's SGD (momentum 0.9): in an 80-step probe
+at batch 128, effective learning rates 0.025 and 0.05 brought the loss to about 1.0, 0.1 to 1.3
+and 0.2 did not learn (2.1). Dense, this config reaches 83.9% top-1 in its 2 epochs, still
+rising (77.5% after the first): more epochs would buy accuracy.
+Masks are refreshed every 50 steps: one refresh per epoch would give two in so short a run.
 """
 
 from optg_jax.config import base_config
