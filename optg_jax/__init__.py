@@ -7,9 +7,13 @@ The library's public names::
     apply_masks(params, opt_state)
     get_masks(opt_state), get_optg_state(opt_state), sparsity_summary(opt_state)
     schedules.*              # sparsity schedules, step -> sparsity
+    masking.*                # which leaves are masked: default_is_masked, rank_at_least_2
+    load_sparse(export_dir)  # a training run's compact sparse export -> model variables
 """
 
-from optg_jax import schedules
+from optg_jax import masking, schedules
+from optg_jax.export import load_sparse
+from optg_jax.masking import default_is_masked
 from optg_jax.optg import (
     ALLOCATIONS,
     CRITERIA,
@@ -19,7 +23,6 @@ from optg_jax.optg import (
     Recipe,
     ScoreStep,
     apply_masks,
-    default_is_masked,
     get_masks,
     get_optg_state,
     optg_optax,
@@ -39,6 +42,8 @@ __all__ = [
     "get_optg_state",
     "RECIPES",
     "Recipe",
+    "load_sparse",
+    "masking",
     "optg_optax",
     "recipe_settings",
     "schedules",

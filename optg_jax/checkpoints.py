@@ -7,7 +7,8 @@ The workdir layout:
   workdir/checkpoints/<step> orbax checkpoints of the train state (params, batch_stats, the whole
                              optimiser state with OptG scores and masks, step); the data position
                              is the step, because the input order is a function of (seed, step)
-  workdir/export/            the masked weights (zeros in place) and batch statistics as .npz
+  workdir/export/            the masked weights (zeros in place) and batch statistics as .npz,
+                             and the same in the compact sparse format of `optg_jax.export`
 
 Orbax coordinates processes itself, so every process calls `save`/`restore`; only process 0
 writes the JSON and the export.
@@ -26,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from optg_jax import export as export_lib
 from optg_jax import files
 from optg_jax.config import ConfigError
 
@@ -307,19 +309,16 @@ def export(workdir: str, masked_params, batch_stats, info: dict) -> str:
 
     Returns:
       The path of export/model.npz, whose keys are 'params/<module path>' and
-      'batch_stats/<module path>'.
+      'batch_stats/<module path>'. The same variables also go to export/model_sparse.npz in the
+      compact sparse format of `optg_jax.export` (read back with `optg_jax.load_sparse`).
     """
     out = workdir_path(workdir) / EXPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for prefix, tree in (("params", masked_params), ("batch_stats", batch_stats or {})):
-        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            arrays[f"{prefix}/{jax.tree_util.keystr(p, simple=True, separator='/')}"] = np.asarray(
-                jax.device_get(x)
-            )
+    variables = {"params": masked_params, "batch_stats": batch_stats or {}}
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **export_lib.flatten(variables))
     path = out / "model.npz"
     path.write_bytes(buffer.getvalue())
+    export_lib.write_sparse(out / export_lib.SPARSE_FILE, variables)
     write_json(out / "info.json", info)
     return str(path)

@@ -52,6 +52,7 @@ from jax import lax
 
 from optg_jax import schedules as schedules_lib
 from optg_jax import topk
+from optg_jax.masking import default_is_masked
 
 ALLOCATIONS = ("global", "uniform", "magnitude")
 
@@ -218,20 +219,6 @@ _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
     }
 )
 RECIPES = tuple(_RECIPES)
-
-
-def default_is_masked(path: tuple, leaf: Any) -> bool:
-    """Every conv or dense kernel: arrays of rank >= 2 (first and last layers included).
-
-    Args:
-      path: the leaf's key path in the params pytree (unused).
-      leaf: the parameter array.
-
-    Returns:
-      Whether `optg_optax` masks the leaf.
-    """
-    del path
-    return getattr(leaf, "ndim", 0) >= 2
 
 
 def _exact_num_kept(num_weights: int, sparsity: float) -> int:
@@ -447,8 +434,8 @@ def optg_optax(
         root mean square before the global ranking.
       allow_revival: whether a removed weight can come back at a refresh (OptG's scores keep
         moving for removed weights); False ranks only the kept weights.
-      is_masked: predicate on `(key_path, leaf)` choosing the masked leaves (default: every
-        leaf of rank >= 2, i.e. conv and dense kernels).
+      is_masked: predicate on `(key_path, leaf)` choosing the masked leaves (default:
+        `optg_jax.masking.default_is_masked`, every `kernel` of rank >= 2).
       mask_dtype: dtype of the masks (`jnp.uint8` or `jnp.bool_`).
 
     Returns:

@@ -20,6 +20,7 @@ REQUIRED = (
     "resnet50_cifar10",
     "resnet32_cifar10",
     "fashion_mnist",
+    "vit_fashion_mnist",
 )
 
 
@@ -55,7 +56,7 @@ def test_config_has_shared_fields_and_validates(name):
     assert config.criterion == "optg" and config.beta == 1.0
     assert config.momentum == 0.9 and not config_lib.is_dense(config)
     settings = resolved_settings(config, config.num_epochs * 50, 50)
-    if name == "fashion_mnist":  # The short default run: the library's default recipe.
+    if name in ("fashion_mnist", "vit_fashion_mnist"):  # Short runs: the default recipe.
         assert config.recipe == "default"
         assert (settings["schedule"], settings["score_momentum"]) == ("cubic", 0.99)
         assert settings["update_masks_after_pruning"] is False

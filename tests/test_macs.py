@@ -92,6 +92,23 @@ def test_fmnist_cnn_by_hand_in_bfloat16():
     assert macs(model, (28, 28, 1)) == expected == 4_643_840
 
 
+def test_vit_tiny_by_hand():
+    """28x28, patch 4: 49 tokens of width 128; 4 blocks; MLP 256; 10 classes."""
+    model = models.create("vit_tiny", 10)
+    by_layer = macs_lib.count_by_layer(model, abstract_variables(model, (28, 28, 1)), (28, 28, 1))
+    tokens, width, mlp = 49, 128, 256
+    projection = tokens * width * width  # each of query, key, value, out
+    assert by_layer["block2/attn/value/kernel"] == projection == 802_816
+    assert (
+        by_layer["block0/mlp_in/kernel"] == by_layer["block3/mlp_out/kernel"] == tokens * 128 * mlp
+    )
+    # q k^T and (attention weights) v: tokens x tokens x width each, no param involved.
+    assert by_layer[macs_lib.UNATTRIBUTED] == 4 * 2 * tokens * tokens * width
+    patch = tokens * 4 * 4 * 1 * width
+    block = 4 * projection + 2 * tokens * width * mlp + 2 * tokens * tokens * width
+    assert sum(by_layer.values()) == patch + 4 * block + width * 10 == 28_250_368
+
+
 # --- masks --------------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ SPECS = {
     "resnet50_bottleneck_cifar": (10, CIFAR),
     "fmnist_cnn": (10, FMNIST),
     "tiny_resnet": (10, CIFAR),
+    "vit_tiny": (10, FMNIST),
 }
 
 # Trainable parameters (BatchNorm scale/bias included, running statistics not). The ResNets and
@@ -43,6 +44,10 @@ PARAM_COUNTS = {
     "resnet56": 853_018,  # He et al. 2016 Table 6: 0.85M
     "resnet50_cifar": 3_013_792,  # the reference's ResNet50_cifar10
     "resnet50_bottleneck_cifar": 23_520_842 - 10,  # ResNet-50, 3x3/1 stem, no max-pool
+    # = 2_176 + 6_272 + 4 * (66_048 + 65_920 + 512) + 256 + 1_290: patch conv 4*4*1*128 + 128;
+    # position embedding 49*128; 4 blocks of [attention 4*(128*128 + 128), MLP 128*256 + 256 +
+    # 256*128 + 128, two LayerNorms 4*128]; final LayerNorm 2*128; head 128*10 + 10.
+    "vit_tiny": 539_914,
 }
 
 # Of those, the parameters the library masks by default (kernels of rank >= 2), as counted from
@@ -143,8 +148,8 @@ def test_bfloat16_model_output_shape_and_dtypes_in_both_modes(name):
         lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x
     )
     assert logits.shape == (3, num_classes) and logits.dtype == jnp.float32
-    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(
-        variables["batch_stats"]
+    assert jax.tree.structure(updates.get("batch_stats", {})) == jax.tree.structure(
+        variables.get("batch_stats", {})
     )
 
 
@@ -367,3 +372,34 @@ class TestReferenceNetworks:
         out = block.apply(variables, x, False)
         expected = np.pad(np.asarray(x)[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (2, 3)))
         np.testing.assert_allclose(out, np.maximum(expected, 0), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, tokens", [(FMNIST, 49), (CIFAR, 64)])
+def test_vit_tokens_and_class_token(shape, tokens):
+    """Patch 4: 7x7 tokens on 28x28, 8x8 on 32x32; the class token adds one and 128 params."""
+    mean = abstract_variables(models.create("vit_tiny", 10), shape)["params"]
+    cls = abstract_variables(models.create("vit_tiny", 10, pool="cls"), shape)["params"]
+    assert mean["pos_embedding"].shape == (1, tokens, 128)
+    assert cls["pos_embedding"].shape == (1, tokens + 1, 128) and cls["cls"].shape == (1, 1, 128)
+    assert num_params({"params": cls}) - num_params({"params": mean}) == 128 + 128
+    assert "batch_stats" not in abstract_variables(models.create("vit_tiny", 10), shape)
+
+
+def test_vit_rejects_inputs_that_do_not_divide_into_patches():
+    with pytest.raises(ValueError, match="30x30"):
+        abstract_variables(models.create("vit_tiny", 10), (30, 30, 1))
+    with pytest.raises(ValueError, match="'max'"):
+        abstract_variables(models.create("vit_tiny", 10, pool="max"), FMNIST)
+
+
+def test_vit_dropout_only_in_train_mode():
+    model = models.create("vit_tiny", 10, dropout_rate=0.5)
+    variables = init_variables(model, FMNIST)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, *FMNIST)), jnp.float32)
+    apply = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}))
+    a = apply(variables, x, jax.random.key(1))
+    b = apply(variables, x, jax.random.key(2))
+    assert not np.allclose(a, b)
+    e1 = model.apply(variables, x, train=False)
+    e2 = models.create("vit_tiny", 10).apply(variables, x, train=False)
+    np.testing.assert_allclose(e1, e2, rtol=1e-6, atol=1e-6)

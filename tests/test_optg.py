@@ -11,6 +11,7 @@ import pytest
 
 import optg_jax
 from optg_jax import schedules
+from optg_jax.masking import rank_at_least_2
 
 
 def toy_params():
@@ -107,6 +108,7 @@ def test_supermask_optimizer_score_lr_and_pytorch_momentum():
         mask_update_every=every,
         recipe="paper",
         beta=1.0,
+        is_masked=rank_at_least_2,  # params named "w", not "kernel"
     )
     state = tx.init(params)
     sched = schedules.sigmoid_schedule(target, 0, total, 1.0, every)
@@ -137,7 +139,9 @@ def test_supermask_optimizer_score_lr_and_pytorch_momentum():
 
 def test_supermask_criterion_uses_plain_lr():
     params = {"w": jnp.ones((2, 2))}
-    tx = optg_jax.optg_optax(0.5, 10, 0.3, criterion="supermask", mask_update_every=2)
+    tx = optg_jax.optg_optax(
+        0.5, 10, 0.3, criterion="supermask", mask_update_every=2, is_masked=rank_at_least_2
+    )
     state = tx.init(params)
     _, state = tx.update({"w": jnp.full((2, 2), 2.0)}, state, params)
     assert float(state.score_lr) == pytest.approx(0.3)
@@ -147,7 +151,13 @@ def test_supermask_criterion_uses_plain_lr():
 def test_score_lr_floor():
     params = {"w": jnp.ones((2, 2))}
     tx = optg_jax.optg_optax(
-        0.5, 10, 1.0, criterion="optg", mask_update_every=2, score_lr_floor=0.25
+        0.5,
+        10,
+        1.0,
+        criterion="optg",
+        mask_update_every=2,
+        score_lr_floor=0.25,
+        is_masked=rank_at_least_2,
     )
     state = tx.init(params)
     _, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
@@ -165,6 +175,7 @@ def test_taylor_is_mean_since_last_refresh_and_magnitude_keeps_largest():
         schedule="one_shot",
         mask_update_every=3,
         pruning_start_step=3,
+        is_masked=rank_at_least_2,
     )
     state = tx.init(params)
     grads = [
@@ -188,7 +199,9 @@ def test_taylor_is_mean_since_last_refresh_and_magnitude_keeps_largest():
     _, state = tx.update({"w": jnp.asarray(g)}, state, params)
     np.testing.assert_allclose(state.scores["w"], [[1.0, 2.0], [1.5, 2.0]], rtol=1e-6)
 
-    tx = optg_jax.optg_optax(0.5, 10, 0.1, criterion="magnitude", schedule="constant")
+    tx = optg_jax.optg_optax(
+        0.5, 10, 0.1, criterion="magnitude", schedule="constant", is_masked=rank_at_least_2
+    )
     state = tx.init(params)
     np.testing.assert_array_equal(state.masks["w"], [[0, 0], [1, 1]])
     assert state.scores["w"] is None and state.momentum["w"] is None
@@ -205,7 +218,13 @@ def test_final_sparsity_exact(criterion, allocation):
     total, target = 30, 0.95
     tx = optax.chain(
         optg_jax.optg_optax(
-            target, total, 0.1, criterion=criterion, mask_update_every=7, allocation=allocation
+            target,
+            total,
+            0.1,
+            criterion=criterion,
+            mask_update_every=7,
+            allocation=allocation,
+            is_masked=rank_at_least_2,  # "a", "b": rank >= 2 leaves that are not named kernel
         ),
         optax.sgd(0.1),
     )
@@ -361,7 +380,7 @@ def _mask_history(tx, steps, params):
 
 
 def test_default_recipe_ramps_cubically_and_freezes_masks_after_the_ramp():
-    params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(40, 50)), jnp.float32)}
+    params = {"kernel": jnp.asarray(np.random.default_rng(0).normal(size=(40, 50)), jnp.float32)}
     total = 300  # ramp ends at 200; refresh every 3 steps
     history = _mask_history(optg_jax.optg_optax(0.9, total, 0.1), total, params)
     changed = [t for t in range(1, total) if (history[t] != history[t - 1]).any()]
@@ -391,7 +410,7 @@ def test_default_recipe_score_momentum_is_0_99():
 
 
 def test_paper_recipe_keeps_refreshing_after_the_ramp_and_ends_at_the_run_end():
-    params = {"w": jnp.asarray(np.random.default_rng(1).normal(size=(20, 30)), jnp.float32)}
+    params = {"kernel": jnp.asarray(np.random.default_rng(1).normal(size=(20, 30)), jnp.float32)}
     tx = optg_jax.optg_optax(
         0.8, 60, 0.1, recipe="paper", mask_update_every=10, pruning_end_step=30
     )

@@ -350,3 +350,25 @@ def test_workdir_written_before_a_field_existed_takes_its_old_default(tmp_path):
         )
     with pytest.raises(ConfigError, match=r"validation_examples=None \(this config: 0\)"):
         checkpoints.check_workdir(str(tmp_path), identity, shapes)  # No default known.
+
+
+def test_sparse_export_loads_to_the_masked_model(finished):
+    """export/model_sparse.npz gives the dense export's variables, hence its logits."""
+    import jax
+    import jax.numpy as jnp
+
+    import optg_jax
+    from optg_jax import export, models
+
+    workdir, _ = finished
+    loaded = optg_jax.load_sparse(workdir / "export")
+    dense = np.load(workdir / "export" / "model.npz")
+    flat = export.flatten(loaded)
+    assert sorted(flat) == sorted(dense.files)
+    masked = export.unflatten({k: dense[k] for k in dense.files})
+    model = models.create("tiny_resnet", dense["params/fc/kernel"].shape[-1])
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 32, 32, 3)), jnp.float32)
+    apply = jax.jit(lambda v: model.apply(v, x, train=False))
+    np.testing.assert_array_equal(apply(loaded), apply(masked))
+    sparse_size = os.path.getsize(workdir / "export" / export.SPARSE_FILE)
+    assert sparse_size < 0.5 * os.path.getsize(workdir / "export" / "model.npz")  # 90% sparse

@@ -38,6 +38,7 @@ from optg_jax.models.resnet import (
 )
 from optg_jax.models.small import FashionMnistCNN, fmnist_cnn
 from optg_jax.models.vgg import VGG, vgg19_cifar
+from optg_jax.models.vit import VisionTransformer, vit_tiny
 
 _FACTORIES: types.MappingProxyType[str, Callable[..., nn.Module]] = types.MappingProxyType(
     {
@@ -56,6 +57,7 @@ _FACTORIES: types.MappingProxyType[str, Callable[..., nn.Module]] = types.Mappin
         # small
         "fmnist_cnn": fmnist_cnn,
         "tiny_resnet": tiny_resnet,
+        "vit_tiny": vit_tiny,
     }
 )
 
@@ -102,4 +104,5 @@ __all__ = [
     "VGG",
     "MobileNetV1",
     "FashionMnistCNN",
+    "VisionTransformer",
 ]
