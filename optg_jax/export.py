@@ -88,6 +88,12 @@ def encode(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def decode(entries: Any) -> dict[str, np.ndarray]:
     """The arrays `encode` was given, from its entries (a dict or an opened `.npz`).
 
+    Args:
+      entries: `encode`'s output, or the `np.load` of a file `write_sparse` wrote.
+
+    Returns:
+      `{'/'-joined name: array}` with the original shapes and dtypes, zeros restored.
+
     Raises:
       ValueError: the entries are not an optg-jax sparse export.
     """
@@ -111,7 +117,14 @@ def decode(entries: Any) -> dict[str, np.ndarray]:
 
 
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
-    """`{'params': {...}, 'batch_stats': {...}}` nested dicts from '/'-joined names."""
+    """Nested variables from '/'-joined names.
+
+    Args:
+      flat: `{'params/conv1/kernel': array, ...}`.
+
+    Returns:
+      `{'params': {...}, 'batch_stats': {...}}` nested dicts (empty collections included).
+    """
     variables: dict = {collection: {} for collection in COLLECTIONS}
     for name, array in flat.items():
         *parents, leaf = name.split("/")

@@ -26,8 +26,9 @@ update, so the final sparsity is exactly `P` either way.
 
 Criteria (which score ranks the weights at a mask refresh):
 
-* `optg`: scores `S` start at 0 and follow SGD with momentum 0.9 on `G * W` with learning
-  rate `learning_rate(t) * p(t) / P` (the supermask optimizer: later, sparser steps weigh more).
+* `optg`: scores `S` start at 0 and follow SGD with momentum (`score_momentum`) on `G * W` with
+  learning rate `learning_rate(t) * p(t) / P` (the supermask optimizer: later, sparser steps
+  weigh more).
 * `supermask`: the same with learning rate `learning_rate(t)` (ablation).
 * `taylor`: `|G * (W * M)|` averaged over the steps since the last refresh, restarted after
   each refresh (the classic first-order criterion, no accumulation across refreshes).
@@ -35,6 +36,13 @@ Criteria (which score ranks the weights at a mask refresh):
 
 For `taylor` and `magnitude` a removed weight scores 0, so it stays removed, as in the classic
 methods; OptG's scores keep moving for removed weights, so they can come back.
+
+Recipes (`recipe=`, see `recipe_settings`) fill in the arguments a caller leaves at None. The
+default recipe is budget-safe: whatever the run's length, a cubic ramp ends at two-thirds of the
+run, 25 mask refreshes are spread over it, the score momentum is 0.99 and the masks are frozen
+once the target is reached, so the last third trains the final network. `recipe="paper"` gives
+the reference code's settings (a sigmoid over the whole run, a refresh per epoch, momentum 0.9,
+refreshes after the ramp too).
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ from optg_jax import schedules as schedules_lib
 from optg_jax import topk
 from optg_jax.masking import default_is_masked
 
-ALLOCATIONS = ("global", "uniform", "magnitude")
+ALLOCATIONS = ("global", "uniform")
 
 MaskPredicate = Callable[[tuple, Any], bool]
 
@@ -211,7 +219,7 @@ _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
             # Budget-safe settings chosen on validation splits (README, BENCHMARKS.md): the ramp
             # ends at two-thirds of the run, a fixed number of refreshes during it, the field's
             # cubic ramp, a long score average, and masks frozen once the target is reached.
-            Recipe("default", 2.0 / 3.0, 64, "cubic", 0.99, False),
+            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False),
             # The paper's code: the sigmoid spans the whole run, a refresh every epoch, score
             # momentum 0.9, masks re-selected after the ramp too.
             Recipe("paper", 1.0, 0, "sigmoid", 0.9, True),
@@ -385,8 +393,6 @@ def optg_optax(
     score_momentum: float | None = None,
     score_lr_floor: float = 0.0,
     update_masks_after_pruning: bool | None = None,
-    layer_score_scaling: str = "none",
-    allow_revival: bool = True,
     is_masked: MaskPredicate | None = None,
     mask_dtype=jnp.uint8,
 ) -> optax.GradientTransformation:
@@ -421,8 +427,7 @@ def optg_optax(
         (after the last update when it is `total_steps`), so the final masks remove exactly
         `N - floor(N * (1 - P))` of the `N` masked weights.
       allocation: `"global"` ranks all masked leaves together (paper); `"uniform"` keeps the
-        same fraction in every leaf; `"magnitude"` gives each leaf the share a global ranking of
-        the dense weights' magnitudes would keep, filled by the criterion's own ranking.
+        same fraction in every leaf.
       score_momentum: momentum of the score SGD (PyTorch convention `v = mu v + g`), or None
         for the recipe's (default 0.99, paper 0.9).
       score_lr_floor: `optg` only; the score learning rate factor becomes
@@ -430,10 +435,6 @@ def optg_optax(
       update_masks_after_pruning: keep re-selecting masks (at sparsity `P`) every
         `mask_update_every` steps after `pruning_end_step`, as the reference code does; None for
         the recipe's (default False: masks are frozen once the ramp ends).
-      layer_score_scaling: `"none"`, or `"rms"`: each leaf's ranking scores are divided by their
-        root mean square before the global ranking.
-      allow_revival: whether a removed weight can come back at a refresh (OptG's scores keep
-        moving for removed weights); False ranks only the kept weights.
       is_masked: predicate on `(key_path, leaf)` choosing the masked leaves (default:
         `optg_jax.masking.default_is_masked`, every `kernel` of rank >= 2).
       mask_dtype: dtype of the masks (`jnp.uint8` or `jnp.bool_`).
@@ -496,32 +497,14 @@ def optg_optax(
             lr = lr * (score_lr_floor + (1.0 - score_lr_floor) * progress)
         return lr.astype(jnp.float32)
 
-    def ranked(scores_leaves, weights_leaves, masks_leaves):
-        rank = rule.rank(scores_leaves, weights_leaves, masks_leaves)
-        if not allow_revival:
-            rank = [jnp.where(m > 0, r, -jnp.inf) for r, m in zip(rank, masks_leaves)]
-        return rank
-
-    def select(rank_scores: list, sparsity, weights: list) -> list:
+    def select(rank_scores: list, sparsity) -> list:
         """Masks for the given per-leaf ranking scores at the given sparsity."""
-        if layer_score_scaling == "rms":
-            rank_scores = [
-                r / jnp.sqrt(jnp.mean(jnp.square(r)) + jnp.float32(1e-30)) for r in rank_scores
-            ]
         sizes = [int(np.prod(s.shape)) for s in rank_scores]
         at_target = sparsity >= jnp.float32(target)
-        if allocation in ("global", "magnitude"):
+        if allocation == "global":
             total = sum(sizes)
             k = jnp.where(at_target, _exact_num_kept(total, target), topk.num_kept(total, sparsity))
-            if allocation == "global":
-                return topk.topk_masks(rank_scores, k, mask_dtype)
-            # Per-leaf budgets from a global ranking of the dense weights' magnitudes; each leaf
-            # then keeps its best entries by the criterion's own scores.
-            budget = topk.topk_masks([jnp.abs(w) for w in weights], k, jnp.uint8)
-            masks = []
-            for s, b in zip(rank_scores, budget):
-                masks.extend(topk.topk_masks([s], jnp.sum(b, dtype=jnp.int32), mask_dtype))
-            return masks
+            return topk.topk_masks(rank_scores, k, mask_dtype)
         masks = []
         for s, size in zip(rank_scores, sizes):
             k = jnp.where(at_target, _exact_num_kept(size, target), topk.num_kept(size, sparsity))
@@ -534,7 +517,7 @@ def optg_optax(
         # (total - kept) in integers: exactly 0 when nothing is removed.
         return ((total - kept) / max(total, 1)).astype(jnp.float32)
 
-    def reselect_if(pred, step, rank_fn, masks_leaves, sparsity, weights):
+    def reselect_if(pred, step, rank_fn, masks_leaves, sparsity):
         """(masks, realised sparsity) selected at `step` when `pred`, else unchanged.
 
         `rank_fn()` gives the ranking scores; it is called inside the taken branch only, so an
@@ -542,7 +525,7 @@ def optg_optax(
         """
 
         def reselect(_):
-            new = select(rank_fn(), sparsity_fn(step), weights)
+            new = select(rank_fn(), sparsity_fn(step))
             return new, realized_sparsity(new)
 
         return lax.cond(pred, reselect, lambda _: (list(masks_leaves), sparsity), None)
@@ -568,7 +551,7 @@ def optg_optax(
         if masks_leaves:
             sparsity = sparsity_fn(count)
             rank = rule.rank(jax.tree.leaves(scores), params_leaves, masks_leaves)
-            masks_leaves = select(rank, sparsity, params_leaves)
+            masks_leaves = select(rank, sparsity)
         masks = jax.tree.unflatten(treedef, masks_leaves)
         return OptGState(
             count=count,
@@ -613,10 +596,9 @@ def optg_optax(
             new_m_leaves, sparsity = reselect_if(
                 refresh,
                 count,
-                lambda: ranked(s_leaves, w_leaves, m_leaves),
+                lambda: rule.rank(s_leaves, w_leaves, m_leaves),
                 m_leaves,
                 state.sparsity,
-                w_leaves,
             )
 
         s_leaves, v_leaves = rule.update(
@@ -642,10 +624,9 @@ def optg_optax(
             new_m_leaves, sparsity = reselect_if(
                 final,
                 new_count,
-                lambda: ranked(s_leaves, w_leaves, new_m_leaves),
+                lambda: rule.rank(s_leaves, w_leaves, new_m_leaves),
                 new_m_leaves,
                 sparsity,
-                w_leaves,
             )
             last_refresh = jnp.where(final, new_count, last_refresh)
 

@@ -37,57 +37,64 @@ def _row(method, sparsity, seed, top1, epochs=4):
 
 
 def _fake_rows():
-    acc = {"magnitude": 0.85, "taylor": 0.84, "supermask": 0.86, "optg": 0.87}
+    acc = {"magnitude": 0.85, "taylor": 0.84, "supermask": 0.86, "optg-paper": 0.83, "optg": 0.87}
     rows = [_row("dense", 0.0, seed, 0.90 + 0.01 * seed) for seed in range(3)]
     for m, a in acc.items():
         for s in (0.90, 0.99):
             for seed in range(3):
                 rows.append(_row(m, s, seed, a - (s - 0.9) + 0.002 * seed))
-    # The budget study: OptG, GMP, Taylor at 99% for 2 and 8 epochs (4 is in the grid).
-    for e in (2, 8):
+    # The budget study at 99%: 2 and 16 epochs, two seeds (4 is in the grid).
+    for e in (2, 16):
         for m in runs.BUDGET_METHODS:
-            rows.append(_row(m, 0.99, 0, 0.7 + 0.01 * e + (0.02 if m == "optg" else 0), e))
+            for seed in range(2):
+                lead = 0.02 if m == "optg" else 0.0
+                rows.append(_row(m, 0.99, seed, 0.7 + 0.01 * e + lead + 0.01 * seed, e))
     return rows
 
 
 def test_grid_sizes_and_order():
     full = runs.grid_specs(runs.GRID_METHODS, runs.SPARSITIES, [0, 1, 2], 4)
-    assert len(full) == 5 * 4 * 3 + 3
+    assert len(full) == 5 * 4 * 3 + 3  # 5 sparse methods (GMP, Taylor, supermask, 2 OptG)
     assert len(set(full)) == len(full)
     assert [s.seed for s in full] == sorted(s.seed for s in full)  # seed-major
     quick = runs.grid_specs(runs.GRID_METHODS, runs.QUICK_SPARSITIES, [0], 4)
     assert len(quick) == 5 * 2 + 1
-    budget = runs.budget_specs([2, 4, 8])
-    assert {s.method for s in budget} == set(runs.BUDGET_METHODS)
+    budget = runs.budget_specs([2, 4, 8], seeds=[0, 1])
+    assert len(budget) == 3 * 4 * 2 and {s.method for s in budget} == set(runs.BUDGET_METHODS)
     assert set(budget) & set(quick) == {runs.Spec(m, 0.99, 0, 4) for m in runs.BUDGET_METHODS}
 
 
 def test_parse_method():
     assert methods.parse_method("optg") == ("optg", {})
+    assert methods.parse_method("optg-paper") == ("optg", {"recipe": "paper"})
+    assert methods.parse_method("magnitude-sigmoid") == ("magnitude", {"schedule": "sigmoid"})
     assert methods.parse_method("optg-floor0.25") == ("optg", {"score_lr_floor": 0.25})
     assert methods.parse_method("supermask-frozen") == (
         "supermask",
         {"update_masks_after_pruning": False},
     )
-    assert methods.parse_method("optg-every50-mom0.99-beta2-frozen") == (
+    assert methods.parse_method("optg-every50-mom0.99-beta2-refreshed-allocmagnitude") == (
         "optg",
         {
             "mask_update_every": 50,
             "score_momentum": 0.99,
             "beta": 2.0,
-            "update_masks_after_pruning": False,
+            "update_masks_after_pruning": True,
+            "allocation": "magnitude",
         },
     )
     assert methods.parse_method("magnitude-every10") == ("magnitude", {"mask_update_every": 10})
-    assert "floor 0.5, masks frozen" in methods.label("optg-floor0.5-frozen")
+    assert "floor 0.5, masks frozen" not in methods.label("optg-floor0.5-frozen")
     assert methods.label("optg-every50-frozen") == (
-        "ablation: OptG, refresh every 50 steps, masks frozen after the ramp"
+        "ablation: OptG, masks frozen after the ramp, refresh every 50 steps"
     )
-    assert methods.label(methods.TUNED_OPTG).startswith("OptG tuned on validation")
+    assert methods.label("optg") == "OptG (library default)"
+    assert methods.label("optg-paper").startswith("OptG, paper form")
+    assert methods.label("magnitude-sigmoid") == "ablation: GMP (magnitude), sigmoid ramp"
     for bad in ("snip", "dense-frozen", "magnitude-floor0.5", "taylor-mom0.5", "optg-fast"):
         with pytest.raises(ValueError, match="unknown"):
             methods.parse_method(bad)
-    for bad in ("optg-floor2", "optg-every0", "optg-mom1", "optg-beta-1"):
+    for bad in ("optg-floor2", "optg-every0", "optg-mom1", "optg-beta-1", "optg-allocnone"):
         with pytest.raises(ValueError):
             methods.parse_method(bad)
     with pytest.raises(ValueError, match="bad value"):
@@ -101,7 +108,7 @@ def test_report_files(tmp_path):
     results.mkdir()
     (results / "accuracy_vs_sparsity_notes.md").write_text("Hand-written finding.")
     rows = _fake_rows()
-    text = report.write_report(rows, 4, "HEADER", str(results), str(md))
+    text = report.write_report(rows, [4], "HEADER", str(results), str(md))
 
     with open(results / "accuracy_vs_sparsity.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -110,17 +117,23 @@ def test_report_files(tmp_path):
     # OptG at 99%: 0.87 - 0.09 + {0, .002, .004} -> 78.20 ± 0.20 over 3 seeds, best -> bold.
     assert "**78.20 ± 0.20** (3)" in text
     assert "Dense: 91.00 ± 1.00 (3)." in text
-    assert "99%: OptG has the best mean top-1 of the sparse methods: **yes**" in text
-    assert "90%: OptG within one std" in text
-    # Budget row: OptG, tuned OptG, GMP, Taylor, then each OptG minus the better baseline.
-    assert "| 8 | 80.00 | 78.00 | 78.00 | 78.00 | +2.00 | +0.00 |" in text
+    assert "99%: best mean top-1 of the sparse methods: **yes**" in text
+    assert "(+1.00 points)" in text  # over supermask, 77.20
+    assert "90%: within one std (0.20) of GMP: **yes**" in text
+    # Budget rows: OptG, paper OptG, GMP, Taylor (means of two seeds), then OptG's lead.
+    assert (
+        "| 16 | 88.50 ± 0.71 (2) | 86.50 ± 0.71 (2) | 86.50 ± 0.71 (2) | 86.50 ± 0.71 (2) " in text
+    )
+    assert "| +2.00 |" in text
+    # The summary: 4 epochs at 99% (+1.00) and the budget lengths 2 and 16 (+2.00 each).
+    assert "Mean lead +1.67 points over 3 settings; 3 of 3 positive." in text
     assert "Hand-written finding." in text and "HEADER" in text
-    for name in ("accuracy_vs_sparsity.png", "accuracy_vs_sparsity_budget.png"):
+    for name in ("accuracy_vs_sparsity_4ep.png", "accuracy_vs_sparsity_budget.png"):
         assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     content = md.read_text()
     assert "other text" in content and content.count(BEGIN) == 1
-    report.write_report(rows[:5], 4, "HEADER2", str(results), str(md))
+    report.write_report(rows[:5], [4], "HEADER2", str(results), str(md))
     content = md.read_text()
     assert content.count(BEGIN) == 1 and "HEADER2" in content and "HEADER\n" not in content
     assert "other text" in content
@@ -128,11 +141,10 @@ def test_report_files(tmp_path):
 
 def test_verdict_says_when_optg_loses():
     rows = [_row("optg", 0.98, 0, 0.80), _row("supermask", 0.98, 0, 0.81)]
-    rows.append(_row(methods.TUNED_OPTG, 0.98, 0, 0.815))
+    rows.append(_row("optg-paper", 0.98, 0, 0.815))
     lines = report.verdicts(report.summarize(rows, 4), [0.98])
-    assert lines[0] == "OptG:" and lines[4] == methods.label(methods.TUNED_OPTG) + ":"
-    assert "**no**" in lines[2] and "one seed" in lines[2] and "-1.00 points" in lines[2]
-    assert "**yes**" in lines[6] and "+0.50 points" in lines[6]
+    assert "**no**" in lines[0] and "one seed" in lines[0] and "-1.50 points" in lines[0]
+    assert "loses 1.50 points to the paper form (more than 1)" in lines[1]
 
 
 def test_run_all_resumes_and_applies_method_options(tmp_path):
@@ -264,5 +276,5 @@ def test_command_line_rewrites_the_report_from_records(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| OptG | **81.25** (1) |" in proc.stdout
+    assert "| OptG (library default) | **81.25** (1) |" in proc.stdout
     assert "**81.25** (1)" in md.read_text() and (results / "accuracy_vs_sparsity.csv").exists()

@@ -329,10 +329,10 @@ def test_custom_predicate():
 
 
 def test_recipe_settings_by_hand():
-    # Default: the ramp ends at round(2/3 * 300) = 200, refreshes every 200 // 64 = 3 steps.
+    # Default: the ramp ends at round(2/3 * 300) = 200, refreshes every 200 // 25 = 8 steps.
     assert optg_jax.recipe_settings(300) == {
         "schedule": "cubic",
-        "mask_update_every": 3,
+        "mask_update_every": 8,
         "steps_per_epoch": 3,
         "pruning_start_step": 0,
         "pruning_end_step": 200,
@@ -341,7 +341,7 @@ def test_recipe_settings_by_hand():
     }
     # With a start step the ramp is two-thirds of what is left: 60 + round(2/3 * 240) = 220.
     s = optg_jax.recipe_settings(300, pruning_start_step=60, steps_per_epoch=30)
-    assert (s["pruning_end_step"], s["mask_update_every"], s["steps_per_epoch"]) == (220, 2, 30)
+    assert (s["pruning_end_step"], s["mask_update_every"], s["steps_per_epoch"]) == (220, 6, 30)
     # An explicit refresh interval is kept and is also the sigmoid's epoch.
     s = optg_jax.recipe_settings(4690, mask_update_every=469, schedule="sigmoid")
     assert (s["mask_update_every"], s["steps_per_epoch"], s["pruning_end_step"]) == (469, 469, 3127)
@@ -381,15 +381,15 @@ def _mask_history(tx, steps, params):
 
 def test_default_recipe_ramps_cubically_and_freezes_masks_after_the_ramp():
     params = {"kernel": jnp.asarray(np.random.default_rng(0).normal(size=(40, 50)), jnp.float32)}
-    total = 300  # ramp ends at 200; refresh every 3 steps
+    total = 300  # ramp ends at 200; refresh every 200 // 25 = 8 steps
     history = _mask_history(optg_jax.optg_optax(0.9, total, 0.1), total, params)
     changed = [t for t in range(1, total) if (history[t] != history[t - 1]).any()]
     # Update t re-selects at its start; it is the (t+1)-th update, history index t.
-    assert changed[0] == 3 and all(t % 3 == 0 for t in changed[:-1])
+    assert changed[0] == 8 and all(t % 8 == 0 for t in changed)
     assert changed[-1] == 200 and max(changed) == 200  # frozen from the end of the ramp on
     kept = history.sum(axis=1)
     n = 2000
-    for t in (3, 99, 150):  # sparsity p(t) = 0.9 * (1 - (1 - t/200)^3) at a refresh
+    for t in (8, 96, 152):  # sparsity p(t) = 0.9 * (1 - (1 - t/200)^3) at a refresh
         expected = math.floor(n * (1 - 0.9 * (1 - (1 - t / 200) ** 3)) + 1e-6)
         assert abs(kept[t] - expected) <= 1, (t, kept[t], expected)
     assert kept[-1] == 200  # exactly 10% of 2000

@@ -20,6 +20,7 @@ from benchmarks.accuracy_vs_sparsity.report import (
     write_report,
 )
 from benchmarks.accuracy_vs_sparsity.runs import (
+    GRID_EPOCHS,
     GRID_METHODS,
     QUICK_SPARSITIES,
     SPARSITIES,
@@ -30,6 +31,7 @@ from benchmarks.accuracy_vs_sparsity.runs import (
     read_all_records,
     run_all,
     shared_config,
+    shared_window,
 )
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT
 
@@ -53,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--epochs",
         type=int,
+        nargs="+",
         default=None,
-        help="grid run length (default: the protocol's, 4 for Fashion-MNIST)",
+        help="grid run lengths (default: 4 and 8 on Fashion-MNIST, else the config's)",
     )
     parser.add_argument("--budget", action="store_true", help="also run the budget study")
     parser.add_argument("--budget-epochs", nargs="+", type=int, default=[2, 4, 8, 16])
+    parser.add_argument(
+        "--budget-seeds", nargs="+", type=int, default=None, help="default: the grid's seeds"
+    )
     parser.add_argument("--no-grid", action="store_true", help="skip the grid (e.g. budget only)")
     parser.add_argument(
         "--report-only",
@@ -100,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate,
         validation_examples=args.validation,
     )
-    epochs = args.epochs or int(shared.num_epochs)
-    shared.num_epochs = epochs
+    if args.epochs:
+        grid_epochs = list(args.epochs)
+    elif shared.dataset == "fashion_mnist" and not args.quick:
+        grid_epochs = list(GRID_EPOCHS)
+    else:
+        grid_epochs = [int(shared.num_epochs)]
     root = os.path.join(args.workdir_root, protocol_tag(shared))
     os.makedirs(root, exist_ok=True)
 
@@ -111,23 +121,34 @@ def main(argv: list[str] | None = None) -> int:
 
     sparsities = args.sparsities or list(QUICK_SPARSITIES if args.quick else SPARSITIES)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    specs = [] if args.no_grid else grid_specs(args.methods, sparsities, seeds, epochs)
+    specs = []
+    if not args.no_grid:
+        for e in grid_epochs:
+            specs += grid_specs(args.methods, sparsities, seeds, e)
     if args.budget:
-        specs += [s for s in budget_specs(args.budget_epochs) if s not in specs]
-    header = protocol_header(shared, epochs, root)
+        budget_seeds = args.budget_seeds if args.budget_seeds is not None else seeds
+        specs += [s for s in budget_specs(args.budget_epochs, seeds=budget_seeds) if s not in specs]
+    windows = {e: shared_window(shared, e) for e in grid_epochs}
+    header = protocol_header(shared, grid_epochs, root, windows)
 
     validation = bool(shared.validation_examples)
 
     def report():
         write_report(
-            read_all_records(root), epochs, header, args.results_dir, args.benchmarks_md, validation
+            read_all_records(root),
+            grid_epochs,
+            header,
+            args.results_dir,
+            args.benchmarks_md,
+            validation,
         )
 
     if not args.report_only:
         run_all(specs, shared, root, on_row=report)
     report()
     rows = read_all_records(root)
-    print("\n".join(accuracy_table(rows, epochs, "validation" if validation else "test")))
+    for e in grid_epochs:
+        print("\n".join(accuracy_table(rows, e, "validation" if validation else "test")))
     budget = budget_table(rows)
     if budget:
         print("\n" + "\n".join(budget))

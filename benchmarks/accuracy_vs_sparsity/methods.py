@@ -1,12 +1,21 @@
 """The method-name grammar of the accuracy-vs-sparsity benchmark.
 
-Method names: `dense`, `magnitude`, `taylor`, `supermask`, `optg`, each optionally with suffixes
-that override config fields for that method alone: `-floor<F>` (optg: `score_lr_floor`, the score
-learning-rate factor becomes `F + (1 - F) * p(t)/P`), `-mom<M>` (optg/supermask:
-`score_momentum`), `-every<N>` (`mask_update_every`), `-beta<B>` (`beta`) and `-frozen`
-(`update_masks_after_pruning=False`: no mask refresh after the ramp), e.g. `optg-every50-frozen`.
-The verdict is given for `optg` (the paper's settings) and for `TUNED_OPTG`, the variant whose
-OptG-specific settings were chosen with `--validation` (a held-out part of the training split).
+Method names: `dense`, `magnitude`, `taylor`, `supermask`, `optg`, each with the library's
+default recipe (`optg_jax.recipe_settings`) unless suffixes override config fields for that
+method alone:
+
+- `-paper`: the paper's OptG-specific settings (`recipe="paper"`: sigmoid ramp with beta per
+  epoch, score momentum 0.9, masks re-selected after the ramp) inside the same pruning window
+  (ramp end and refresh interval) as every other method (`runs.run_config`);
+- `-cubic`, `-sigmoid`: the sparsity schedule;
+- `-floor<F>` (optg: `score_lr_floor`, the score learning-rate factor becomes
+  `F + (1 - F) * p(t)/P`), `-mom<M>` (optg/supermask: `score_momentum`), `-every<N>`
+  (`mask_update_every`), `-beta<B>` (`beta`);
+- `-frozen` / `-refreshed` (`update_masks_after_pruning` False / True: masks frozen after the
+  ramp, or re-selected to the end of the run);
+- `-alloc<A>` (`allocation`: global, uniform or magnitude).
+
+For example `optg-paper`, `magnitude-sigmoid`, `optg-every50-refreshed`.
 """
 
 from __future__ import annotations
@@ -19,46 +28,61 @@ LABELS = {
     "supermask": "supermask (no supermask optimizer)",
     "optg": "OptG",
 }
-# OptG with its OptG-specific settings (refresh policy, β, score momentum) chosen on a validation
-# split carved from the training set (`--validation`; section accuracy_vs_sparsity_validation of
-# BENCHMARKS.md): every other setting is the shared protocol's.
-TUNED_OPTG = "optg-every50-mom0.99-frozen"
+# The library's paper form of OptG (recipe "paper"), in the shared pruning window.
+PAPER_OPTG = "optg-paper"
+BASELINES = ("magnitude", "taylor", "supermask")
 
-# Method-name suffixes -> (config field, type, label). Each variant is a config override of
-# the shared protocol for that method alone (ablations and the validation-tuned OptG).
+# Method-name suffixes with a value -> (config field, type, label). Each variant is a config
+# override of the shared protocol for that method alone.
 SUFFIXES = {
     "floor": ("score_lr_floor", float, "score-lr floor {:g}"),
     "every": ("mask_update_every", int, "refresh every {} steps"),
     "mom": ("score_momentum", float, "score momentum {:g}"),
     "beta": ("beta", float, "β = {:g}"),
+    "alloc": ("allocation", str, "{} allocation"),
+}
+# Suffixes without a value -> (config field, value, label).
+FLAGS = {
+    "paper": ("recipe", "paper", "paper form"),
+    "cubic": ("schedule", "cubic", "cubic ramp"),
+    "sigmoid": ("schedule", "sigmoid", "sigmoid ramp"),
+    "frozen": ("update_masks_after_pruning", False, "masks frozen after the ramp"),
+    "refreshed": ("update_masks_after_pruning", True, "masks re-selected after the ramp"),
 }
 SCORED = ("optg", "supermask")  # Criteria whose scores have a learning rate and momentum.
+ALLOCATIONS = ("global", "uniform", "magnitude")
 
 
 def parse_method(method: str) -> tuple[str, dict]:
-    """A method name -> (criterion, config overrides). Raises ValueError naming the bad part.
+    """A method name -> (criterion, config overrides).
 
-    'optg' -> ('optg', {}); 'optg-floor0.5' -> ('optg', {'score_lr_floor': 0.5});
-    'optg-every50-frozen' -> ('optg', {'mask_update_every': 50,
-    'update_masks_after_pruning': False}). Suffixes: floor<F> (optg), mom<M> (optg, supermask),
-    every<N>, beta<B>, frozen (sparse methods).
+    Args:
+      method: e.g. 'optg', 'optg-paper', 'optg-floor0.5-every50-frozen', 'magnitude-sigmoid'.
+
+    Returns:
+      `(criterion, {config field: value})`, e.g. ('optg', {'recipe': 'paper'}).
+
+    Raises:
+      ValueError: an unknown criterion or suffix, or a value out of range; the message names it.
     """
     criterion, *suffixes = method.split("-")
     if criterion not in METHODS or (suffixes and criterion == "dense"):
         raise ValueError(
-            f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally "
-            "with -floor<F>, -mom<M>, -every<N>, -beta<B> and/or -frozen"
+            f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally with "
+            "-paper, -cubic, -sigmoid, -frozen, -refreshed, -floor<F>, -mom<M>, -every<N>, "
+            "-beta<B>, -alloc<A>"
         )
     options = {}
     for suffix in suffixes:
-        if suffix == "frozen":
-            options["update_masks_after_pruning"] = False
+        if suffix in FLAGS:
+            field, value, _ = FLAGS[suffix]
+            options[field] = value
             continue
         prefix = next((p for p in SUFFIXES if suffix.startswith(p)), None)
         allowed = prefix is not None and (
             (prefix == "floor" and criterion == "optg")
             or (prefix == "mom" and criterion in SCORED)
-            or prefix in ("every", "beta")
+            or prefix in ("every", "beta", "alloc")
         )
         if not allowed:
             raise ValueError(f"unknown suffix {suffix!r} in method {method!r}")
@@ -68,27 +92,52 @@ def parse_method(method: str) -> tuple[str, dict]:
         except ValueError:
             raise ValueError(f"bad value in suffix {suffix!r} of method {method!r}") from None
         bounds = {"floor": (0.0, 1.0), "mom": (0.0, 0.999999)}.get(prefix)
-        if (bounds and not bounds[0] <= value <= bounds[1]) or (not bounds and value <= 0):
+        if prefix == "alloc":
+            if value not in ALLOCATIONS:
+                raise ValueError(
+                    f"{field}={value!r} of method {method!r} is not one of {', '.join(ALLOCATIONS)}"
+                )
+        elif (bounds and not bounds[0] <= value <= bounds[1]) or (not bounds and value <= 0):
             raise ValueError(f"{field}={value!r} of method {method!r} is outside its range")
         options[field] = value
     return criterion, options
 
 
 def label(method: str) -> str:
-    """The method's name in tables and plots, e.g. 'ablation: OptG, refresh every 50 steps'."""
+    """The method's name in tables and plots.
+
+    Args:
+      method: a method name.
+
+    Returns:
+      E.g. 'OptG (library default)', 'OptG, paper form', 'ablation: GMP (magnitude), sigmoid
+      ramp'.
+    """
     criterion, options = parse_method(method)
+    if method == "optg":
+        return "OptG (library default)"
+    if method == PAPER_OPTG:
+        return "OptG, paper form (recipe='paper')"
     parts = [LABELS[criterion]]
+    for suffix, (field, value, text) in FLAGS.items():
+        if options.get(field) == value and not (suffix == "paper"):
+            parts.append(text)
+    if options.get("recipe") == "paper":
+        parts.insert(1, "paper form")
     for field, _, text in SUFFIXES.values():
         if field in options:
             parts.append(text.format(options[field]))
-    if options.get("update_masks_after_pruning") is False:
-        parts.append("masks frozen after the ramp")
-    if method == TUNED_OPTG:
-        return f"OptG tuned on validation ({', '.join(parts[1:])})"
     return f"ablation: {', '.join(parts)}" if options else parts[0]
 
 
 def method_order(method: str) -> tuple:
-    """Sort key: criteria in `METHODS` order, each followed by its variants."""
+    """Sort key: criteria in `METHODS` order, each followed by its variants.
+
+    Args:
+      method: a method name.
+
+    Returns:
+      A tuple that sorts methods for tables.
+    """
     criterion, options = parse_method(method)
-    return (METHODS.index(criterion), sorted(options.items()))
+    return (METHODS.index(criterion), sorted((k, str(v)) for k, v in options.items()))

@@ -140,6 +140,12 @@ class VisionTransformer(nn.Module):
 def vit_tiny(num_classes: int, dtype=jnp.float32, **kwargs) -> VisionTransformer:
     """The zoo's `"vit_tiny"`: patch 4, width 128, 4 blocks, 4 heads, MLP 256, mean pooling.
 
-    Keyword arguments override the `VisionTransformer` attributes (e.g. `pool="cls"`).
+    Args:
+      num_classes: the number of outputs (float32 logits).
+      dtype: the compute dtype (params are float32).
+      **kwargs: `VisionTransformer` attributes to override (e.g. `pool="cls"`).
+
+    Returns:
+      The `VisionTransformer` (0.54M parameters with 10 classes on 28x28x1 inputs).
     """
     return VisionTransformer(num_classes, dtype=dtype, **kwargs)

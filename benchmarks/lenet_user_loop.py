@@ -1,0 +1,340 @@
+"""LeNet-300-100 on Fashion-MNIST in a plain optax loop: what a library user gets from optg_optax.
+
+Not the training program: a 784-300-100-10 MLP (Flax Linen), the user's own loop (batch 128, SGD
+momentum 0.9, cosine lr from 0.1, weight decay 5e-4, the last partial batch dropped) with
+`optg_optax` first in the chain, called as a user would. A method is a preset of `optg_optax`
+keyword arguments (`METHODS`), or `criterion:key=value,...` for any other call, e.g.
+`optg:score_momentum=0.9,update_masks_after_pruning=true`; `every=epoch` stands for one epoch's
+steps.
+
+  python -m benchmarks.lenet_user_loop                     # 10 and 30 epochs, 98/99%, 3 seeds
+  python -m benchmarks.lenet_user_loop --quick             # 10 epochs, 99%, one seed
+  python -m benchmarks.lenet_user_loop --validation 10000 --methods optg "optg:every=50"
+
+Every run appends one JSON line to `--out` (default `benchmarks/results/lenet_user_loop.jsonl`;
+runs already there are skipped, so an interrupted command resumes). The table of means is printed
+and written to `benchmarks/results/lenet_user_loop.md` and to the `lenet_user_loop` section of
+BENCHMARKS.md (`lenet_user_loop_validation` for `--validation`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optg_jax
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, update_section
+
+BATCH, LR, MOMENTUM, WEIGHT_DECAY = 128, 0.1, 0.9, 5e-4
+SECTION = "lenet_user_loop"
+
+# Presets: the calls a user makes. "optg" passes only the required arguments; "-epoch" adds
+# `mask_update_every=steps_per_epoch` (a user with an epoch at hand); "optg-paper" is the paper's
+# form as a user with an epoch would call it.
+METHODS: dict[str, dict[str, Any]] = {
+    "dense": {},
+    "magnitude": {"criterion": "magnitude"},
+    "magnitude-epoch": {"criterion": "magnitude", "every": "epoch"},
+    "taylor": {"criterion": "taylor"},
+    "supermask": {"criterion": "supermask"},
+    "optg": {"criterion": "optg"},
+    "optg-epoch": {"criterion": "optg", "every": "epoch"},
+    "optg-paper": {"criterion": "optg", "recipe": "paper", "every": "epoch"},
+}
+DEFAULT_METHODS = tuple(METHODS)
+LABELS = {
+    "dense": "dense",
+    "magnitude": "GMP (`criterion='magnitude'`, library defaults: cubic ramp)",
+    "magnitude-epoch": "GMP, `mask_update_every=steps_per_epoch`",
+    "taylor": "Taylor (library defaults)",
+    "supermask": "supermask (library defaults)",
+    "optg": "OptG, library defaults (required arguments only)",
+    "optg-epoch": "OptG, library defaults + `mask_update_every=steps_per_epoch`",
+    "optg-paper": "OptG, `recipe='paper'` + `mask_update_every=steps_per_epoch`",
+}
+
+
+class LeNet300100(nn.Module):
+    """784-300-100-10 MLP with ReLU; float32 logits `[B, 10]` for `[B, 28, 28, 1]` input."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(300)(x))
+        x = nn.relu(nn.Dense(100)(x))
+        return nn.Dense(10)(x)
+
+
+def load_fashion_mnist(validation: int = 0) -> tuple[np.ndarray, ...]:
+    """Fashion-MNIST as (train images, train labels, eval images, eval labels).
+
+    Args:
+      validation: n > 0 evaluates on the last n training examples (and trains on the others);
+        0 evaluates on the test split.
+
+    Returns:
+      float32 images `[N, 28, 28, 1]` normalised with the data set's mean and std, int32 labels.
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    from optg_jax import data  # pylint: disable=import-outside-toplevel
+
+    data.ensure_dataset("fashion_mnist")
+    splits = {}
+    for split in ("train", "test"):
+        arrays = tfds.as_numpy(
+            tfds.load(
+                "fashion_mnist",
+                split=split,
+                batch_size=-1,
+                data_dir=data.resolve_data_dir(None),
+            )
+        )
+        images = (arrays["image"].astype(np.float32) / 255.0 - 0.2860) / 0.3530
+        splits[split] = (images, arrays["label"].astype(np.int32))
+    (x, y), (xt, yt) = splits["train"], splits["test"]
+    if validation:
+        return x[:-validation], y[:-validation], x[-validation:], y[-validation:]
+    return x, y, xt, yt
+
+
+def method_kwargs(method: str, steps_per_epoch: int) -> dict[str, Any] | None:
+    """The `optg_optax` keyword arguments of a method name (None: dense, no OptG link).
+
+    Args:
+      method: a name in `METHODS` or `criterion:key=value,...` (values parsed as JSON where
+        they can be; `every` is `mask_update_every`, `epoch` one epoch's steps).
+      steps_per_epoch: the loop's steps per epoch.
+
+    Returns:
+      The keyword arguments after `target_sparsity`, `total_steps` and `learning_rate`.
+
+    Raises:
+      ValueError: an unknown method name.
+    """
+    if method in METHODS:
+        kwargs = dict(METHODS[method])
+    else:
+        name, _, rest = method.partition(":")
+        if name not in optg_jax.CRITERIA and name != "dense":
+            raise ValueError(
+                f"unknown method {method!r}: one of {', '.join(METHODS)} or "
+                f"criterion:key=value,... with a criterion of {optg_jax.CRITERIA}"
+            )
+        kwargs = {} if name == "dense" else {"criterion": name}
+        for item in filter(None, rest.split(",")):
+            key, _, value = item.partition("=")
+            try:
+                kwargs[key] = json.loads(value)
+            except json.JSONDecodeError:
+                kwargs[key] = value
+    if "criterion" not in kwargs:
+        return None
+    every = kwargs.pop("every", None)
+    if every is not None:
+        kwargs["mask_update_every"] = steps_per_epoch if every == "epoch" else int(every)
+    return kwargs
+
+
+def train(method: str, sparsity: float, epochs: int, seed: int, arrays) -> dict[str, Any]:
+    """One run of the user loop.
+
+    Args:
+      method: a method name (`method_kwargs`).
+      sparsity: the target sparsity (ignored by dense).
+      epochs: the run's length.
+      seed: seeds the init and the data order.
+      arrays: `load_fashion_mnist`'s result.
+
+    Returns:
+      `{'top1': percent, 'sparsity': removed fraction, 'layers': {layer: removed fraction}}`.
+    """
+    x, y, xe, ye = arrays
+    steps_per_epoch = len(y) // BATCH
+    total = epochs * steps_per_epoch
+    model = LeNet300100()
+    params = model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)))["params"]
+    lr = optax.cosine_decay_schedule(LR, total)
+    kwargs = method_kwargs(method, steps_per_epoch)
+    sparse = kwargs is not None
+    links = [optg_jax.optg_optax(sparsity, total, lr, **kwargs)] if sparse else []
+    tx = optax.chain(*links, optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(lr, MOMENTUM))
+    opt_state = tx.init(params)
+    xd, yd = jnp.asarray(x), jnp.asarray(y)
+
+    def loss_fn(p, xb, yb):
+        logits = model.apply({"params": p}, xb)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    def step(carry, idx):
+        p, s = carry
+        masked = optg_jax.apply_masks(p, s) if sparse else p
+        grads = jax.grad(loss_fn)(masked, xd[idx], yd[idx])
+        updates, s = tx.update(grads, s, p)
+        return (optax.apply_updates(p, updates), s), None
+
+    @jax.jit
+    def epoch(p, s, order):
+        (p, s), _ = jax.lax.scan(step, (p, s), order.reshape(steps_per_epoch, BATCH))
+        return p, s
+
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(y))[: steps_per_epoch * BATCH]
+        params, opt_state = epoch(params, opt_state, jnp.asarray(order))
+    final = optg_jax.apply_masks(params, opt_state) if sparse else params
+    logits = jax.jit(lambda p, xb: model.apply({"params": p}, xb))(final, jnp.asarray(xe))
+    top1 = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(ye)))
+    summary = optg_jax.sparsity_summary(opt_state) if sparse else {"global": 0.0, "layers": {}}
+    layers = {k.split("/")[-2]: round(v, 4) for k, v in summary["layers"].items()}
+    return {"top1": 100 * top1, "sparsity": summary["global"], "layers": layers}
+
+
+def read_rows(path: str) -> list[dict]:
+    """The runs recorded in `path` (one JSON object per line); [] if there is none."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def table(rows: list[dict], split: str) -> list[str]:
+    """Markdown: mean ± std (seeds) per method, per run length and sparsity.
+
+    Args:
+      rows: recorded runs.
+      split: the eval split the rows were measured on ("test" or a validation split).
+
+    Returns:
+      The lines of one table per run length, the best sparse mean of each column in bold.
+    """
+    rows = [r for r in rows if r["split"] == split]
+    lines = []
+    for epochs in sorted({r["epochs"] for r in rows}):
+        cells: dict[tuple, list[float]] = {}
+        for r in rows:
+            if r["epochs"] == epochs:
+                cells.setdefault((r["method"], r["sparsity_target"]), []).append(r["top1"])
+        sparsities = sorted({s for (m, s) in cells if m != "dense"})
+        methods = sorted({m for (m, _) in cells if m != "dense"}, key=_method_order)
+        best = {
+            s: max(statistics.fmean(v) for (m, sp), v in cells.items() if sp == s and m != "dense")
+            for s in sparsities
+        }
+        lines += [f"{epochs} epochs, top-1 (%) on the {split} split, mean ± std (seeds):", ""]
+        if ("dense", 0.0) in cells:
+            lines += [f"Dense: {_fmt(cells[('dense', 0.0)])}.", ""]
+        lines += ["| method | " + " | ".join(f"{100 * s:g}%" for s in sparsities) + " |"]
+        lines += ["|---|" + "---:|" * len(sparsities)]
+        for m in methods:
+            row = [
+                _fmt(cells[(m, s)], bold=statistics.fmean(cells[(m, s)]) == best[s])
+                if (m, s) in cells
+                else "—"
+                for s in sparsities
+            ]
+            lines.append(f"| {LABELS.get(m, '`' + m + '`')} | " + " | ".join(row) + " |")
+        lines.append("")
+    return lines
+
+
+def _method_order(method: str) -> tuple:
+    names = list(METHODS)
+    return (names.index(method) if method in names else len(names), method)
+
+
+def _fmt(values: list[float], bold: bool = False) -> str:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    text = f"{mean:.2f}" + (f" ± {std:.2f}" if len(values) > 1 else "")
+    return (f"**{text}**" if bold else text) + f" ({len(values)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the requested grid (skipping recorded runs), then writes the tables.
+
+    Args:
+      argv: the command-line arguments (default: `sys.argv[1:]`).
+
+    Returns:
+      The exit status, 0.
+    """
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.98, 0.99])
+    ap.add_argument("--epochs", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--quick", action="store_true", help="10 epochs, 99%%, seed 0")
+    ap.add_argument(
+        "--validation",
+        type=int,
+        default=0,
+        metavar="N",
+        help="evaluate on the last N training examples (never the test split)",
+    )
+    ap.add_argument("--out", default=os.path.join(RESULTS_DIR, f"{SECTION}.jsonl"))
+    ap.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs, args.sparsities, args.seeds = [10], [0.99], [0]
+    for m in args.methods:
+        method_kwargs(m, 1)
+    arrays = load_fashion_mnist(args.validation)
+    split = f"train[-{args.validation}:]" if args.validation else "test"
+    done = {
+        (r["method"], r["sparsity_target"], r["epochs"], r["seed"], r["split"])
+        for r in read_rows(args.out)
+    }
+    todo = [
+        (method, 0.0 if method == "dense" else sparsity, epochs, seed)
+        for epochs in args.epochs
+        for seed in args.seeds
+        for sparsity in args.sparsities
+        for method in args.methods
+    ]
+    todo = list(dict.fromkeys(t for t in todo if (*t, split) not in done))
+    print(f"{len(todo)} runs to train; results in {args.out}", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    for i, (method, sparsity, epochs, seed) in enumerate(todo, start=1):
+        t0 = time.time()
+        result = train(method, sparsity, epochs, seed, arrays)
+        row = dict(
+            method=method,
+            sparsity_target=sparsity,
+            epochs=epochs,
+            seed=seed,
+            split=split,
+            time_s=round(time.time() - t0, 1),
+            **result,
+        )
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(
+            f"run {i}/{len(todo)} {method} {100 * sparsity:g}% {epochs} ep seed {seed}: "
+            f"top-1 {result['top1']:.2f} ({row['time_s']:.0f} s)",
+            flush=True,
+        )
+    lines = table(read_rows(args.out), split)
+    print("\n".join(lines))
+    section = SECTION if not args.validation else f"{SECTION}_validation"
+    text = "\n".join(
+        ["## LeNet-300-100 in a user's optax loop (benchmarks/lenet_user_loop.py)", "", *lines]
+    )
+    with open(os.path.join(RESULTS_DIR, f"{section}.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    update_section(args.benchmarks_md, section, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""benchmarks/lenet_user_loop: method presets, one tiny run of the user loop, the tables."""
+
+import numpy as np
+import pytest
+
+from benchmarks import lenet_user_loop as lenet
+
+
+def test_method_presets_are_the_calls_a_user_makes():
+    assert lenet.method_kwargs("dense", 468) is None
+    assert lenet.method_kwargs("optg", 468) == {"criterion": "optg"}
+    assert lenet.method_kwargs("optg-epoch", 468) == {"criterion": "optg", "mask_update_every": 468}
+    assert lenet.method_kwargs("optg-paper", 468) == {
+        "criterion": "optg",
+        "recipe": "paper",
+        "mask_update_every": 468,
+    }
+    assert lenet.method_kwargs("optg:score_momentum=0.9,every=50,schedule=sigmoid", 468) == {
+        "criterion": "optg",
+        "score_momentum": 0.9,
+        "mask_update_every": 50,
+        "schedule": "sigmoid",
+    }
+    with pytest.raises(ValueError, match="unknown method 'snip'"):
+        lenet.method_kwargs("snip", 468)
+
+
+def test_a_tiny_run_reaches_the_target_exactly():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 28, 28, 1)).astype(np.float32)
+    y = (x.reshape(512, -1)[:, :10].argmax(1)).astype(np.int32)  # learnable labels
+    result = lenet.train("optg", 0.9, 2, 0, (x, y, x[:128], y[:128]))
+    # 784*300 + 300*100 + 100*10 = 266,200 kernel weights; floor(266,200 * 0.1) = 26,620 kept.
+    assert result["sparsity"] == pytest.approx(1 - 26_620 / 266_200, abs=1e-12)
+    assert set(result["layers"]) == {"Dense_0", "Dense_1", "Dense_2"}
+    assert 10.0 < result["top1"] <= 100.0
+    dense = lenet.train("dense", 0.0, 2, 0, (x, y, x[:128], y[:128]))
+    assert dense["sparsity"] == 0.0 and dense["layers"] == {}
+
+
+def test_table_means_and_bold():
+    rows = [
+        {"method": m, "sparsity_target": 0.99, "epochs": 10, "seed": s, "split": "test", "top1": t}
+        for m, s, t in [("optg", 0, 88.0), ("optg", 1, 89.0), ("magnitude", 0, 87.0)]
+    ]
+    rows.append(
+        {
+            "method": "dense",
+            "sparsity_target": 0.0,
+            "epochs": 10,
+            "seed": 0,
+            "split": "test",
+            "top1": 90.0,
+        }
+    )
+    text = "\n".join(lenet.table(rows, "test"))
+    assert "Dense: 90.00 (1)." in text
+    assert f"| {lenet.LABELS['optg']} | **88.50 ± 0.71** (2) |" in text
+    assert f"| {lenet.LABELS['magnitude']} | 87.00 (1) |" in text
