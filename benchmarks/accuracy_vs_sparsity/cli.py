@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget:
         budget_seeds = args.budget_seeds if args.budget_seeds is not None else seeds
         specs += [s for s in budget_specs(args.budget_epochs, seeds=budget_seeds) if s not in specs]
+    # Seed 0 of every length first: a partial grid covers every cell.
+    specs.sort(key=lambda spec: (spec.seed, spec.epochs))
     windows = {e: shared_window(shared, e) for e in grid_epochs}
     header = protocol_header(shared, grid_epochs, root, windows)
 
