@@ -1,9 +1,9 @@
-"""benchmarks/lenet_user_loop: method presets, one tiny run of the user loop, the tables."""
+"""benchmarks/user_loop: method presets, IDX reading, tiny runs of the user loop, the tables."""
 
 import numpy as np
 import pytest
 
-from benchmarks import lenet_user_loop as lenet
+from benchmarks import user_loop as lenet
 
 
 def test_method_presets_are_the_calls_a_user_makes():
@@ -57,3 +57,41 @@ def test_table_means_and_bold():
     assert "Dense: 90.00 (1)." in text
     assert f"| {lenet.LABELS['optg']} | **88.50 ± 0.71** (2) |" in text
     assert f"| {lenet.LABELS['magnitude']} | 87.00 (1) |" in text
+
+
+def test_read_idx_by_hand(tmp_path):
+    import gzip
+
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (2, 3, 4))
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(header + images.tobytes())
+    np.testing.assert_array_equal(lenet.read_idx(str(path)), images)
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes([0, 0, 13, 1, 0, 0, 0, 1, 0, 0, 0, 0]))  # float32 IDX
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
+        lenet.read_idx(str(bad))
+
+
+def test_idx_and_tfds_sources_hold_the_same_examples():
+    """Same splits, same images as multisets (TFDS stores them in another order)."""
+    a = lenet.load_fashion_mnist(0, "idx")
+    b = lenet.load_fashion_mnist(0, "tfds")
+    for i in (1, 3):  # labels
+        assert np.array_equal(np.bincount(a[i]), np.bincount(b[i]))
+    assert len(a[0]) == len(b[0]) == 60_000 and len(a[2]) == len(b[2]) == 10_000
+    np.testing.assert_allclose(
+        np.sort(a[2].sum(axis=(1, 2, 3))), np.sort(b[2].sum(axis=(1, 2, 3))), rtol=1e-5
+    )
+
+
+def test_a_tiny_vit_run():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 256).astype(np.int32)
+    result = lenet.train("optg", 0.9, 1, 0, (x, y, x[:64], y[:64]), "vit_tiny")
+    # Masked: the patch embedding, 4 x (q, k, v, out, 2 MLP) kernels and the head; not the
+    # position embedding, norms or biases (optg_jax.masking's default).
+    kept = 1 - result["sparsity"]
+    assert 0.0999 < kept <= 0.1 and "pos_embedding" not in str(result["layers"])

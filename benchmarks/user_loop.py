@@ -1,30 +1,42 @@
-"""LeNet-300-100 on Fashion-MNIST in a plain optax loop: what a library user gets from optg_optax.
+"""Fashion-MNIST in a plain optax loop: what a library user gets from optg_optax.
 
-Not the training program: a 784-300-100-10 MLP (Flax Linen), the user's own loop (batch 128, SGD
-momentum 0.9, cosine lr from 0.1, weight decay 5e-4, the last partial batch dropped) with
-`optg_optax` first in the chain, called as a user would. A method is a preset of `optg_optax`
-keyword arguments (`METHODS`), or `criterion:key=value,...` for any other call, e.g.
-`optg:score_momentum=0.9,update_masks_after_pruning=true`; `every=epoch` stands for one epoch's
-steps.
+Not the training program: the user's own jitted loop (an epoch is one `lax.scan`; the last partial
+batch dropped) with `optg_optax` first in the chain, called as a user would, on one of two
+networks (`MODELS`):
 
-  python -m benchmarks.lenet_user_loop                     # 10 and 30 epochs, 98/99%, 3 seeds
-  python -m benchmarks.lenet_user_loop --quick             # 10 epochs, 99%, one seed
-  python -m benchmarks.lenet_user_loop --validation 10000 --methods optg "optg:every=50"
+- `lenet`: LeNet-300-100 (a 784-300-100-10 MLP), batch 128, SGD momentum 0.9, cosine lr from 0.1,
+  weight decay 5e-4;
+- `vit_tiny`: the zoo's Vision Transformer (patch 4, width 128, 4 blocks), batch 128, SGD momentum
+  0.9, lr 0.05 after a half-epoch warm-up then cosine, weight decay 1e-4 (as
+  `configs/vit_fashion_mnist.py`).
 
-Every run appends one JSON line to `--out` (default `benchmarks/results/lenet_user_loop.jsonl`;
-runs already there are skipped, so an interrupted command resumes). The table of means is printed
-and written to `benchmarks/results/lenet_user_loop.md` and to the `lenet_user_loop` section of
-BENCHMARKS.md (`lenet_user_loop_validation` for `--validation`).
+A method is a preset of `optg_optax` keyword arguments (`METHODS`), or `criterion:key=value,...`
+for any other call, e.g. `optg:score_momentum=0.9,update_masks_after_pruning=true`; `every=epoch`
+stands for one epoch's steps.
+
+  python -m benchmarks.user_loop                     # LeNet: 10 and 30 epochs, 98/99%, 3 seeds
+  python -m benchmarks.user_loop --quick             # LeNet: 10 epochs, 99%, one seed
+  python -m benchmarks.user_loop --validation 10000 --methods optg "optg:every=50"
+  python -m benchmarks.user_loop --model vit_tiny --epochs 10 --sparsities 0.9 0.95 0.98 \
+      --methods dense magnitude taylor optg --source idx   # no TensorFlow needed
+
+Data: `--source tfds` (default; the TFDS data set the training program reads) or `--source idx`
+(Debian's raw IDX files, read with NumPy: no TensorFlow, e.g. on an accelerator host without it).
+Every run appends one JSON line to `--out` (default `benchmarks/results/user_loop_<model>.jsonl`;
+runs already there are skipped, so an interrupted command resumes). The tables of means are
+printed and written to `benchmarks/results/user_loop_<model>.md` and to the `user_loop_<model>`
+section of BENCHMARKS.md (`..._validation` for `--validation`).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -34,9 +46,11 @@ import optax
 
 import optg_jax
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, update_section
+from optg_jax import models
 
-BATCH, LR, MOMENTUM, WEIGHT_DECAY = 128, 0.1, 0.9, 5e-4
-SECTION = "lenet_user_loop"
+SECTION = "user_loop"
+IDX_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's pixel mean and std on the [0, 1] scale.
 
 # Presets: the calls a user makes. "optg" passes only the required arguments; "-epoch" adds
 # `mask_update_every=steps_per_epoch` (a user with an epoch at hand); "optg-paper" is the paper's
@@ -68,40 +82,99 @@ class LeNet300100(nn.Module):
     """784-300-100-10 MLP with ReLU; float32 logits `[B, 10]` for `[B, 28, 28, 1]` input."""
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
+        del train
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(300)(x))
         x = nn.relu(nn.Dense(100)(x))
         return nn.Dense(10)(x)
 
 
-def load_fashion_mnist(validation: int = 0) -> tuple[np.ndarray, ...]:
+class Recipe(NamedTuple):
+    """A model and the user's loop settings for it."""
+
+    build: Callable[[], nn.Module]
+    batch: int
+    learning_rate: float
+    warmup_epochs: float
+    momentum: float
+    weight_decay: float
+
+
+MODELS = {
+    "lenet": Recipe(LeNet300100, 128, 0.1, 0.0, 0.9, 5e-4),
+    "vit_tiny": Recipe(lambda: models.create("vit_tiny", 10), 128, 0.05, 0.5, 0.9, 1e-4),
+}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (gzipped or not) as a uint8 array of its dimensions.
+
+    Args:
+      path: e.g. `train-images-idx3-ubyte.gz`.
+
+    Returns:
+      The array, e.g. uint8 `[60000, 28, 28]`.
+
+    Raises:
+      ValueError: the file is not an unsigned-byte IDX file.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion_mnist(
+    validation: int = 0, source: str = "tfds", idx_dir: str = IDX_DIR
+) -> tuple[np.ndarray, ...]:
     """Fashion-MNIST as (train images, train labels, eval images, eval labels).
 
     Args:
       validation: n > 0 evaluates on the last n training examples (and trains on the others);
         0 evaluates on the test split.
+      source: "tfds" (the TFDS data set, built offline from Debian's files if missing; its order)
+        or "idx" (Debian's IDX files read with NumPy, in the files' order; no TensorFlow).
+      idx_dir: where the IDX files are (`source="idx"`).
 
     Returns:
       float32 images `[N, 28, 28, 1]` normalised with the data set's mean and std, int32 labels.
+
+    Raises:
+      ValueError: an unknown `source`.
     """
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-    from optg_jax import data  # pylint: disable=import-outside-toplevel
-
-    data.ensure_dataset("fashion_mnist")
     splits = {}
-    for split in ("train", "test"):
-        arrays = tfds.as_numpy(
-            tfds.load(
-                "fashion_mnist",
-                split=split,
-                batch_size=-1,
-                data_dir=data.resolve_data_dir(None),
+    if source == "idx":
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            images = read_idx(os.path.join(idx_dir, f"{prefix}-images-idx3-ubyte.gz"))
+            labels = read_idx(os.path.join(idx_dir, f"{prefix}-labels-idx1-ubyte.gz"))
+            splits[split] = (images[..., None], labels)
+    elif source == "tfds":
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+        from optg_jax import data  # pylint: disable=import-outside-toplevel
+
+        data.ensure_dataset("fashion_mnist")
+        for split in ("train", "test"):
+            arrays = tfds.as_numpy(
+                tfds.load(
+                    "fashion_mnist",
+                    split=split,
+                    batch_size=-1,
+                    data_dir=data.resolve_data_dir(None),
+                )
             )
-        )
-        images = (arrays["image"].astype(np.float32) / 255.0 - 0.2860) / 0.3530
-        splits[split] = (images, arrays["label"].astype(np.int32))
+            splits[split] = (arrays["image"], arrays["label"])
+    else:
+        raise ValueError(f"source must be 'tfds' or 'idx', got {source!r}")
+    splits = {
+        k: ((x.astype(np.float32) / 255.0 - MEAN) / STD, y.astype(np.int32))
+        for k, (x, y) in splits.items()
+    }
     (x, y), (xt, yt) = splits["train"], splits["test"]
     if validation:
         return x[:-validation], y[:-validation], x[-validation:], y[-validation:]
@@ -146,7 +219,9 @@ def method_kwargs(method: str, steps_per_epoch: int) -> dict[str, Any] | None:
     return kwargs
 
 
-def train(method: str, sparsity: float, epochs: int, seed: int, arrays) -> dict[str, Any]:
+def train(
+    method: str, sparsity: float, epochs: int, seed: int, arrays, model_name: str = "lenet"
+) -> dict[str, Any]:
     """One run of the user loop.
 
     Args:
@@ -155,25 +230,34 @@ def train(method: str, sparsity: float, epochs: int, seed: int, arrays) -> dict[
       epochs: the run's length.
       seed: seeds the init and the data order.
       arrays: `load_fashion_mnist`'s result.
+      model_name: a key of `MODELS`.
 
     Returns:
       `{'top1': percent, 'sparsity': removed fraction, 'layers': {layer: removed fraction}}`.
     """
     x, y, xe, ye = arrays
-    steps_per_epoch = len(y) // BATCH
+    recipe = MODELS[model_name]
+    batch = recipe.batch
+    steps_per_epoch = len(y) // batch
     total = epochs * steps_per_epoch
-    model = LeNet300100()
+    model = recipe.build()
     params = model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1)))["params"]
-    lr = optax.cosine_decay_schedule(LR, total)
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    if warmup:
+        lr = optax.warmup_cosine_decay_schedule(0.0, recipe.learning_rate, warmup, total)
+    else:
+        lr = optax.cosine_decay_schedule(recipe.learning_rate, total)
     kwargs = method_kwargs(method, steps_per_epoch)
     sparse = kwargs is not None
     links = [optg_jax.optg_optax(sparsity, total, lr, **kwargs)] if sparse else []
-    tx = optax.chain(*links, optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(lr, MOMENTUM))
+    tx = optax.chain(
+        *links, optax.add_decayed_weights(recipe.weight_decay), optax.sgd(lr, recipe.momentum)
+    )
     opt_state = tx.init(params)
     xd, yd = jnp.asarray(x), jnp.asarray(y)
 
     def loss_fn(p, xb, yb):
-        logits = model.apply({"params": p}, xb)
+        logits = model.apply({"params": p}, xb, train=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
     def step(carry, idx):
@@ -185,16 +269,20 @@ def train(method: str, sparsity: float, epochs: int, seed: int, arrays) -> dict[
 
     @jax.jit
     def epoch(p, s, order):
-        (p, s), _ = jax.lax.scan(step, (p, s), order.reshape(steps_per_epoch, BATCH))
+        (p, s), _ = jax.lax.scan(step, (p, s), order.reshape(steps_per_epoch, batch))
         return p, s
 
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
-        order = rng.permutation(len(y))[: steps_per_epoch * BATCH]
+        order = rng.permutation(len(y))[: steps_per_epoch * batch]
         params, opt_state = epoch(params, opt_state, jnp.asarray(order))
     final = optg_jax.apply_masks(params, opt_state) if sparse else params
-    logits = jax.jit(lambda p, xb: model.apply({"params": p}, xb))(final, jnp.asarray(xe))
-    top1 = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(ye)))
+    predict = jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, xb), -1))
+    correct = sum(
+        int(jnp.sum(predict(final, jnp.asarray(xe[i : i + 1000])) == jnp.asarray(ye[i : i + 1000])))
+        for i in range(0, len(ye), 1000)
+    )
+    top1 = correct / len(ye)
     summary = optg_jax.sparsity_summary(opt_state) if sparse else {"global": 0.0, "layers": {}}
     layers = {k.split("/")[-2]: round(v, 4) for k, v in summary["layers"].items()}
     return {"top1": 100 * top1, "sparsity": summary["global"], "layers": layers}
@@ -270,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
       The exit status, 0.
     """
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=tuple(MODELS), default="lenet")
+    ap.add_argument("--source", choices=("tfds", "idx"), default="tfds")
+    ap.add_argument("--idx-dir", default=IDX_DIR, help="the IDX files (--source idx)")
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.98, 0.99])
     ap.add_argument("--epochs", type=int, nargs="+", default=[10, 30])
@@ -282,14 +373,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="evaluate on the last N training examples (never the test split)",
     )
-    ap.add_argument("--out", default=os.path.join(RESULTS_DIR, f"{SECTION}.jsonl"))
+    ap.add_argument("--out", default="", help="default: benchmarks/results/<section>.jsonl")
+    ap.add_argument("--results-dir", default=RESULTS_DIR)
     ap.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.sparsities, args.seeds = [10], [0.99], [0]
     for m in args.methods:
         method_kwargs(m, 1)
-    arrays = load_fashion_mnist(args.validation)
+    section = f"{SECTION}_{args.model}" + ("_validation" if args.validation else "")
+    args.out = args.out or os.path.join(args.results_dir, f"{SECTION}_{args.model}.jsonl")
+    arrays = load_fashion_mnist(args.validation, args.source, args.idx_dir)
     split = f"train[-{args.validation}:]" if args.validation else "test"
     done = {
         (r["method"], r["sparsity_target"], r["epochs"], r["seed"], r["split"])
@@ -307,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for i, (method, sparsity, epochs, seed) in enumerate(todo, start=1):
         t0 = time.time()
-        result = train(method, sparsity, epochs, seed, arrays)
+        result = train(method, sparsity, epochs, seed, arrays, args.model)
         row = dict(
             method=method,
             sparsity_target=sparsity,
