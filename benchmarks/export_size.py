@@ -7,7 +7,7 @@ as a trained OptG run, no training needed) and exported by the training program'
 `export/model_sparse.npz` (`optg_jax.export`). The script checks that `optg_jax.load_sparse`
 gives back exactly the masked weights, then prints the file sizes.
 
-  .venv/bin/python benchmarks/export_size.py
+  .venv/bin/python -m benchmarks.export_size
 
 Prints the table and writes it to benchmarks/results/export_size.md.
 """
@@ -15,17 +15,14 @@ Prints the table and writes it to benchmarks/results/export_size.md.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import optg_jax  # noqa: E402
-from optg_jax import checkpoints, export, models  # noqa: E402
+import optg_jax
+from optg_jax import checkpoints, export, models
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "export_size.md")
 SPARSITIES = (0.9, 0.95, 0.99)
