@@ -420,13 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines = table(read_rows(args.out), split)
     print("\n".join(lines))
-    section = SECTION if not args.validation else f"{SECTION}_validation"
-    text = "\n".join(
-        ["## LeNet-300-100 in a user's optax loop (benchmarks/lenet_user_loop.py)", "", *lines]
-    )
-    with open(os.path.join(RESULTS_DIR, f"{section}.md"), "w", encoding="utf-8") as f:
+    title = {"lenet": "LeNet-300-100", "vit_tiny": "A Vision Transformer (vit_tiny)"}[args.model]
+    text = "\n".join([f"## {title} in a user's optax loop (benchmarks/user_loop.py)", "", *lines])
+    with open(os.path.join(args.results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
-    update_section(args.benchmarks_md, section, text + "\n")
+    if args.benchmarks_md:
+        update_section(args.benchmarks_md, section, text + "\n")
     return 0
 
 
