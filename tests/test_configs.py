@@ -184,12 +184,17 @@ def test_names_come_from_their_owners(monkeypatch):
     ],
 )
 def test_validate_names_the_bad_value(field, value):
-    config = load("fashion_mnist")
+    refused(load("fashion_mnist"), field, value)
+
+
+def refused(config, field, value) -> str:
+    """`validate`'s message for `config` with `field = value`: one line naming the value."""
     config[field] = value
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.validate(config)
     message = str(e.value)
     assert "\n" not in message and f"config.{field}={value!r}" in message
+    return message
 
 
 @pytest.mark.parametrize(
@@ -204,12 +209,7 @@ def test_validate_names_the_bad_value(field, value):
 )
 def test_reference_schedules_refuse_the_fields_they_set(field, value):
     config = load("resnet50_cifar10")
-    config[field] = value
-    with pytest.raises(config_lib.ConfigError) as e:
-        config_lib.validate(config)
-    message = str(e.value)
-    assert "\n" not in message and f"config.{field}={value!r}" in message
-    assert "reference_schedules" in message
+    assert "reference_schedules" in refused(config, field, value)
     config.reference_schedules = False  # The per-step schedules take any of them.
     config_lib.validate(config)
 
