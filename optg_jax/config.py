@@ -41,6 +41,7 @@ IDENTITY_FIELDS = (
     "sparsity",
     "criterion",
     "recipe",
+    "reference_schedules",
     "schedule",
     "beta",
     "pruning_end_fraction",
@@ -109,6 +110,12 @@ def base_config() -> ml_collections.ConfigDict:
     # "default" (budget-safe: cubic ramp ending at 2/3 of the run, masks frozen after it, score
     # momentum 0.99) or "paper" (the reference code's settings).
     c.recipe = "default"
+    # The reference code's per-epoch schedules instead of the per-step ones (`steps.py`): its lr
+    # (warm-up, then a cosine over all epochs), its unnormalised sigmoid `P sigmoid(beta (e - E/2))`
+    # and through it its score lr, a mask refresh every epoch, and the final masks at exactly `P`.
+    # It sets `schedule`, `pruning_end_fraction`, `mask_update_every` and
+    # `update_masks_after_pruning` itself: leave them unset.
+    c.reference_schedules = False
     c.schedule = config_dict.placeholder(str)  # sigmoid | cubic | constant | one_shot.
     c.beta = 1.0  # Steepness of the sigmoid schedule (per epoch, as in the paper).
     # The sparsity ramp ends at this fraction of training; the rest of training recovers at the
@@ -146,10 +153,12 @@ def paper_config(
     """The OptG paper's recipe for a long ImageNet or CIFAR-10 run (OPTG_SPEC.md).
 
     Batch 256, cosine lr after 5 warm-up epochs, momentum 0.9, label smoothing 0.1 on ImageNet
-    only, and the library's `recipe="paper"`: the sigmoid (beta = 1 per epoch) spans the whole
-    run, centred at mid-training and within 1% of the target about five epochs later, which leaves
-    ~45% of the run to recover; a mask refresh every epoch, also after the ramp; score momentum
-    0.9.
+    only, and the library's `recipe="paper"` (score momentum 0.9) with the reference code's
+    schedules (`reference_schedules=True`): the lr set once per epoch (5 warm-up epochs, then a
+    cosine over all epochs), the sparsity `P sigmoid(beta (e - E/2))` per epoch (beta = 1; centred
+    at mid-training and within 1% of the target about five epochs later, which leaves ~45% of the
+    run to recover) and the score lr `lr(e) sigmoid(beta (e - E/2))`, a mask refresh every epoch,
+    and the final masks at exactly the target, selected after the last update.
 
     Args:
       model: a model name (`optg_jax.models.names()`).
@@ -171,6 +180,7 @@ def paper_config(
     c.label_smoothing = 0.1 if imagenet else 0.0
     c.warmup_epochs = 5.0
     c.recipe = "paper"
+    c.reference_schedules = True
     c.sparsity = sparsity
     c.checkpoint_every_steps = 5000 if imagenet else 2000
     return c
@@ -256,17 +266,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("num_train_steps", "steps_per_epoch", "steps_per_eval"):
         if config[field] == 0 or config[field] < -1:
             _fail(field, config[field], "must be > 0, or -1 for the default")
-    for field in ("update_masks_after_pruning", "data_in_memory"):
+    for field in ("update_masks_after_pruning", "data_in_memory", "reference_schedules"):
         if not isinstance(config[field], bool) and not (
             field == "update_masks_after_pruning" and config[field] is None
         ):
             _fail(field, config[field], "must be True or False")
+    if config.reference_schedules:
+        _check_reference_schedules(config)
     # Last: the data set names come from `optg_jax.data`, whose TensorFlow import takes seconds,
     # so every other mistake is reported before it.
     from optg_jax import data  # pylint: disable=import-outside-toplevel
 
     if config.dataset not in data.names():
         _fail("dataset", config.dataset, f"is not one of {', '.join(data.names())}")
+
+
+def _check_reference_schedules(config: ml_collections.ConfigDict) -> None:
+    """Refuses the fields that `reference_schedules=True` sets itself, when set otherwise."""
+    why = "contradicts config.reference_schedules=True"
+    if config.schedule is not None:
+        _fail(
+            "schedule",
+            config.schedule,
+            f"{why} (the reference's per-epoch sigmoid); leave it unset",
+        )
+    if config.pruning_end_fraction not in (None, 1.0):
+        _fail(
+            "pruning_end_fraction",
+            config.pruning_end_fraction,
+            f"{why} (the sparsity reaches the target at the end of the run); leave it unset",
+        )
+    if config.mask_update_every not in (None, 0):
+        _fail(
+            "mask_update_every",
+            config.mask_update_every,
+            f"{why} (a mask refresh every epoch); leave it unset",
+        )
+    if config.update_masks_after_pruning is False:
+        _fail(
+            "update_masks_after_pruning",
+            False,
+            f"{why} (masks are refreshed every epoch until the end); leave it unset",
+        )
+    warmup = config.warmup_epochs
+    if isinstance(warmup, bool) or not float(warmup).is_integer():
+        _fail("warmup_epochs", warmup, "must be a whole number of epochs with reference_schedules")
 
 
 def is_dense(config: ml_collections.ConfigDict) -> bool:

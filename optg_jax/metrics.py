@@ -17,6 +17,8 @@ from etils import epath
 
 from optg_jax import files
 
+METRICS_FILE = "metrics.jsonl"
+
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flattens nested dicts into one level with '/'-joined keys.
@@ -60,7 +62,7 @@ class MetricWriter:
         self._lines = None
         if enabled:
             self._tb = _TensorBoardWriter(os.path.join(workdir, "tb"))
-            self._path = epath.Path(workdir) / "metrics.jsonl"
+            self._path = epath.Path(workdir) / METRICS_FILE
             if files.is_remote(workdir):
                 self._lines = self._path.read_text().splitlines() if self._path.exists() else []
             else:
@@ -131,6 +133,57 @@ class _TensorBoardWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def read_records(workdir: str) -> list[dict]:
+    """The records of `workdir/metrics.jsonl`, in the order they were written.
+
+    Args:
+      workdir: the run's directory (local path or gs://...).
+
+    Returns:
+      One dict per line; `[]` when there is no file. A line cut short (the process was killed while
+      writing it) is skipped.
+    """
+    path = epath.Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def best_top1(records: list[dict], up_to_step: int | None = None) -> tuple[float, float] | None:
+    """The best `eval/top1` of the per-epoch records and the epoch it came from.
+
+    A resumed run evaluates again the epochs after its checkpoint and writes their records again:
+    for each step the record written last counts, and with `up_to_step` the records of later steps
+    (not yet recomputed) are left out.
+
+    Args:
+      records: metrics records (`read_records`); those without a numeric `eval/top1` are ignored.
+      up_to_step: only the records with `step <= up_to_step` count (None: all).
+
+    Returns:
+      `(top1, epoch)` of the first epoch with the highest top-1 (`epoch` as logged: epochs done,
+      a float), or None when no record has an eval top-1.
+    """
+    latest = {}
+    for record in records:
+        top1 = record.get("eval/top1")
+        if not isinstance(top1, (int, float)) or isinstance(top1, bool) or math.isnan(top1):
+            continue
+        if up_to_step is None or record["step"] <= up_to_step:
+            latest[record["step"]] = (float(top1), float(record.get("epoch", math.nan)))
+    best = None
+    for step in sorted(latest):
+        if best is None or latest[step][0] > best[0]:
+            best = latest[step]
+    return best
 
 
 def _json_safe(v):
@@ -205,7 +258,8 @@ def summary_table(results: Mapping[str, Any]) -> str:
 
     Args:
       results: the dict written to results.json (`top1`, `top5`, `sparsity`, `macs`,
-        `dense_macs`; optional `model`, `layer_sparsity`, times, ...).
+        `dense_macs`; optional `best_top1` with `best_top1_epoch`, `model`, `layer_sparsity`,
+        times, ...).
 
     Returns:
       The table as text, framed by rules; long per-layer lists show their first and last layers.
@@ -217,6 +271,12 @@ def summary_table(results: Mapping[str, Any]) -> str:
         ("steps", results.get("steps")),
         ("top-1 accuracy", f"{100 * results['top1']:.2f}%"),
         ("top-5 accuracy", f"{100 * results['top5']:.2f}%"),
+    ]
+    if "best_top1" in results:  # results.json of runs before it was recorded lack it
+        epoch = results.get("best_top1_epoch")
+        at = "" if epoch is None else f" (epoch {epoch:g})"
+        rows.append(("best top-1 (epoch)", f"{100 * results['best_top1']:.2f}%{at}"))
+    rows += [
         (
             "sparsity (target)",
             f"{100 * results['sparsity']:.2f}% ({100 * results.get('target_sparsity', 0.0):.2f}%)",

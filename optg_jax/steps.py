@@ -5,6 +5,8 @@ chain state with the OptG scores and masks, the step count); `make_optimizer` bu
 `optg_optax -> add_decayed_weights -> sgd` with the `learning_rate_schedule`; `train_step` and
 `eval_step` are pure functions of the state and one batch, ready for `jax.jit` (the training
 program in `optg_jax.training` and `benchmarks/step_overhead.py` both jit them from here).
+With `config.reference_schedules` the lr, the sparsity and the refreshes follow the reference
+code's epochs (`learning_rate_schedule`, `reference_sparsity_schedule`, `optg_settings`).
 
 The network that is trained and evaluated is `W * M` (`masked_params`): the forward pass sees the
 masked weights, and `optg_optax` turns the gradient with respect to them into weight and score
@@ -24,6 +26,7 @@ import optax
 
 import optg_jax
 from optg_jax import config as config_lib
+from optg_jax import schedules
 
 
 @flax.struct.dataclass
@@ -43,13 +46,34 @@ class TrainState:
     opt_state: Any
 
 
+def reference_epochs(num_steps: int, steps_per_epoch: int) -> int:
+    """`E` of the reference's per-epoch schedules: the epochs the run trains.
+
+    Args:
+      num_steps: total number of training steps.
+      steps_per_epoch: training steps per epoch.
+
+    Returns:
+      `ceil(num_steps / steps_per_epoch)` (the last epoch is partial when `num_train_steps` is
+      not a multiple of the epoch).
+    """
+    return -(-int(num_steps) // int(steps_per_epoch))
+
+
 def learning_rate_schedule(
     config: ml_collections.ConfigDict, num_steps: int, steps_per_epoch: int
 ) -> optax.Schedule:
-    """Linear warm-up to `learning_rate * batch_size / 256`, then cosine decay to 0.
+    """The weights' learning rate, with its peak at `learning_rate * batch_size / 256`.
+
+    Per step (`reference_schedules=False`): a linear warm-up over `warmup_epochs`, then a cosine
+    decay to 0 over the remaining steps. With `reference_schedules=True`: the reference code's
+    rate, set once per epoch (`schedules.reference_lr_schedule`): `peak (e + 1) / W` in the first
+    `W = warmup_epochs` epochs, then `0.5 peak (1 + cos(pi e / E))`, the cosine over all
+    `E = reference_epochs(...)` epochs (`W` is capped at `E`).
 
     Args:
-      config: the run's config (`learning_rate`, `batch_size`, `warmup_epochs`).
+      config: the run's config (`learning_rate`, `batch_size`, `warmup_epochs`,
+        `reference_schedules`).
       num_steps: total number of training steps.
       steps_per_epoch: training steps per epoch (the warm-up is given in epochs).
 
@@ -57,12 +81,49 @@ def learning_rate_schedule(
       An optax schedule, `step -> float32 learning rate`.
     """
     peak = config_lib.effective_learning_rate(config)
+    if config.reference_schedules:
+        epochs = reference_epochs(num_steps, steps_per_epoch)
+        warmup_epochs = min(int(config.warmup_epochs), epochs)
+        return schedules.reference_lr_schedule(peak, epochs, steps_per_epoch, warmup_epochs)
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), num_steps - 1)
     if warmup <= 0:
         return optax.cosine_decay_schedule(peak, decay_steps=num_steps)
     return optax.warmup_cosine_decay_schedule(
         0.0, peak, warmup_steps=warmup, decay_steps=num_steps, end_value=0.0
     )
+
+
+def reference_sparsity_schedule(
+    config: ml_collections.ConfigDict, num_steps: int, steps_per_epoch: int
+) -> schedules.Schedule:
+    """The reference code's sparsity per epoch, and exactly the target at the end of the run.
+
+    `P sigmoid(beta (e - E/2))` over the steps of epoch `e` (`schedules.reference_sigmoid_schedule`,
+    `E = reference_epochs(...)`), and exactly `P` at step `num_steps`. `optg_optax` selects the
+    final masks after the last update at the sparsity of step `num_steps`, so they keep exactly
+    `floor(N (1 - P))` of the `N` masked weights, where the reference's last masks (selected at the
+    start of epoch `E - 1`) remove only `P sigmoid(beta (E/2 - 1))`. No update runs at step
+    `num_steps`, so the score lr `lr(t) p(t) / P` of `optg_optax` stays the reference's
+    `lr(e) sigmoid(beta (e - E/2))` at every step.
+
+    Args:
+      config: the run's config (`sparsity`, `beta`).
+      num_steps: total number of training steps.
+      steps_per_epoch: training steps per epoch.
+
+    Returns:
+      A jittable schedule `step -> float32 scalar sparsity`.
+    """
+    target = float(config.sparsity)
+    per_epoch = schedules.reference_sigmoid_schedule(
+        target, reference_epochs(num_steps, steps_per_epoch), steps_per_epoch, float(config.beta)
+    )
+
+    def schedule(step):
+        at_end = jnp.asarray(step) >= num_steps
+        return jnp.where(at_end, jnp.float32(target), per_epoch(step))
+
+    return schedule
 
 
 def pruning_end_step(config: ml_collections.ConfigDict, num_steps: int) -> int | None:
@@ -94,10 +155,13 @@ def optg_settings(
 
     Returns:
       `{argument: value}` for `optg_optax` after `target_sparsity`, `total_steps` and
-      `learning_rate`; the recipe fills in the arguments that are None.
+      `learning_rate`; the recipe fills in the arguments that are None. With
+      `reference_schedules=True` the schedule is `reference_sparsity_schedule`, the masks are
+      refreshed every epoch and pruning ends with the run (`config.validate` refuses other
+      values for those fields).
     """
     every = config.mask_update_every
-    return dict(
+    settings = dict(
         criterion=config.criterion,
         recipe=config.recipe,
         schedule=config.schedule,
@@ -111,6 +175,14 @@ def optg_settings(
         score_lr_floor=float(config.score_lr_floor),
         update_masks_after_pruning=config.update_masks_after_pruning,
     )
+    if config.reference_schedules:
+        settings.update(
+            schedule=reference_sparsity_schedule(config, num_steps, steps_per_epoch),
+            mask_update_every=steps_per_epoch,
+            pruning_end_step=num_steps,
+            update_masks_after_pruning=True,
+        )
+    return settings
 
 
 def make_optimizer(

@@ -356,8 +356,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       workdir: directory for checkpoints, metrics, config.json, results.json and the export.
 
     Returns:
-      The results dict (also written to workdir/results.json): top1, top5, sparsity, macs,
-      dense_macs, steps and more.
+      The results dict (also written to workdir/results.json): top1, top5, best_top1 (the
+      best eval top-1 over the epochs) and best_top1_epoch, sparsity, macs, dense_macs, steps and
+      more.
 
     Raises:
       ConfigError: a bad config or a workdir of another run (a ValueError); nothing is written.
@@ -433,6 +434,9 @@ def train_loop(run: Run, state: steps.TrainState, mngr) -> steps.TrainState:
     writer = metrics_lib.MetricWriter(run.workdir, enabled=run.is_main)
     epoch_sums: dict[str, float] = {}
     last_saved = max(mngr.all_steps(), default=None)
+    # The best eval top-1 so far survives a restart in metrics.jsonl (the epochs up to the
+    # checkpoint were evaluated by an earlier process).
+    best = metrics_lib.best_top1(metrics_lib.read_records(run.workdir), up_to_step=start_step)
 
     def finish(step: int, step_metrics: dict) -> None:
         """Host-side work for the finished step `step` (0-based): checks, sums, logs."""
@@ -488,7 +492,7 @@ def train_loop(run: Run, state: steps.TrainState, mngr) -> steps.TrainState:
                 n = max(epoch_sums.pop("n", 1.0), 1.0)
                 train_means = {k: v / n for k, v in epoch_sums.items()}
                 epoch_sums.clear()
-                _log_epoch(run, state, done, train_means, writer, bar)
+                best = _log_epoch(run, state, done, train_means, writer, bar, best)
         bar.close()
     finally:
         mngr.wait_until_finished()
@@ -496,11 +500,15 @@ def train_loop(run: Run, state: steps.TrainState, mngr) -> steps.TrainState:
     return state
 
 
-def _log_epoch(run: Run, state, done: int, train_means: dict, writer, bar) -> None:
-    """Evaluates at the end of an epoch (`done` steps) and logs it to the writer and the bar."""
+def _log_epoch(
+    run: Run, state, done: int, train_means: dict, writer, bar, best: tuple | None
+) -> tuple[float, float]:
+    """Evaluates at the end of an epoch (`done` steps), logs it; returns the best (top-1, epoch)."""
     ev = evaluate(run, state)
     figures = _sparsity_figures(run, state)
     epoch = done / run.steps_per_epoch
+    if best is None or ev["top1"] > best[0]:
+        best = (ev["top1"], epoch)
     writer.write(
         done,
         {
@@ -510,6 +518,8 @@ def _log_epoch(run: Run, state, done: int, train_means: dict, writer, bar) -> No
             "eval/top1": ev["top1"],
             "eval/top5": ev["top5"],
             "eval/loss": ev["loss"],
+            "eval/best_top1": best[0],
+            "eval/best_top1_epoch": best[1],
             "sparsity/global": figures["sparsity"],
             "sparsity/target": figures["target_sparsity"],
             "sparsity/scheduled": train_means.get("sparsity", 0.0),
@@ -526,6 +536,7 @@ def _log_epoch(run: Run, state, done: int, train_means: dict, writer, bar) -> No
         f"top-5 {ev['top5']:.4f} | sparsity {figures['sparsity']:.4f} | "
         f"MACs {figures['macs']:,}/{figures['dense_macs']:,}"
     )
+    return best
 
 
 # --------------------------------------------------------------------------- figures and results
@@ -608,9 +619,15 @@ def _final_results(
     step = int(to_host(state.step))
     ev = evaluate(run, state)
     figures = _sparsity_figures(run, state)
+    # The best of the per-epoch evaluations (as the reference logs it) and of this final one.
+    best = metrics_lib.best_top1(metrics_lib.read_records(run.workdir), up_to_step=step)
+    if best is None or ev["top1"] > best[0]:
+        best = (ev["top1"], step / run.steps_per_epoch)
     results = {
         "top1": ev["top1"],
         "top5": ev["top5"],
+        "best_top1": best[0],
+        "best_top1_epoch": best[1],
         "eval_loss": ev["loss"],
         "sparsity": figures["sparsity"],
         "macs": figures["macs"],
@@ -620,6 +637,7 @@ def _final_results(
         "dataset": config.dataset,
         "criterion": config.criterion,
         "recipe": config.recipe,
+        "reference_schedules": config.reference_schedules,
         "schedule": config.schedule,
         "target_sparsity": float(config.sparsity) if run.sparse else 0.0,
         "layer_sparsity": figures["layer_sparsity"],
@@ -637,6 +655,8 @@ def _final_results(
             settings["recipe"],
             **{k: settings[k] for k in _RECIPE_ARGUMENTS},
         )
+        if config.reference_schedules:  # A callable: `steps.reference_sparsity_schedule`.
+            resolved["schedule"] = "reference_sigmoid"
         results["schedule"] = resolved["schedule"]
         results["optg_settings"] = resolved
     if config.eval_only:

@@ -3,10 +3,12 @@ line naming the value (through `validate` and through train.py's command line)."
 
 import glob
 import importlib.util
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from optg_jax import config as config_lib
@@ -22,6 +24,8 @@ REQUIRED = (
     "fashion_mnist",
     "vit_fashion_mnist",
 )
+# The configs of the paper's runs, on the reference code's schedules.
+PAPER_CONFIGS = ("resnet50_imagenet", "mobilenetv1_imagenet", "vgg19_cifar10", "resnet50_cifar10")
 
 
 def load(name):
@@ -63,10 +67,22 @@ def test_config_has_shared_fields_and_validates(name):
         assert settings["pruning_end_step"] == round(2 / 3 * config.num_epochs * 50)
     else:  # The paper's long runs: the paper's recipe.
         assert config.recipe == "paper"
-        assert (settings["schedule"], settings["score_momentum"]) == ("sigmoid", 0.9)
+        assert settings["score_momentum"] == 0.9
         assert settings["update_masks_after_pruning"] is True
         assert settings["pruning_end_step"] == config.num_epochs * 50
         assert settings["mask_update_every"] == 50  # one epoch
+    if name in PAPER_CONFIGS:  # The reference code's per-epoch schedules.
+        assert config.reference_schedules is True and config.warmup_epochs == 5
+        schedule, epochs, target = settings["schedule"], config.num_epochs, config.sparsity
+        for epoch in (0, 3, epochs // 2, epochs - 1):
+            want = target / (1 + math.exp(-(epoch - epochs / 2)))
+            for step in (epoch * 50, epoch * 50 + 49):
+                assert float(schedule(step)) == pytest.approx(want, rel=1e-6, abs=1e-30)
+        assert float(schedule(epochs * 50)) == np.float32(target)  # exactly P at the end
+    elif name == "resnet32_cifar10":  # Not a network of the paper: the per-step sigmoid.
+        assert config.reference_schedules is False and settings["schedule"] == "sigmoid"
+    else:
+        assert config.reference_schedules is False
 
 
 @pytest.mark.parametrize("name", REQUIRED)
@@ -164,15 +180,59 @@ def test_names_come_from_their_owners(monkeypatch):
         ("score_lr_floor", 1.5),
         ("validation_examples", -5),
         ("augment", "yes"),
+        ("reference_schedules", None),  # (ml_collections refuses any other non-bool)
     ],
 )
 def test_validate_names_the_bad_value(field, value):
-    config = load("fashion_mnist")
+    refused(load("fashion_mnist"), field, value)
+
+
+def refused(config, field, value) -> str:
+    """`validate`'s message for `config` with `field = value`: one line naming the value."""
     config[field] = value
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.validate(config)
     message = str(e.value)
     assert "\n" not in message and f"config.{field}={value!r}" in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("schedule", "cubic"),
+        ("pruning_end_fraction", 0.5),
+        ("mask_update_every", 100),
+        ("update_masks_after_pruning", False),
+        ("warmup_epochs", 0.5),
+    ],
+)
+def test_reference_schedules_refuse_the_fields_they_set(field, value):
+    config = load("resnet50_cifar10")
+    assert "reference_schedules" in refused(config, field, value)
+    config.reference_schedules = False  # The per-step schedules take any of them.
+    config_lib.validate(config)
+
+
+def test_reference_schedules_accept_the_values_they_would_set():
+    config = load("resnet50_cifar10")
+    config.update(pruning_end_fraction=1.0, mask_update_every=0, update_masks_after_pruning=True)
+    config_lib.validate(config)
+
+
+def test_per_step_schedules_are_unchanged_without_reference_schedules():
+    """The short configs keep the per-step lr (warm-up, then a cosine over the remaining steps)."""
+    from optg_jax import steps  # pylint: disable=import-outside-toplevel
+
+    config = load("fashion_mnist")  # Effective lr 0.1 at batch 128, half an epoch of warm-up.
+    assert config.reference_schedules is False
+    lr = steps.learning_rate_schedule(config, 800, 100)  # 50 warm-up steps, then 750 of cosine
+    for step, want in ((0, 0.0), (25, 0.05), (50, 0.1), (425, 0.05), (800, 0.0)):
+        assert float(lr(step)) == pytest.approx(want, abs=1e-7), step
+    settings = steps.optg_settings(config, 800, 100)
+    assert settings["schedule"] is None and settings["pruning_end_step"] is None
+    assert settings["mask_update_every"] is None
+    assert settings["update_masks_after_pruning"] is None
 
 
 def run_train_py(tmp_path, *args):

@@ -111,7 +111,8 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_identical(uninterrupted, tmp_pa
         want = json.load(f)
     with open(os.path.join(workdir, "results.json")) as f:
         got = json.load(f)
-    for key in ("top1", "top5", "eval_loss", "sparsity", "macs", "dense_macs", "steps"):
+    compared = ("top1", "top5", "best_top1", "best_top1_epoch", "eval_loss", "sparsity", "macs")
+    for key in (*compared, "dense_macs", "steps"):
         assert got[key] == want[key], key
     # Epoch metrics after the resume point match too (epoch 2 was recomputed after the kill).
     assert epoch_metrics(workdir)[NUM_STEPS] == epoch_metrics(uninterrupted)[NUM_STEPS]

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -50,6 +51,10 @@ def imagenet_test_config(**overrides):
 def run(config, workdir):
     with tfds.testing.mock_data(num_examples=32):
         return training.train_and_evaluate(config, str(workdir))
+
+
+def records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def snapshot(workdir):
@@ -98,14 +103,22 @@ def test_results_and_exact_target_sparsity(finished):
     assert kept == math.floor(total * (1 - 0.9) + 1e-9)
     assert results["sparsity"] == pytest.approx(1 - kept / total, abs=1e-12)
     assert results["target_sparsity"] == 0.9
+    # The paper's config runs on the reference's schedules; results.json names them.
+    assert results["reference_schedules"] is True and on_disk["schedule"] == "reference_sigmoid"
+    assert on_disk["optg_settings"]["schedule"] == "reference_sigmoid"
+    assert on_disk["optg_settings"]["mask_update_every"] == 3  # one epoch
+    # The best of the epochs' evaluations, and the epoch it came from.
+    evals = [(r["eval/top1"], r["epoch"]) for r in records(workdir) if "eval/top1" in r]
+    best = max(evals, key=lambda e: e[0])
+    assert (results["best_top1"], results["best_top1_epoch"]) == best
+    assert on_disk["best_top1"] == results["best_top1"] >= results["top1"]
 
 
 def test_workdir_contents(finished):
     workdir, _ = finished
     steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
     assert steps == [4, 6]  # keep_checkpoints=2
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r for r in records if "eval/top1" in r]
+    epochs = [r for r in records(workdir) if "eval/top1" in r]
     assert [r["step"] for r in epochs] == [3, 6]
     last = epochs[-1]
     for key in (
@@ -118,8 +131,23 @@ def test_workdir_contents(finished):
         "macs/dense",
         "lr",
         "score_lr",
+        "eval/best_top1",
+        "eval/best_top1_epoch",
     ):
         assert key in last
+    assert last["eval/best_top1"] == max(r["eval/top1"] for r in epochs)
+    # The reference's lr per epoch (effective 0.1 * 8 / 256, one warm-up epoch, cosine over 2):
+    # epoch 0 at the peak, epoch 1 at 0.5 * peak * (1 + cos(pi / 2)).
+    peak = 0.1 * 8 / 256
+    assert [r["lr"] for r in epochs] == pytest.approx([peak, 0.5 * peak], rel=1e-6)
+    # The reference's sparsity: 0.9 sigmoid(0 - 1) over epoch 0 (masks selected at init), and
+    # exactly 0.9 after the last update (instead of the reference's 0.9 sigmoid(1 - 1)).
+    export = np.load(workdir / "export" / "model.npz")
+    total = sum(
+        export[k].size for k in export.files if k.startswith("params/") and export[k].ndim >= 2
+    )
+    kept = [math.floor(total * (1 - 0.9 / (1 + math.exp(1)))), math.floor(total * 0.1 + 1e-9)]
+    assert [r["sparsity/global"] for r in epochs] == pytest.approx([1 - k / total for k in kept])
     assert isinstance(last["sparsity/layers"], dict) and last["sparsity/layers"]
     assert os.listdir(workdir / "tb")
     assert json.loads((workdir / "config.json").read_text())["identity"]["model"] == "tiny_resnet"
@@ -154,6 +182,7 @@ def test_rerun_of_a_run_written_before_the_macs_rename_prints_its_results(
     assert "holds a finished run" in out
     ratio = results["dense_macs"] / results["macs"]
     assert f"{ratio:.1f}x fewer" in out and "MACs (dense)" in out
+    assert re.search(rf"best top-1 \(epoch\) +{100 * results['best_top1']:.2f}% \(epoch ", out)
     assert snapshot(old) == before
 
 
@@ -198,10 +227,21 @@ def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(finished, tmp_
         for f in files:
             with open(os.path.join(base, f), "r+b") as fh:
                 fh.truncate(max(0, os.path.getsize(os.path.join(base, f)) // 3))
+    # The best top-1 survives the restart through metrics.jsonl: say epoch 1 (step 3, before the
+    # checkpoint resumed from) was the best; the record of step 6 (after it) is recomputed.
+    lines = []
+    for record in records(copy):
+        if "eval/top1" in record:
+            record["eval/top1"] = {3: 0.99, 6: 1.0}[record["step"]]
+        lines.append(json.dumps(record))
+    (copy / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     results = run(imagenet_test_config(), copy)
     out = capsys.readouterr().out
     assert "step 6 is unreadable" in out and "falling back to step 4" in out
     assert results["steps"] == NUM_STEPS
+    assert results["top1"] < 0.99
+    assert (results["best_top1"], results["best_top1_epoch"]) == (0.99, 1.0)
+    assert records(copy)[-1]["eval/best_top1"] == 0.99
     # Resuming from step 4 gives bitwise the same weights as the uninterrupted run.
     want, got = np.load(workdir / "export" / "model.npz"), np.load(copy / "export" / "model.npz")
     assert sorted(want.files) == sorted(got.files)
@@ -330,9 +370,18 @@ def test_config_fields_reach_optg_optax(monkeypatch):
         score_momentum=0.5,
         mask_update_every=2,
     )
+    config.reference_schedules = False  # It would set the refresh interval itself.
     steps.make_optimizer(config, 6, 3, lambda step: 0.1)
     assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
     assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
+    # With reference_schedules: the reference's sigmoid per epoch (0.9 sigmoid(e - 2) for 4
+    # epochs of 3 steps), exactly 0.9 at the end, a refresh every epoch until the end.
+    seen.clear()
+    steps.make_optimizer(imagenet_test_config(), 12, 3, lambda step: 0.1)
+    assert (seen["mask_update_every"], seen["pruning_end_step"]) == (3, 12)
+    assert seen["update_masks_after_pruning"] is True
+    want = [0.9 / (1 + math.exp(-(step // 3 - 2))) for step in range(12)] + [0.9]
+    assert [float(seen["schedule"](step)) for step in range(13)] == pytest.approx(want, rel=1e-6)
 
 
 def test_workdir_written_before_a_field_existed_takes_its_old_default(tmp_path):
