@@ -474,15 +474,15 @@ def with_optg_count(opt_state: Any, count: int) -> Any:
 
 def interleaved_throughput(
     variants: Sequence[Variant], batch: dict, settings: Settings, deadline: float
-) -> tuple[dict[str, float], int]:
-    """Images/s of each variant: median over windows run in interleaved rounds.
+) -> dict[str, list[float]]:
+    """Images/s of each variant in each of the windows it ran in interleaved rounds.
 
     Every round times one window of `window_steps` steps of each variant (the order reverses
     every other round), so that a machine that slows down slows all alike. Rounds beyond
     `min_rounds` start only before `deadline` (a `time.perf_counter()` value).
 
     Returns:
-      `({name: images/s}, rounds run)`.
+      `{name: [images/s of each window]}`, one window per round.
     """
     for variant in variants:
         variant.run(batch, settings.warmup_steps)
@@ -500,7 +500,7 @@ def interleaved_throughput(
                 raise FloatingPointError(f"the {variant.name} step's loss became {loss}")
         rounds += 1
     images = batch["label"].shape[0] * settings.window_steps
-    return {name: images / statistics.median(t) for name, t in seconds.items()}, rounds
+    return {name: [images / t for t in times] for name, times in seconds.items()}
 
 
 def refresh_step_times(variant: Variant, batch: dict, repeats: int) -> dict[str, float]:
@@ -646,18 +646,18 @@ def phase_throughput(check: Check) -> None:
     s = check.settings
     dense, optg = check.variants["dense"], check.variants["OptG"]
     deadline = check.start + 0.6 * s.budget_s
-    rates, rounds = interleaved_throughput([dense, optg], check.batch, s, deadline)
-    how = (
-        f"median of {rounds} windows of {s.window_steps} step(s), interleaved with the other "
-        f"variant, after {s.warmup_steps} warm-up step(s); global batch "
-        f"{check.batch['label'].shape[0]}, one synthetic batch"
-    )
-    check.table.add("images/s, dense", significant(rates["dense"]), how)
-    check.table.add(
-        f"images/s, OptG {SPARSITY:.0%} ({CRITERION})",
-        significant(rates["OptG"]),
-        how + "; ordinary steps (no mask refresh)",
-    )
+    windows = interleaved_throughput([dense, optg], check.batch, s, deadline)
+    rates = {name: statistics.median(w) for name, w in windows.items()}
+    for name, figure in (("dense", "dense"), ("OptG", f"OptG {SPARSITY:.0%} ({CRITERION})")):
+        w = windows[name]
+        check.table.add(
+            f"images/s, {figure}",
+            significant(rates[name]),
+            f"median of {len(w)} windows of {s.window_steps} step(s) (from {significant(min(w))} "
+            f"to {significant(max(w))}), interleaved with the other variant, after "
+            f"{s.warmup_steps} warm-up step(s); global batch {check.batch['label'].shape[0]}, one "
+            "synthetic batch" + ("; ordinary steps (no mask refresh)" if name == "OptG" else ""),
+        )
     check.table.add("OptG / dense images/s", f"{rates['OptG'] / rates['dense']:.3f}", "")
 
 
