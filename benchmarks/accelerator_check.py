@@ -367,6 +367,7 @@ def benchmark_config(settings: Settings, criterion: str, global_batch: int):
     config.batch_size = global_batch
     config.criterion = criterion
     config.sparsity = SPARSITY
+    config.reference_schedules = False  # The paper config's per-epoch schedules would start dense.
     config.schedule = "constant"
     config.mask_update_every = REFRESH_AT
     config.update_masks_after_pruning = True

@@ -260,22 +260,25 @@ def train(
         logits = model.apply({"params": p}, xb, train=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-    def step(carry, idx):
-        p, s = carry
-        masked = optg_jax.apply_masks(p, s) if sparse else p
-        grads = jax.grad(loss_fn)(masked, xd[idx], yd[idx])
-        updates, s = tx.update(grads, s, p)
-        return (optax.apply_updates(p, updates), s), None
-
     @jax.jit
-    def epoch(p, s, order):
+    def epoch(p, s, order, images, labels):
+        """One epoch: a scan over the batches `order` picks (the data are arguments, not
+        constants baked into the compiled program)."""
+
+        def step(carry, idx):
+            p, s = carry
+            masked = optg_jax.apply_masks(p, s) if sparse else p
+            grads = jax.grad(loss_fn)(masked, images[idx], labels[idx])
+            updates, s = tx.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), None
+
         (p, s), _ = jax.lax.scan(step, (p, s), order.reshape(steps_per_epoch, batch))
         return p, s
 
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         order = rng.permutation(len(y))[: steps_per_epoch * batch]
-        params, opt_state = epoch(params, opt_state, jnp.asarray(order))
+        params, opt_state = epoch(params, opt_state, jnp.asarray(order), xd, yd)
     final = optg_jax.apply_masks(params, opt_state) if sparse else params
     predict = jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, xb), -1))
     correct = sum(
