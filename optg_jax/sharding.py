@@ -34,6 +34,9 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+# How the training program lays out its state (`config.param_sharding`).
+PARAM_SHARDINGS = ("replicated", "fsdp")
+
 
 def fsdp_spec(shape: Sequence[int], num_shards: int, axis_name: str = "data") -> P:
     """The partition spec of one leaf under the FSDP rule.
@@ -83,4 +86,29 @@ def fsdp_shardings(tree: Any, mesh: Mesh, axis_name: str = "data") -> Any:
     )
 
 
-__all__ = ["fsdp_shardings", "fsdp_spec"]
+def state_shardings(tree: Any, mesh: Mesh, param_sharding: str, axis_name: str = "data") -> Any:
+    """The sharding of every leaf of a train state under one of `PARAM_SHARDINGS`.
+
+    Args:
+      tree: a pytree of arrays or `jax.ShapeDtypeStruct`s (a whole train state).
+      mesh: the device mesh.
+      param_sharding: `"replicated"` (every leaf whole on every device) or `"fsdp"`
+        (`fsdp_shardings`).
+      axis_name: the mesh axis FSDP splits over.
+
+    Returns:
+      A pytree like `tree` of `NamedSharding`s.
+
+    Raises:
+      ValueError: `param_sharding` is not one of `PARAM_SHARDINGS`.
+    """
+    if param_sharding == "fsdp":
+        return fsdp_shardings(tree, mesh, axis_name)
+    if param_sharding == "replicated":
+        return jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
+    raise ValueError(
+        f"param_sharding must be one of {', '.join(PARAM_SHARDINGS)}, got {param_sharding!r}"
+    )
+
+
+__all__ = ["PARAM_SHARDINGS", "fsdp_shardings", "fsdp_spec", "state_shardings"]

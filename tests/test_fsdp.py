@@ -335,6 +335,36 @@ def test_fsdp_spec_splits_the_largest_divisible_dimension():
         sharding.fsdp_spec((8,), 0)
 
 
+def test_state_shardings_and_the_config_field():
+    """`config.param_sharding` names a layout of `optg_jax.sharding`; bad names fail in one line."""
+    import jax
+    from jax.sharding import Mesh
+
+    from optg_jax import config as config_lib
+
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    tree = {"w": jax.ShapeDtypeStruct((16, 8), np.float32), "b": np.zeros(3), "none": None}
+    for layout in sharding.PARAM_SHARDINGS:
+        got = sharding.state_shardings(tree, mesh, layout)
+        assert got["none"] is None and got["w"].mesh == mesh
+        assert got["w"].spec == got["b"].spec == P()  # one device: nothing to split
+    with pytest.raises(
+        ValueError, match="param_sharding must be one of replicated, fsdp, got 'zero3'"
+    ):
+        sharding.state_shardings(tree, mesh, "zero3")
+    with pytest.raises(ValueError, match="axis_name 'model' is not an axis of the mesh"):
+        sharding.fsdp_shardings(tree, mesh, "model")
+    config = config_lib.base_config()
+    assert config.param_sharding == "replicated"
+    assert config_lib.choices()["param_sharding"] == sharding.PARAM_SHARDINGS
+    config.param_sharding = "zero3"
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(config)
+    assert str(e.value) == "config.param_sharding='zero3' is not one of replicated, fsdp"
+    # Where the state lives does not change the experiment: a checkpoint resumes either way.
+    assert "param_sharding" not in config_lib.IDENTITY_FIELDS
+
+
 def test_state_is_split_over_the_devices(measured):
     """Scores, momentum and masks of every leaf with a divisible dimension are 1/8 per device."""
     shards = measured["large"]["shard_shapes"]
