@@ -18,12 +18,13 @@ momentum, so the rule puts each of them on the same devices as its weight, split
 the global top-k threshold (`optg_jax.topk`) needs only per-device partial counts and all-reduces
 of scalars, so no device ever holds a whole leaf of the optimizer state (`tests/test_fsdp.py`
 checks the compiled program). The forward and backward passes gather each layer's weights when
-they use them, as every FSDP scheme does. (The mesh's axis is of JAX's default `Auto` type, as
-`Mesh(...)` makes it; `jax.make_mesh` makes `Explicit` axes unless told otherwise.)
+they use them, as every FSDP scheme does. (The mesh's axis is of the `Auto` type that
+`Mesh(...)` gives; `jax.make_mesh` makes `Explicit` axes unless told otherwise.)
 
 Splitting the largest dimension also keeps `optg_jax.topk`'s strided sample (taken for more
 than a million masked weights) local to each device: it flattens a leaf with its largest
-dimension first.
+dimension first. A rule that splits a masked leaf on another dimension gives the same results,
+but XLA then gathers that leaf to take its sample at each refresh.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ One batch's path: `data.train_iterator` yields this process's share of the globa
 arrays; `jax.make_array_from_process_local_data` makes it one global array sharded on its leading
 axis over a 1-D mesh of all devices; the jitted `steps.train_step` takes the train state
 (replicated, or with `config.param_sharding="fsdp"` every leaf split over the same devices by
-`optg_jax.sharding`) and that batch, runs the model on the masked weights `W * M` (`optg_jax.apply_masks`), and
-hands the gradient to the optax chain `optg_optax -> add_decayed_weights -> sgd`, whose first link
-moves the OptG scores and refreshes the masks. Because the batch is one global array and the loss
-is a mean over it, XLA averages the gradients and BatchNorm statistics over the global batch by
-itself.
+`optg_jax.sharding`) and that batch, runs the model on the masked weights `W * M`
+(`optg_jax.apply_masks`), and hands the gradient to the optax chain
+`optg_optax -> add_decayed_weights -> sgd`, whose first link moves the OptG scores and refreshes
+the masks. Because the batch is one global array and the loss is a mean over it, XLA averages the
+gradients and BatchNorm statistics over the global batch by itself.
 
 What a run derives once from its config (data set facts, model, optimizer, lr schedule,
 shardings, jitted steps, batch iterators) is a `Run`; `train_and_evaluate` builds it, applies the
