@@ -20,7 +20,7 @@ import ml_collections
 from ml_collections import config_dict
 
 import optg_jax
-from optg_jax import models, schedules
+from optg_jax import models, schedules, sharding
 
 DTYPES = ("float32", "bfloat16")
 # `augment`: the data set's default (ImageNet and CIFAR-10 crop and flip, Fashion-MNIST none), or
@@ -138,6 +138,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 100
     c.distributed = False  # Call jax.distributed.initialize() (multi-host runs).
+    # replicated | fsdp: the train state whole on every device, or each leaf split over the
+    # devices (`optg_jax.sharding`). Not an identity field: it changes where the state lives,
+    # not the results (beyond float rounding), and a checkpoint restores either way.
+    c.param_sharding = "replicated"
     return c
 
 
@@ -198,7 +202,8 @@ def choices() -> dict[str, tuple[str, ...]]:
 
     Returns:
       `{field: accepted names}` for `model`, `criterion` (the library's criteria and "dense"),
-      `schedule` (or None: the recipe's), `allocation`, `recipe`, `dtype` and `augment`.
+      `schedule` (or None: the recipe's), `allocation`, `recipe`, `dtype`, `augment` and
+      `param_sharding`.
     """
     return dict(
         model=tuple(models.names()),
@@ -208,6 +213,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         recipe=tuple(optg_jax.RECIPES),
         dtype=DTYPES,
         augment=tuple(AUGMENT),
+        param_sharding=sharding.PARAM_SHARDINGS,
     )
 
 

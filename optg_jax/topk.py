@@ -5,6 +5,10 @@ float32 values: 32 passes, each counting the scores at or above a candidate, so 
 `32 * N` fused compares and no `O(N log N)` sort or `N`-sized gather. Ties at the threshold
 are broken deterministically by position (leaf order, then row-major index inside a leaf), so a
 mask always keeps exactly `k` entries, also when every score is equal (all zero at the start).
+
+Every pass over the scores is elementwise work and sums, so with scores sharded over devices
+(FSDP-style) each device counts its own shard and only scalars cross devices; no step needs a
+whole array on one device (see `tests/test_fsdp.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _SIGN = jnp.uint32(0x80000000)
@@ -38,6 +43,16 @@ def _count_at_least(scores: Sequence[jax.Array], threshold: jax.Array) -> jax.Ar
     return sum(jnp.sum(ordered_key(s) >= threshold, dtype=jnp.int32) for s in scores)
 
 
+def _largest_axis_first(x: jax.Array) -> jax.Array:
+    """`x` with its largest axis moved to the front (the first one of equal sizes).
+
+    FSDP-style rules shard a leaf on its largest axis; with that axis leading, flattening a
+    sharded leaf keeps each device's entries together, so the strided sample is taken from each
+    device's own shard instead of after gathering the leaf.
+    """
+    return jnp.moveaxis(x, int(np.argmax(x.shape)), 0) if x.ndim > 1 else x
+
+
 def _sample_bracket(scores: Sequence[jax.Array], k: jax.Array, sample_size: int):
     """Keys `lo <= hi` that likely bracket the k-th largest key, from a strided sample.
 
@@ -48,7 +63,9 @@ def _sample_bracket(scores: Sequence[jax.Array], k: jax.Array, sample_size: int)
     """
     total = sum(s.size for s in scores)
     stride = max(1, total // sample_size)
-    sample = jnp.concatenate([ordered_key(s.ravel()[::stride]) for s in scores])
+    sample = jnp.concatenate(
+        [ordered_key(_largest_axis_first(s).ravel()[::stride]) for s in scores]
+    )
     sample = jnp.sort(sample)[::-1]
     m = sample.shape[0]
     margin = int(4 * m**0.5) + 8
@@ -99,6 +116,48 @@ def kth_largest_key(
     return lo
 
 
+def _positions(shape: tuple[int, ...], offset: int) -> jax.Array:
+    """int32 global positions (`offset` + row-major flat index) of an array's entries.
+
+    Built from iotas rather than a reshape, so each device computes the positions of its own
+    shard of a sharded array.
+    """
+    positions = jnp.full(shape, offset, jnp.int32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        positions = positions + lax.broadcasted_iota(jnp.int32, shape, axis) * stride
+        stride *= shape[axis]
+    return positions
+
+
+def _tie_cutoff(
+    ties: Sequence[jax.Array], offsets: Sequence[int], num_kept: jax.Array
+) -> jax.Array:
+    """The smallest global position `c` such that `num_kept` of the ties lie before it.
+
+    Counting bisection over positions (about `log2 N` passes, each a sum per array) instead of
+    a running count over the flattened arrays: a sum over a sharded array is a partial sum per
+    device and an all-reduce of one scalar, where a running count needs the whole array on
+    every device.
+    """
+
+    def ties_before(cut):
+        return sum(
+            jnp.sum(t & (_positions(t.shape, o) < cut), dtype=jnp.int32)
+            for t, o in zip(ties, offsets)
+        )
+
+    def body(bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = ties_before(mid) >= num_kept
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    total = jnp.int32(sum(t.size for t in ties))
+    cut, _ = lax.while_loop(lambda b: b[0] < b[1], body, (jnp.int32(0), total))
+    return cut
+
+
 def topk_masks(scores: Sequence[jax.Array], k: jax.Array, dtype=jnp.uint8) -> list[jax.Array]:
     """Masks keeping exactly the `k` largest scores over all arrays together.
 
@@ -118,23 +177,20 @@ def topk_masks(scores: Sequence[jax.Array], k: jax.Array, dtype=jnp.uint8) -> li
     above = [key > threshold for key in keys]
     ties = [key == threshold for key in keys]
     num_above = sum(jnp.sum(a, dtype=jnp.int32) for a in above)
-    tie_counts = jnp.stack([jnp.sum(t, dtype=jnp.int32) for t in ties])
+    num_ties = sum(jnp.sum(t, dtype=jnp.int32) for t in ties)
     num_ties_kept = k - num_above
 
     def keep_all_ties(_):
         return [a | t for a, t in zip(above, ties)]
 
     def keep_first_ties(_):
-        offsets = jnp.cumsum(tie_counts) - tie_counts
-        kept = []
-        for a, t, offset in zip(above, ties, offsets):
-            rank = offset + jnp.cumsum(t.ravel(), dtype=jnp.int32).reshape(t.shape) - 1
-            kept.append(a | (t & (rank < num_ties_kept)))
-        return kept
+        offsets = np.cumsum([0] + [t.size for t in ties[:-1]])
+        cut = _tie_cutoff(ties, offsets, num_ties_kept)
+        return [a | (t & (_positions(t.shape, o) < cut)) for a, t, o in zip(above, ties, offsets)]
 
-    # The running count is only needed when the threshold value is shared by more entries than
-    # are kept; otherwise every tie is kept and no N-sized cumsum runs.
-    masks = lax.cond(num_ties_kept >= jnp.sum(tie_counts), keep_all_ties, keep_first_ties, None)
+    # The cut-off is only needed when the threshold value is shared by more entries than are
+    # kept; otherwise every tie is kept and no counting pass runs.
+    masks = lax.cond(num_ties_kept >= num_ties, keep_all_ties, keep_first_ties, None)
     return [m.astype(dtype) for m in masks]
 
 

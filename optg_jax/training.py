@@ -2,12 +2,13 @@
 
 One batch's path: `data.train_iterator` yields this process's share of the global batch as NumPy
 arrays; `jax.make_array_from_process_local_data` makes it one global array sharded on its leading
-axis over a 1-D mesh of all devices; the jitted `steps.train_step` takes the replicated train
-state and that batch, runs the model on the masked weights `W * M` (`optg_jax.apply_masks`), and
-hands the gradient to the optax chain `optg_optax -> add_decayed_weights -> sgd`, whose first link
-moves the OptG scores and refreshes the masks. Because the batch is one global array and the loss
-is a mean over it, XLA averages the gradients and BatchNorm statistics over the global batch by
-itself.
+axis over a 1-D mesh of all devices; the jitted `steps.train_step` takes the train state
+(replicated, or with `config.param_sharding="fsdp"` every leaf split over the same devices by
+`optg_jax.sharding`) and that batch, runs the model on the masked weights `W * M`
+(`optg_jax.apply_masks`), and hands the gradient to the optax chain
+`optg_optax -> add_decayed_weights -> sgd`, whose first link moves the OptG scores and refreshes
+the masks. Because the batch is one global array and the loss is a mean over it, XLA averages the
+gradients and BatchNorm statistics over the global batch by itself.
 
 What a run derives once from its config (data set facts, model, optimizer, lr schedule,
 shardings, jitted steps, batch iterators) is a `Run`; `train_and_evaluate` builds it, applies the
@@ -31,11 +32,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optg_jax
-from optg_jax import checkpoints, data, models, steps
+from optg_jax import checkpoints, data, models, sharding, steps
 from optg_jax import config as config_lib
 from optg_jax import macs as macs_lib
 from optg_jax import metrics as metrics_lib
@@ -63,17 +65,22 @@ class TrainingError(RuntimeError):
 
 
 def to_host(x: Any) -> Any:
-    """A NumPy copy of a (replicated) global array; works when it is not fully addressable.
+    """A NumPy copy of a global array, replicated or sharded, also when not fully addressable.
 
     Args:
-      x: a `jax.Array` (replicated over the mesh) or any other value.
+      x: a `jax.Array` or any other value. For an array sharded over several processes every
+        process must call this (the shards are gathered from all of them).
 
     Returns:
-      The array's data on this host as `np.ndarray`; anything else unchanged.
+      The whole array's data on this host as `np.ndarray`; anything else unchanged.
     """
-    if isinstance(x, jax.Array):
+    if not isinstance(x, jax.Array):
+        return x
+    if x.is_fully_replicated:
         return np.asarray(x.addressable_data(0))
-    return x
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _say(line: str) -> None:
@@ -98,7 +105,9 @@ class Run:
       sparse: whether the run has an OptG link (`not config_lib.is_dense(config)`).
       steps_per_epoch: training steps per epoch.
       num_steps: total training steps.
-      replicated: the sharding of the train state (replicated over the mesh).
+      replicated: the sharding of a value whole on every device (the step's metrics).
+      state_sharding: the sharding of each leaf of the train state (a `steps.TrainState` of
+        `NamedSharding`s): `replicated` everywhere, or split by `config.param_sharding`.
       batch_sharding: the sharding of a global batch (leading axis over the mesh).
       train_step: the jitted `steps.train_step`, `(state, batch) -> (state, metrics)`; donates
         the state.
@@ -115,6 +124,7 @@ class Run:
     steps_per_epoch: int
     num_steps: int
     replicated: NamedSharding
+    state_sharding: Any
     batch_sharding: NamedSharding
     train_step: Callable
     eval_step: Callable
@@ -159,6 +169,14 @@ class Run:
         mesh = Mesh(np.asarray(jax.devices()), ("data",))
         replicated = NamedSharding(mesh, P())
         batch_sharding = NamedSharding(mesh, P("data"))
+        # The state's shapes do not depend on the key, so any key gives them.
+        state_shapes = jax.eval_shape(
+            functools.partial(
+                steps.create_train_state, model=model, tx=tx, input_shape=info.image_shape
+            ),
+            jax.random.key(0),
+        )
+        state_sharding = sharding.state_shardings(state_shapes, mesh, config.param_sharding)
         train_step = jax.jit(
             functools.partial(
                 steps.train_step,
@@ -168,15 +186,15 @@ class Run:
                 label_smoothing=float(config.label_smoothing),
                 sparse=sparse,
             ),
-            in_shardings=(replicated, batch_sharding),
-            out_shardings=(replicated, replicated),
+            in_shardings=(state_sharding, batch_sharding),
+            out_shardings=(state_sharding, replicated),
             donate_argnums=(0,),
         )
         eval_step = jax.jit(
             functools.partial(
                 steps.eval_step, model=model, num_classes=info.num_classes, sparse=sparse
             ),
-            in_shardings=(replicated, batch_sharding),
+            in_shardings=(state_sharding, batch_sharding),
             out_shardings=replicated,
         )
         return cls(
@@ -190,6 +208,7 @@ class Run:
             steps_per_epoch=steps_per_epoch,
             num_steps=num_steps,
             replicated=replicated,
+            state_sharding=state_sharding,
             batch_sharding=batch_sharding,
             train_step=train_step,
             eval_step=eval_step,
@@ -401,11 +420,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _restore_or_init(run: Run, mngr, abstract_state, rng: jax.Array) -> tuple[Any, int]:
     """The latest readable checkpoint's state and step, or a fresh state at step 0."""
     abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=run.replicated), abstract_state
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract_state,
+        run.state_sharding,
     )
     state, step = checkpoints.restore_latest(mngr, abstract_state, run.workdir, log=_say)
     if state is None:
-        return jax.jit(run.init_state, out_shardings=run.replicated)(rng), 0
+        return jax.jit(run.init_state, out_shardings=run.state_sharding)(rng), 0
     _say(f"resuming from the checkpoint at step {step}")
     return state, step
 
@@ -668,14 +689,13 @@ def _final_results(
 
 def _write_outputs(run: Run, state: steps.TrainState, results: dict) -> None:
     """Process 0: the export, results.json (eval_results.json when evaluating only), the table."""
+    # Every process takes part in gathering a sharded state; only process 0 writes.
+    masked = jax.tree.map(to_host, steps.masked_params(state.params, state.opt_state, run.sparse))
+    batch_stats = jax.tree.map(to_host, state.batch_stats)
     if not run.is_main:
         return
-    masked = steps.masked_params(state.params, state.opt_state, run.sparse)
     results["export"] = checkpoints.export(
-        run.workdir,
-        jax.tree.map(to_host, masked),
-        jax.tree.map(to_host, state.batch_stats),
-        {k: results[k] for k in _EXPORT_INFO_KEYS},
+        run.workdir, masked, batch_stats, {k: results[k] for k in _EXPORT_INFO_KEYS}
     )
     name = EVAL_RESULTS_FILE if run.config.eval_only else RESULTS_FILE
     checkpoints.write_json(checkpoints.workdir_path(run.workdir) / name, results)
