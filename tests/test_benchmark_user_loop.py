@@ -86,6 +86,7 @@ def test_idx_and_tfds_sources_hold_the_same_examples():
     )
 
 
+@pytest.mark.slow  # ~30 s of ViT compile on 2 cores; the ViT's masking is in test_masking.py
 def test_a_tiny_vit_run():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 28, 28, 1)).astype(np.float32)

@@ -46,6 +46,7 @@ OVERRIDES = {
     "batch_size": 16,
     "steps_per_epoch": 2,
     "num_epochs": 2,
+    "reference_schedules": False,  # per-step schedules, so that masks can refresh every step
     "mask_update_every": 1,
     "steps_per_eval": 1,
     "checkpoint_every_steps": 2,
