@@ -63,7 +63,6 @@ import optg_jax
 from benchmarks.accuracy_vs_sparsity.runs import load_config
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, update_section
 from benchmarks.step_overhead import threshold_timings
-from optg_jax import config as config_lib
 from optg_jax import models, steps
 
 SECTION = "accelerator_check"
@@ -410,18 +409,8 @@ def build_variant(
         out_shardings=replicated,
     )
     state = init(jax.random.key(0, impl="rbg"))
-    train_step = jax.jit(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            tx=tx,
-            num_classes=settings.num_classes,
-            label_smoothing=float(config.label_smoothing),
-            sparse=not config_lib.is_dense(config),
-        ),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
+    train_step = steps.jit_train_step(
+        config, model, tx, settings.num_classes, replicated, batch_sharding, replicated
     )
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()

@@ -15,7 +15,8 @@ updates.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import flax
 import flax.linen as nn
@@ -334,6 +335,45 @@ def train_step(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
     return new_state, metrics
+
+
+def jit_train_step(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    num_classes: int,
+    state_sharding: Any,
+    batch_sharding: Any,
+    replicated: Any,
+) -> Callable:
+    """`train_step` jitted over a device mesh, as the training program runs it.
+
+    Args:
+      config: the run's config (`label_smoothing`, and whether it is dense).
+      model: the Flax module.
+      tx: the optimizer (`make_optimizer`).
+      num_classes: the number of classes.
+      state_sharding: the train state's sharding (a sharding or a pytree of them); the state is
+        donated.
+      batch_sharding: the global batch's sharding (leading axis over the mesh).
+      replicated: the sharding of the returned scalar metrics.
+
+    Returns:
+      The jitted `(state, batch) -> (state, metrics)`.
+    """
+    return jax.jit(
+        functools.partial(
+            train_step,
+            model=model,
+            tx=tx,
+            num_classes=num_classes,
+            label_smoothing=float(config.label_smoothing),
+            sparse=not config_lib.is_dense(config),
+        ),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
 
 
 def eval_step(

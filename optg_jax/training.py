@@ -177,18 +177,8 @@ class Run:
             jax.random.key(0),
         )
         state_sharding = sharding.state_shardings(state_shapes, mesh, config.param_sharding)
-        train_step = jax.jit(
-            functools.partial(
-                steps.train_step,
-                model=model,
-                tx=tx,
-                num_classes=info.num_classes,
-                label_smoothing=float(config.label_smoothing),
-                sparse=sparse,
-            ),
-            in_shardings=(state_sharding, batch_sharding),
-            out_shardings=(state_sharding, replicated),
-            donate_argnums=(0,),
+        train_step = steps.jit_train_step(
+            config, model, tx, info.num_classes, state_sharding, batch_sharding, replicated
         )
         eval_step = jax.jit(
             functools.partial(
