@@ -46,10 +46,10 @@ import optax
 
 import optg_jax
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, update_section
-from optg_jax import models
+from optg_jax import fashion_mnist, models
 
 SECTION = "user_loop"
-IDX_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+IDX_DIR = fashion_mnist.DEBIAN_DIR  # Debian's dataset-fashion-mnist
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's pixel mean and std on the [0, 1] scale.
 
 # Presets: the calls a user makes. "optg" passes only the required arguments; "-epoch" adds

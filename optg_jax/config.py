@@ -289,31 +289,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _check_reference_schedules(config: ml_collections.ConfigDict) -> None:
     """Refuses the fields that `reference_schedules=True` sets itself, when set otherwise."""
-    why = "contradicts config.reference_schedules=True"
-    if config.schedule is not None:
-        _fail(
-            "schedule",
-            config.schedule,
-            f"{why} (the reference's per-epoch sigmoid); leave it unset",
-        )
-    if config.pruning_end_fraction not in (None, 1.0):
-        _fail(
+    # (field, the values that agree with the reference's schedules, what they set instead).
+    fields = (
+        ("schedule", (None,), "the reference's per-epoch sigmoid"),
+        (
             "pruning_end_fraction",
-            config.pruning_end_fraction,
-            f"{why} (the sparsity reaches the target at the end of the run); leave it unset",
-        )
-    if config.mask_update_every not in (None, 0):
-        _fail(
-            "mask_update_every",
-            config.mask_update_every,
-            f"{why} (a mask refresh every epoch); leave it unset",
-        )
-    if config.update_masks_after_pruning is False:
-        _fail(
+            (None, 1.0),
+            "the sparsity reaches the target at the end of the run",
+        ),
+        ("mask_update_every", (None, 0), "a mask refresh every epoch"),
+        (
             "update_masks_after_pruning",
-            False,
-            f"{why} (masks are refreshed every epoch until the end); leave it unset",
-        )
+            (None, True),
+            "masks are refreshed every epoch until the end",
+        ),
+    )
+    for field, agree, what in fields:
+        if config[field] not in agree:
+            _fail(
+                field,
+                config[field],
+                f"contradicts config.reference_schedules=True ({what}); leave it unset",
+            )
     warmup = config.warmup_epochs
     if isinstance(warmup, bool) or not float(warmup).is_integer():
         _fail("warmup_epochs", warmup, "must be a whole number of epochs with reference_schedules")

@@ -91,6 +91,49 @@ def _say(line: str) -> None:
 # --------------------------------------------------------------------------- what a run derives
 
 
+def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
+    """The facts of the config's data set, as the run sees it.
+
+    Args:
+      config: the run's config (`dataset`, `data_dir`, `image_size`, `validation_examples`).
+
+    Returns:
+      `data.dataset_info` at the config's image size, with its held-out split.
+    """
+    return data.dataset_info(
+        config.dataset,
+        config.data_dir or None,
+        image_size=config.image_size or None,
+        validation_examples=int(config.validation_examples),
+    )
+
+
+def run_length(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> tuple[int, int]:
+    """How many steps an epoch and the whole run of `config` take.
+
+    Args:
+      config: the run's config (`batch_size`, `steps_per_epoch`, `num_train_steps`,
+        `num_epochs`).
+      info: the data set's facts (`dataset_info`).
+
+    Returns:
+      `(steps per epoch, total steps)`: the config's overrides where it sets them (> 0), else a
+      full epoch of the data set and `num_epochs` of them.
+
+    Raises:
+      ValueError: the data set is too small for the batch (checked even when
+        `steps_per_epoch` overrides the epoch).
+    """
+    full_epoch = data.steps_per_epoch(info, config.batch_size)
+    steps_per_epoch = int(config.steps_per_epoch if config.steps_per_epoch > 0 else full_epoch)
+    num_steps = int(
+        config.num_train_steps
+        if config.num_train_steps > 0
+        else config.num_epochs * steps_per_epoch
+    )
+    return steps_per_epoch, num_steps
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Run:
     """What a run derives once from its config; the loop and the evaluation read it.
@@ -145,20 +188,8 @@ class Run:
           ValueError: the data set is too small for the batch or the held-out split.
         """
         data.ensure_dataset(config.dataset, config.data_dir or None)
-        info = data.dataset_info(
-            config.dataset,
-            config.data_dir or None,
-            image_size=config.image_size or None,
-            validation_examples=int(config.validation_examples),
-        )
-        # Checked even when config.steps_per_epoch overrides it: the batch must fit the data.
-        full_epoch = data.steps_per_epoch(info, config.batch_size)
-        steps_per_epoch = int(config.steps_per_epoch if config.steps_per_epoch > 0 else full_epoch)
-        num_steps = int(
-            config.num_train_steps
-            if config.num_train_steps > 0
-            else config.num_epochs * steps_per_epoch
-        )
+        info = dataset_info(config)
+        steps_per_epoch, num_steps = run_length(config, info)
         sparse = not config_lib.is_dense(config)
         model = models.create(
             config.model, num_classes=info.num_classes, dtype=jnp.dtype(config.dtype)

@@ -73,14 +73,14 @@ def test_parse_method():
         "supermask",
         {"update_masks_after_pruning": False},
     )
-    assert methods.parse_method("optg-every50-mom0.99-beta2-refreshed-allocmagnitude") == (
+    assert methods.parse_method("optg-every50-mom0.99-beta2-refreshed-allocuniform") == (
         "optg",
         {
             "mask_update_every": 50,
             "score_momentum": 0.99,
             "beta": 2.0,
             "update_masks_after_pruning": True,
-            "allocation": "magnitude",
+            "allocation": "uniform",
         },
     )
     assert methods.parse_method("magnitude-every10") == ("magnitude", {"mask_update_every": 10})
@@ -94,7 +94,14 @@ def test_parse_method():
     for bad in ("snip", "dense-frozen", "magnitude-floor0.5", "taylor-mom0.5", "optg-fast"):
         with pytest.raises(ValueError, match="unknown"):
             methods.parse_method(bad)
-    for bad in ("optg-floor2", "optg-every0", "optg-mom1", "optg-beta-1", "optg-allocnone"):
+    for bad in (
+        "optg-floor2",
+        "optg-every0",
+        "optg-mom1",
+        "optg-beta-1",
+        "optg-allocnone",
+        "optg-allocmagnitude",
+    ):
         with pytest.raises(ValueError):
             methods.parse_method(bad)
     with pytest.raises(ValueError, match="bad value"):

@@ -13,12 +13,14 @@ method alone:
   (`mask_update_every`), `-beta<B>` (`beta`);
 - `-frozen` / `-refreshed` (`update_masks_after_pruning` False / True: masks frozen after the
   ramp, or re-selected to the end of the run);
-- `-alloc<A>` (`allocation`: global, uniform or magnitude).
+- `-alloc<A>` (`allocation`: one of `optg_jax.ALLOCATIONS`, global or uniform).
 
 For example `optg-paper`, `magnitude-sigmoid`, `optg-every50-refreshed`.
 """
 
 from __future__ import annotations
+
+import optg_jax
 
 METHODS = ("dense", "magnitude", "taylor", "supermask", "optg")
 LABELS = {
@@ -50,7 +52,6 @@ FLAGS = {
     "refreshed": ("update_masks_after_pruning", True, "masks re-selected after the ramp"),
 }
 SCORED = ("optg", "supermask")  # Criteria whose scores have a learning rate and momentum.
-ALLOCATIONS = ("global", "uniform", "magnitude")
 
 
 def parse_method(method: str) -> tuple[str, dict]:
@@ -93,10 +94,9 @@ def parse_method(method: str) -> tuple[str, dict]:
             raise ValueError(f"bad value in suffix {suffix!r} of method {method!r}") from None
         bounds = {"floor": (0.0, 1.0), "mom": (0.0, 0.999999)}.get(prefix)
         if prefix == "alloc":
-            if value not in ALLOCATIONS:
-                raise ValueError(
-                    f"{field}={value!r} of method {method!r} is not one of {', '.join(ALLOCATIONS)}"
-                )
+            if value not in optg_jax.ALLOCATIONS:
+                names = ", ".join(optg_jax.ALLOCATIONS)
+                raise ValueError(f"{field}={value!r} of method {method!r} is not one of {names}")
         elif (bounds and not bounds[0] <= value <= bounds[1]) or (not bounds and value <= 0):
             raise ValueError(f"{field}={value!r} of method {method!r} is outside its range")
         options[field] = value
@@ -119,11 +119,11 @@ def label(method: str) -> str:
     if method == PAPER_OPTG:
         return "OptG, paper form (recipe='paper')"
     parts = [LABELS[criterion]]
-    for suffix, (field, value, text) in FLAGS.items():
-        if options.get(field) == value and not (suffix == "paper"):
-            parts.append(text)
     if options.get("recipe") == "paper":
-        parts.insert(1, "paper form")
+        parts.append("paper form")
+    for suffix, (field, value, text) in FLAGS.items():
+        if options.get(field) == value and suffix != "paper":
+            parts.append(text)
     for field, _, text in SUFFIXES.values():
         if field in options:
             parts.append(text.format(options[field]))

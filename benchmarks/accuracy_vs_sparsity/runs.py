@@ -174,21 +174,12 @@ def shared_window(shared, epochs: int) -> dict:
     Returns:
       `{'pruning_end_fraction': ..., 'mask_update_every': ...}` as config values.
     """
-    from optg_jax import data, steps  # pylint: disable=import-outside-toplevel
+    from optg_jax import steps, training  # pylint: disable=import-outside-toplevel
 
-    info = data.dataset_info(
-        shared.dataset,
-        shared.data_dir or None,
-        image_size=shared.image_size or None,
-        validation_examples=int(shared.validation_examples),
-    )
-    per_epoch = (
-        shared.steps_per_epoch
-        if shared.steps_per_epoch > 0
-        else data.steps_per_epoch(info, shared.batch_size)
-    )
-    total = int(epochs * per_epoch)
-    given = steps.optg_settings(shared, total, per_epoch)
+    config = shared.copy_and_resolve_references()
+    config.num_epochs = epochs
+    per_epoch, total = training.run_length(config, training.dataset_info(config))
+    given = steps.optg_settings(config, total, per_epoch)
     settings = optg_jax.recipe_settings(
         total,
         shared.recipe,
