@@ -16,6 +16,19 @@ def markers(section: str) -> tuple[str, str]:
     return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
+def read_notes(results_dir: str, section: str) -> str:
+    """The hand-written notes of `section` (`<results_dir>/<section>_notes.md`), "" if none.
+
+    Generated sections are rewritten on every run; the notes (a verdict, the command, what the
+    numbers mean) live in this file and are copied into the section each time.
+    """
+    path = os.path.join(results_dir, f"{section}_notes.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def update_section(path: str, section: str, body: str) -> None:
     """Replaces the text between `section`'s markers in `path` (creating what is missing).
 

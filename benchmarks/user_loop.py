@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 import optg_jax
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, update_section
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, read_notes, update_section
 from optg_jax import fashion_mnist, models
 
 SECTION = "user_loop"
@@ -233,7 +233,9 @@ def train(
       model_name: a key of `MODELS`.
 
     Returns:
-      `{'top1': percent, 'sparsity': removed fraction, 'layers': {layer: removed fraction}}`.
+      `{'top1': percent, 'sparsity': removed fraction, 'layers': {layer: removed fraction}}`,
+      a layer named by its kernel's path without the leaf name (`"Dense_0"`,
+      `"block0/attn/query"`).
     """
     x, y, xe, ye = arrays
     recipe = MODELS[model_name]
@@ -287,7 +289,7 @@ def train(
     )
     top1 = correct / len(ye)
     summary = optg_jax.sparsity_summary(opt_state) if sparse else {"global": 0.0, "layers": {}}
-    layers = {k.split("/")[-2]: round(v, 4) for k, v in summary["layers"].items()}
+    layers = {k.rsplit("/", 1)[0]: round(v, 4) for k, v in summary["layers"].items()}
     return {"top1": 100 * top1, "sparsity": summary["global"], "layers": layers}
 
 
@@ -424,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = table(read_rows(args.out), split)
     print("\n".join(lines))
     title = {"lenet": "LeNet-300-100", "vit_tiny": "A Vision Transformer (vit_tiny)"}[args.model]
-    text = "\n".join([f"## {title} in a user's optax loop (benchmarks/user_loop.py)", "", *lines])
+    notes = read_notes(args.results_dir, section).strip()
+    text = "\n".join(
+        [f"## {title} in a user's optax loop (benchmarks/user_loop.py)", "", *lines]
+        + ([notes] if notes else [])
+    )
     with open(os.path.join(args.results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
     if args.benchmarks_md:

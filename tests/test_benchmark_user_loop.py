@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from benchmarks import user_loop as lenet
+from tests.test_masking import VIT_MASKED_PER_BLOCK
 
 
 def test_method_presets_are_the_calls_a_user_makes():
@@ -96,3 +97,31 @@ def test_a_tiny_vit_run():
     # position embedding, norms or biases (optg_jax.masking's default).
     kept = 1 - result["sparsity"]
     assert 0.0999 < kept <= 0.1 and "pos_embedding" not in str(result["layers"])
+    # One entry per masked kernel, named by its path (the blocks are not merged).
+    want = {f"block{i}/{k.rsplit('/', 1)[0]}" for i in range(4) for k in VIT_MASKED_PER_BLOCK}
+    assert set(result["layers"]) == want | {"head", "patch_embed"}
+
+
+def test_main_resumes_and_copies_the_notes_into_its_section(tmp_path, monkeypatch):
+    """Recorded runs are skipped; the section holds the table, then the hand-written notes."""
+    calls = []
+
+    def fake_train(method, sparsity, epochs, seed, arrays, model_name):
+        calls.append((method, sparsity, seed))
+        return {"top1": 80.0 + seed, "sparsity": sparsity, "layers": {}}
+
+    monkeypatch.setattr(lenet, "train", fake_train)
+    monkeypatch.setattr(lenet, "load_fashion_mnist", lambda *a: None)
+    (tmp_path / "user_loop_vit_tiny_notes.md").write_text("Verdict: by hand.\n")
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\n<!-- other:begin -->\nkept\n<!-- other:end -->\n")
+    argv = ["--model", "vit_tiny", "--epochs", "2", "--sparsities", "0.9", "--methods", "optg"]
+    argv += ["--results-dir", str(tmp_path), "--benchmarks-md", str(md), "--seeds", "0"]
+    assert lenet.main(argv) == 0
+    assert lenet.main(argv[:-1] + ["0", "1"]) == 0  # seed 0 is recorded: only seed 1 trains
+    assert calls == [("optg", 0.9, 0), ("optg", 0.9, 1)]
+    text = md.read_text()
+    assert "kept" in text
+    section = text[text.index("<!-- user_loop_vit_tiny:begin -->") :]
+    assert f"| {lenet.LABELS['optg']} | **80.50 ± 0.71** (2) |" in section
+    assert section.index("80.50") < section.index("Verdict: by hand.") < section.index(":end -->")

@@ -20,7 +20,7 @@ from benchmarks.accuracy_vs_sparsity.runs import (
     BUDGET_METHODS,
     BUDGET_SPARSITY,
 )
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, update_section
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, read_notes, update_section
 from optg_jax import config as config_lib
 
 SECTION = "accuracy_vs_sparsity"
@@ -424,11 +424,7 @@ def write_report(
     grid_epochs = [int(e) for e in ([grid_epochs] if isinstance(grid_epochs, int) else grid_epochs)]
     section, split = (f"{SECTION}_validation", "validation") if validation else (SECTION, "test")
     os.makedirs(results_dir, exist_ok=True)
-    notes_path = os.path.join(results_dir, f"{section}_notes.md")
-    notes = ""
-    if os.path.exists(notes_path):
-        with open(notes_path, encoding="utf-8") as f:
-            notes = f.read()
+    notes = read_notes(results_dir, section)
     write_csv(rows, os.path.join(results_dir, f"{section}.csv"))
     for k, e in enumerate(grid_epochs):
         if rows:
