@@ -16,6 +16,18 @@ def markers(section: str) -> tuple[str, str]:
     return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
+def mean_std_cell(mean: float, std: float, n: int, bold: bool = False) -> str:
+    """A table cell: `mean ± std (n)` with two decimals (no ± for one run), bold if asked.
+
+    Args:
+      mean, std: in the unit the table shows (e.g. percent).
+      n: how many runs (seeds) they summarize.
+      bold: whether the value is the best of its column.
+    """
+    text = f"{mean:.2f}" + (f" ± {std:.2f}" if n > 1 else "")
+    return (f"**{text}**" if bold else text) + f" ({n})"
+
+
 def read_notes(results_dir: str, section: str) -> str:
     """The hand-written notes of `section` (`<results_dir>/<section>_notes.md`), "" if none.
 

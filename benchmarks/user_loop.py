@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 import optg_jax
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, read_notes, update_section
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, mean_std_cell, read_notes, update_section
 from optg_jax import fashion_mnist, models
 
 SECTION = "user_loop"
@@ -347,10 +347,8 @@ def _method_order(method: str) -> tuple:
 
 
 def _fmt(values: list[float], bold: bool = False) -> str:
-    mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    text = f"{mean:.2f}" + (f" ± {std:.2f}" if len(values) > 1 else "")
-    return (f"**{text}**" if bold else text) + f" ({len(values)})"
+    return mean_std_cell(statistics.fmean(values), std, len(values), bold)
 
 
 def main(argv: list[str] | None = None) -> int:

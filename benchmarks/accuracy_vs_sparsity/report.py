@@ -20,7 +20,14 @@ from benchmarks.accuracy_vs_sparsity.runs import (
     BUDGET_METHODS,
     BUDGET_SPARSITY,
 )
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, read_notes, update_section
+from benchmarks.report import (
+    BENCHMARKS_MD,
+    RESULTS_DIR,
+    ROOT,
+    mean_std_cell,
+    read_notes,
+    update_section,
+)
 from optg_jax import config as config_lib
 
 SECTION = "accuracy_vs_sparsity"
@@ -66,9 +73,7 @@ def fmt_cell(stats, bold=False) -> str:
     if stats is None:
         return "—"
     mean, std, n = stats
-    text = f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
-    text = f"**{text}**" if bold else text
-    return f"{text} ({n})"
+    return mean_std_cell(100 * mean, 100 * std, n, bold)
 
 
 def verdicts(cells: dict, sparsities: list[float]) -> list[str]:
