@@ -46,7 +46,7 @@ import optax
 
 import optg_jax
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, mean_std_cell, read_notes, update_section
-from optg_jax import fashion_mnist, models
+from optg_jax import fashion_mnist, masking, models
 
 SECTION = "user_loop"
 IDX_DIR = fashion_mnist.DEBIAN_DIR  # Debian's dataset-fashion-mnist
@@ -186,7 +186,8 @@ def method_kwargs(method: str, steps_per_epoch: int) -> dict[str, Any] | None:
 
     Args:
       method: a name in `METHODS` or `criterion:key=value,...` (values parsed as JSON where
-        they can be; `every` is `mask_update_every`, `epoch` one epoch's steps).
+        they can be; `every` is `mask_update_every`, `epoch` one epoch's steps; `keep_dense`
+        names modules left unpruned, joined by `+`: `masking.keep_dense`).
       steps_per_epoch: the loop's steps per epoch.
 
     Returns:
@@ -216,6 +217,9 @@ def method_kwargs(method: str, steps_per_epoch: int) -> dict[str, Any] | None:
     every = kwargs.pop("every", None)
     if every is not None:
         kwargs["mask_update_every"] = steps_per_epoch if every == "epoch" else int(every)
+    keep = kwargs.pop("keep_dense", None)
+    if keep is not None:
+        kwargs["is_masked"] = masking.keep_dense(*str(keep).split("+"))
     return kwargs
 
 

@@ -7,7 +7,7 @@ The library's public names::
     apply_masks(params, opt_state)
     get_masks(opt_state), get_optg_state(opt_state), sparsity_summary(opt_state)
     schedules.*              # sparsity schedules, step -> sparsity
-    masking.*                # which leaves are masked: default_is_masked, rank_at_least_2
+    masking.*                # which leaves are masked: default_is_masked, keep_dense, rank_at_least_2
     load_sparse(export_dir)  # a training run's compact sparse export -> model variables
 """
 

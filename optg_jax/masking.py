@@ -88,6 +88,34 @@ def default_is_masked(path: Sequence[Any], leaf: Any) -> bool:
     return rank_at_least_2(path, leaf) and leaf_name(path) == KERNEL_NAME
 
 
+def keep_dense(*module_names: str, base=default_is_masked):
+    """A predicate: `base`'s leaves, except those under a module with one of `module_names`.
+
+    For leaving chosen layers unpruned, e.g. a network's first and last layers
+    (`keep_dense("patch_embed", "head")` on the zoo's ViT). A leaf is left dense when any named
+    key of its path (`DictKey` or attribute name) is one of the names.
+
+    Args:
+      *module_names: names of modules (or parameters) to leave dense; at least one.
+      base: the predicate to narrow (default `default_is_masked`).
+
+    Returns:
+      A predicate on `(key_path, leaf)` for `optg_optax(is_masked=...)`.
+
+    Raises:
+      ValueError: no name, or a name that is not a non-empty string.
+    """
+    if not module_names or not all(isinstance(n, str) and n for n in module_names):
+        raise ValueError(f"keep_dense needs one or more module names, got {module_names!r}")
+    names = frozenset(module_names)
+
+    def is_masked(path: Sequence[Any], leaf: Any) -> bool:
+        keys = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+        return base(path, leaf) and not (keys & names)
+
+    return is_masked
+
+
 def masked_paths(params: Any, is_masked=default_is_masked) -> list[str]:
     """The '/'-joined paths of the leaves `is_masked` selects, in the pytree's leaf order.
 
@@ -105,4 +133,11 @@ def masked_paths(params: Any, is_masked=default_is_masked) -> list[str]:
     ]
 
 
-__all__ = ["KERNEL_NAME", "default_is_masked", "leaf_name", "masked_paths", "rank_at_least_2"]
+__all__ = [
+    "KERNEL_NAME",
+    "default_is_masked",
+    "keep_dense",
+    "leaf_name",
+    "masked_paths",
+    "rank_at_least_2",
+]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from benchmarks import user_loop as lenet
+from optg_jax.masking import masked_paths
 from tests.test_masking import VIT_MASKED_PER_BLOCK
 
 
@@ -22,6 +23,10 @@ def test_method_presets_are_the_calls_a_user_makes():
         "mask_update_every": 50,
         "schedule": "sigmoid",
     }
+    kw = lenet.method_kwargs("optg:keep_dense=patch_embed+head", 468)
+    tree = {name: {"kernel": np.zeros((2, 2))} for name in ("patch_embed", "fc", "head")}
+    assert masked_paths(tree, kw.pop("is_masked")) == ["fc/kernel"]
+    assert kw == {"criterion": "optg"}
     with pytest.raises(ValueError, match="unknown method 'snip'"):
         lenet.method_kwargs("snip", 468)
 

@@ -102,6 +102,25 @@ def test_vit_masks_its_projections_only():
     }
 
 
+def test_keep_dense_leaves_the_named_layers_out():
+    """The ViT with its first and last layers unpruned: the 24 block kernels only."""
+    params = abstract_params(models.create("vit_tiny", 10), (28, 28, 1))
+    keep_ends = masking.keep_dense("patch_embed", "head")
+    want = [f"block{i}/{name}" for i in range(4) for name in VIT_MASKED_PER_BLOCK]
+    assert masked_paths(params, keep_ends) == want
+    state = jax.eval_shape(optg_jax.optg_optax(0.9, 10, 0.1, is_masked=keep_ends).init, params)
+    assert sum(math.prod(m.shape) for m in jax.tree.leaves(state.masks)) == 4 * (
+        4 * 128 * 128 + 2 * 128 * 256
+    )
+    # A name anywhere on the path counts (a whole block), and `base` is narrowed, not replaced.
+    block0 = masking.keep_dense("block0", base=rank_at_least_2)
+    assert not any(p.startswith("block0/") for p in masked_paths(params, block0))
+    assert "pos_embedding" in masked_paths(params, block0)
+    for bad in [(), ("",), (3,)]:
+        with pytest.raises(ValueError, match="keep_dense needs one or more module names"):
+            masking.keep_dense(*bad)
+
+
 def flat(params):
     return {
         jax.tree_util.keystr(p, simple=True, separator="/"): x
