@@ -428,9 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = table(read_rows(args.out), split)
     print("\n".join(lines))
     title = {"lenet": "LeNet-300-100", "vit_tiny": "A Vision Transformer (vit_tiny)"}[args.model]
+    heading_split = f", validation split ({split})" if args.validation else ""
     notes = read_notes(args.results_dir, section).strip()
     text = "\n".join(
-        [f"## {title} in a user's optax loop (benchmarks/user_loop.py)", "", *lines]
+        [f"## {title} in a user's optax loop (benchmarks/user_loop.py){heading_split}", ""]
+        + lines
         + ([notes] if notes else [])
     )
     with open(os.path.join(args.results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
