@@ -30,6 +30,16 @@ KERNEL_NAME = "kernel"
 _VARIABLE_VALUE_ATTRS = ("value", "raw_value")
 
 
+def key_name(key: Any) -> str | None:
+    """The name one key of a key path gives: a `DictKey`'s string key or a `GetAttrKey`'s
+    attribute; `None` for the others (sequence indices, non-string dict keys)."""
+    if isinstance(key, jax.tree_util.DictKey) and isinstance(key.key, str):
+        return key.key
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    return None
+
+
 def leaf_name(path: Sequence[Any]) -> str | None:
     """The name of the parameter a key path leads to: its last named key.
 
@@ -52,12 +62,8 @@ def leaf_name(path: Sequence[Any]) -> str | None:
         and keys[-1].name in _VARIABLE_VALUE_ATTRS
     ):
         keys.pop()
-    for key in reversed(keys):
-        if isinstance(key, jax.tree_util.DictKey) and isinstance(key.key, str):
-            return key.key
-        if isinstance(key, jax.tree_util.GetAttrKey):
-            return key.name
-    return None
+    names = [key_name(key) for key in reversed(keys)]
+    return next((name for name in names if name is not None), None)
 
 
 def rank_at_least_2(path: Sequence[Any], leaf: Any) -> bool:
@@ -92,8 +98,8 @@ def keep_dense(*module_names: str, base=default_is_masked):
     """A predicate: `base`'s leaves, except those under a module with one of `module_names`.
 
     For leaving chosen layers unpruned, e.g. a network's first and last layers
-    (`keep_dense("patch_embed", "head")` on the zoo's ViT). A leaf is left dense when any named
-    key of its path (`DictKey` or attribute name) is one of the names.
+    (`keep_dense("patch_embed", "head")` on the zoo's ViT). A leaf is left dense when any name
+    on its path (`key_name`) is one of the names.
 
     Args:
       *module_names: names of modules (or parameters) to leave dense; at least one.
@@ -110,8 +116,7 @@ def keep_dense(*module_names: str, base=default_is_masked):
     names = frozenset(module_names)
 
     def is_masked(path: Sequence[Any], leaf: Any) -> bool:
-        keys = {getattr(k, "key", getattr(k, "name", None)) for k in path}
-        return base(path, leaf) and not (keys & names)
+        return base(path, leaf) and names.isdisjoint(key_name(k) for k in path)
 
     return is_masked
 
@@ -137,6 +142,7 @@ __all__ = [
     "KERNEL_NAME",
     "default_is_masked",
     "keep_dense",
+    "key_name",
     "leaf_name",
     "masked_paths",
     "rank_at_least_2",
