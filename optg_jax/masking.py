@@ -31,8 +31,15 @@ _VARIABLE_VALUE_ATTRS = ("value", "raw_value")
 
 
 def key_name(key: Any) -> str | None:
-    """The name one key of a key path gives: a `DictKey`'s string key or a `GetAttrKey`'s
-    attribute; `None` for the others (sequence indices, non-string dict keys)."""
+    """The name one key of a key path gives.
+
+    Args:
+      key: a `jax.tree_util` key (`DictKey`, `GetAttrKey`, `SequenceKey`, ...).
+
+    Returns:
+      A `DictKey`'s string key or a `GetAttrKey`'s attribute name; `None` for the other keys
+      (sequence indices, non-string dict keys).
+    """
     if isinstance(key, jax.tree_util.DictKey) and isinstance(key.key, str):
         return key.key
     if isinstance(key, jax.tree_util.GetAttrKey):
