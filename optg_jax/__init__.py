@@ -19,6 +19,7 @@ from optg_jax.optg import (
     CRITERIA,
     RECIPES,
     Criterion,
+    OptGSettings,
     OptGState,
     Recipe,
     ScoreStep,
@@ -26,7 +27,7 @@ from optg_jax.optg import (
     get_masks,
     get_optg_state,
     optg_optax,
-    recipe_settings,
+    optg_transformation,
     sparsity_summary,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "ALLOCATIONS",
     "CRITERIA",
     "Criterion",
+    "OptGSettings",
     "OptGState",
     "ScoreStep",
     "apply_masks",
@@ -45,7 +47,7 @@ __all__ = [
     "load_sparse",
     "masking",
     "optg_optax",
-    "recipe_settings",
+    "optg_transformation",
     "schedules",
     "sparsity_summary",
 ]

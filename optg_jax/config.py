@@ -4,7 +4,7 @@ Every file in `configs/` starts from `base_config()` and overrides what differs 
 defaults, so the field names are the same for every model and dataset and the command line can
 override any of them (`--config.sparsity=0.98`). A field that is `None` by default is an
 `ml_collections` placeholder of a fixed type, so the command line can still set it; the OptG
-fields left `None` take the values of the config's `recipe` (`optg_jax.recipe_settings`).
+fields left `None` take the values of the config's `recipe` (`optg_jax.OptGSettings.resolved`).
 
 `validate(config)` checks a config before anything touches the workdir and raises `ConfigError`
 (a `ValueError`) with a one-line message naming the bad field and value. The names a field accepts

@@ -37,7 +37,7 @@ Criteria (which score ranks the weights at a mask refresh):
 For `taylor` and `magnitude` a removed weight scores 0, so it stays removed, as in the classic
 methods; OptG's scores keep moving for removed weights, so they can come back.
 
-Recipes (`recipe=`, see `recipe_settings`) fill in the arguments a caller leaves at None. The
+Recipes (`recipe=`, see `OptGSettings.resolved`) fill in the arguments a caller leaves at None. The
 default recipe is budget-safe: whatever the run's length, a cubic ramp ends at two-thirds of the
 run, 25 mask refreshes are spread over it, the score momentum is 0.99 and the masks are frozen
 once the target is reached, so the last third trains the final network. `recipe="paper"` gives
@@ -47,6 +47,7 @@ refreshes after the ramp too).
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import math
 import types
@@ -239,141 +240,451 @@ def _is_none(x) -> bool:
     return x is None
 
 
-def recipe_settings(
-    total_steps: int,
-    recipe: str = "default",
-    *,
-    schedule: str | schedules_lib.Schedule | None = None,
-    mask_update_every: int | None = None,
-    steps_per_epoch: int | None = None,
-    pruning_start_step: int = 0,
-    pruning_end_step: int | None = None,
-    score_momentum: float | None = None,
-    update_masks_after_pruning: bool | None = None,
-) -> dict[str, Any]:
-    """The settings `optg_optax` runs with: the given ones, and the recipe's for those left `None`.
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+@dataclasses.dataclass(frozen=True)
+class OptGSettings:
+    """Everything `optg_optax` runs with, in one frozen record.
+
+    Built with the caller's arguments (`None` = the recipe's value), then `resolved()` fills in
+    the recipe's values and validates every field once; the transformation reads only a resolved
+    record. The fields are `optg_optax`'s arguments (see its docstring for each); `criterion` may
+    be a name or a `Criterion`, `schedule` a name or a callable.
+    """
+
+    target_sparsity: float
+    total_steps: int
+    learning_rate: float | optax.Schedule
+    criterion: str | Criterion = "optg"
+    schedule: str | schedules_lib.Schedule | None = None
+    mask_update_every: int | None = None
+    recipe: str = "default"
+    beta: float = 1.0
+    steps_per_epoch: int | None = None
+    pruning_start_step: int = 0
+    pruning_end_step: int | None = None
+    allocation: str = "global"
+    score_momentum: float | None = None
+    score_lr_floor: float = 0.0
+    update_masks_after_pruning: bool | None = None
+    is_masked: MaskPredicate | None = None
+    mask_dtype: Any = jnp.uint8
+
+    def resolved(self) -> OptGSettings:
+        """The record with the recipe's values in place of `None`, every field validated.
+
+        The recipe (`RECIPES`) decides: `pruning_end_step` =
+        `pruning_start_step + round(fraction * (total_steps - pruning_start_step))`;
+        `steps_per_epoch` (the sigmoid's unit) = the caller's `mask_update_every`, else 1% of the
+        run; `mask_update_every` = `ramp // refreshes_during_ramp` (at least 1), or one epoch
+        for the paper's recipe; `schedule`, `score_momentum` and `update_masks_after_pruning`
+        the recipe's own.
+
+        Returns:
+          A new `OptGSettings` with no `None` left (`is_masked` defaults to
+          `masking.default_is_masked`).
+
+        Raises:
+          ValueError: a field outside its range; the message names the field and the value.
+        """
+        if self.recipe not in _RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        rules = _RECIPES[self.recipe]
+        start, end, total = self.pruning_start_step, self.pruning_end_step, self.total_steps
+        if end is None and _is_int(total) and _is_int(start):
+            ramp = round(rules.pruning_end_fraction * (total - start))
+            end = int(min(total, start + max(1, ramp)))
+        epoch, every = self.steps_per_epoch, self.mask_update_every
+        if epoch is None:
+            # The sigmoid's unit: the caller's refresh interval (their epoch), else 1% of the run.
+            epoch = every
+            if epoch is None and _is_int(total):
+                epoch = max(1, int(total) // 100)
+        if every is None:
+            if rules.refreshes_during_ramp and _is_int(end) and _is_int(start):
+                every = max(1, int(end - start) // rules.refreshes_during_ramp)
+            else:
+                every = epoch
+        settings = dataclasses.replace(
+            self,
+            schedule=rules.schedule if self.schedule is None else self.schedule,
+            mask_update_every=every,
+            steps_per_epoch=epoch,
+            pruning_end_step=end,
+            score_momentum=_pick(self.score_momentum, rules.score_momentum),
+            update_masks_after_pruning=_pick(
+                self.update_masks_after_pruning, rules.update_masks_after_pruning
+            ),
+            is_masked=self.is_masked or default_is_masked,
+        )
+        _validate(settings)
+        return settings
+
+    @property
+    def rule(self) -> Criterion:
+        """The `Criterion` record `criterion` names (or is)."""
+        return (
+            self.criterion if isinstance(self.criterion, Criterion) else _CRITERIA[self.criterion]
+        )
+
+    def sparsity_schedule(self) -> schedules_lib.Schedule:
+        """The sparsity schedule `step -> p(step)` of a resolved record.
+
+        Returns:
+          A jittable schedule, exactly `target_sparsity` from `pruning_end_step` on.
+        """
+        return schedules_lib.make_schedule(
+            self.schedule,
+            float(self.target_sparsity),
+            self.pruning_start_step,
+            self.pruning_end_step,
+            self.beta,
+            self.steps_per_epoch,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary of a resolved record, for a run's results.
+
+        Returns:
+          The scalar fields as they are; `criterion` by name; `schedule` by name (a callable by
+          its `__name__`); `learning_rate`, `is_masked` and `mask_dtype` left out.
+        """
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in ("learning_rate", "is_masked", "mask_dtype"):
+                continue
+            if field.name == "criterion":
+                value = self.rule.name
+            elif field.name == "schedule" and callable(value):
+                value = getattr(value, "__name__", type(value).__name__)
+            out[field.name] = value
+        return out
+
+
+def _pick(given, default):
+    return default if given is None else given
+
+
+def _positive_int(value) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _number_in(lo: float, hi: float, hi_open: bool = False):
+    def check(value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return lo <= value < hi if hi_open else lo <= value <= hi
+
+    return check
+
+
+# (field, test on the value, what the value must be): one row per plain check.
+_FIELD_CHECKS = (
+    ("target_sparsity", _number_in(0.0, 1.0, hi_open=True), "a number in [0, 1)"),
+    ("total_steps", _positive_int, "a positive integer"),
+    ("mask_update_every", _positive_int, "a positive integer"),
+    ("steps_per_epoch", _positive_int, "a positive integer"),
+    (
+        "learning_rate",
+        lambda v: callable(v) or _number_in(0.0, math.inf)(v),
+        "a non-negative number or a schedule",
+    ),
+    (
+        "criterion",
+        lambda v: isinstance(v, Criterion) or v in CRITERIA,
+        f"one of {', '.join(CRITERIA)} or a Criterion",
+    ),
+    (
+        "schedule",
+        lambda v: callable(v) or v in schedules_lib.SCHEDULE_NAMES,
+        f"one of {', '.join(schedules_lib.SCHEDULE_NAMES)} or a callable",
+    ),
+    ("beta", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "> 0"),
+    ("pruning_start_step", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    ("allocation", lambda v: v in ALLOCATIONS, f"one of {', '.join(ALLOCATIONS)}"),
+    ("score_momentum", _number_in(0.0, 1.0, hi_open=True), "in [0, 1)"),
+    ("score_lr_floor", _number_in(0.0, 1.0), "in [0, 1]"),
+)
+
+
+def _validate(settings: OptGSettings) -> None:
+    """Raises `ValueError` naming the first field of `settings` outside its range."""
+    for name, ok, must_be in _FIELD_CHECKS:
+        value = getattr(settings, name)
+        if not ok(value):
+            raise ValueError(f"{name} must be {must_be}, got {value!r}")
+    start, end = settings.pruning_start_step, settings.pruning_end_step
+    if not (_is_int(end) and start < end <= settings.total_steps):
+        raise ValueError(
+            f"pruning_end_step must be an integer in (pruning_start_step={start}, "
+            f"total_steps={settings.total_steps}], got {end!r}"
+        )
+
+
+# ------------------------------------------------------------------------- the pieces of a step
+
+
+def score_lr(settings: OptGSettings, count: jax.Array) -> jax.Array:
+    """The score learning rate of the update with count `count`.
 
     Args:
-      total_steps: number of updates in the whole run.
-      recipe: `"default"` or `"paper"` (see `RECIPES` and the README's table).
-      schedule: the sparsity schedule, or `None` for the recipe's.
-      mask_update_every: steps between mask refreshes, or `None`: the default recipe refreshes
-        `refreshes_during_ramp` times during the ramp, the paper's every epoch
-        (`steps_per_epoch`, else 1% of the run).
-      steps_per_epoch: the caller's epoch (the unit of the sigmoid's `beta`), or `None`: the
-        caller's `mask_update_every`, else 1% of the run.
-      pruning_start_step: the step at which the ramp starts.
-      pruning_end_step: the step at which the sparsity reaches its target, or `None`:
-        `pruning_start_step + round(fraction * (total_steps - pruning_start_step))`.
-      score_momentum: momentum of the score SGD, or `None` for the recipe's.
-      update_masks_after_pruning: whether masks keep changing after the ramp, or `None` for
-        the recipe's.
+      settings: a resolved record.
+      count: int32 scalar, the update's count `t`.
 
     Returns:
-      A dict with the keys `schedule`, `mask_update_every`, `steps_per_epoch`,
-      `pruning_start_step`, `pruning_end_step`, `score_momentum` and
-      `update_masks_after_pruning`. Values are not validated here (`optg_optax` does that).
+      float32 scalar: `lr(t) * (floor + (1 - floor) * p(t) / P)` for a criterion with
+      `progress_scaled_lr` (the supermask optimizer), else `lr(t)`.
+    """
+    lr_fn = settings.learning_rate
+    lr = jnp.asarray(lr_fn(count) if callable(lr_fn) else lr_fn, jnp.float32)
+    target = float(settings.target_sparsity)
+    if settings.rule.progress_scaled_lr and target > 0:
+        progress = settings.sparsity_schedule()(count) / target
+        floor = settings.score_lr_floor
+        lr = lr * (floor + (1.0 - floor) * progress)
+    return lr.astype(jnp.float32)
+
+
+def select_masks(settings: OptGSettings, rank_scores: list, sparsity: jax.Array) -> list:
+    """Masks keeping the highest ranking scores at sparsity `sparsity`.
+
+    With `allocation="global"` all leaves are ranked together (`floor(N (1 - p))` kept of the
+    `N` masked weights), with `"uniform"` each leaf keeps `floor(n (1 - p))` of its `n`. At the
+    target sparsity the count is computed exactly from the decimal `P` (not in float32).
+
+    Args:
+      settings: a resolved record.
+      rank_scores: float32 ranking scores, one array per masked leaf.
+      sparsity: float32 scalar, the fraction to remove.
+
+    Returns:
+      One `mask_dtype` array per leaf, 1 = kept; ties are broken by position (`topk`).
+    """
+    target = float(settings.target_sparsity)
+    at_target = sparsity >= jnp.float32(target)
+
+    def count(size: int) -> jax.Array:
+        return jnp.where(at_target, _exact_num_kept(size, target), topk.num_kept(size, sparsity))
+
+    sizes = [int(np.prod(s.shape)) for s in rank_scores]
+    if settings.allocation == "global":
+        return topk.topk_masks(rank_scores, count(sum(sizes)), settings.mask_dtype)
+    masks = []
+    for s, size in zip(rank_scores, sizes):
+        masks.extend(topk.topk_masks([s], count(size), settings.mask_dtype))
+    return masks
+
+
+def realized_sparsity(masks: list) -> jax.Array:
+    """The fraction of masked weights that `masks` remove.
+
+    Args:
+      masks: one mask per masked leaf (1 = kept).
+
+    Returns:
+      float32 scalar, `(total - kept) / total` (exactly 0 when nothing is removed).
+    """
+    total = sum(m.size for m in masks)
+    kept = sum(jnp.sum(m, dtype=jnp.int32) for m in masks)
+    return ((total - kept) / max(total, 1)).astype(jnp.float32)
+
+
+def is_refresh_step(settings: OptGSettings, count: jax.Array) -> jax.Array:
+    """Whether the update with count `count` re-selects the masks before moving the scores.
+
+    Refreshes come every `mask_update_every` updates (`count > 0`) while `count < total_steps`,
+    and always at `pruning_end_step`; after it only with `update_masks_after_pruning`.
+
+    Args:
+      settings: a resolved record.
+      count: int32 scalar, the update's count `t`.
+
+    Returns:
+      bool scalar.
+    """
+    every, end = settings.mask_update_every, settings.pruning_end_step
+    refresh = (count == end) | ((count > 0) & (count % every == 0) & (count < settings.total_steps))
+    if not settings.update_masks_after_pruning:
+        refresh = refresh & (count <= end)
+    return refresh
+
+
+def reselect_masks_if(
+    settings: OptGSettings,
+    pred: jax.Array,
+    step: jax.Array,
+    rank_fn: Callable[[], list],
+    masks: list,
+    sparsity: jax.Array,
+) -> tuple[list, jax.Array]:
+    """`(masks, realised sparsity)` re-selected at sparsity `p(step)` when `pred`, else unchanged.
+
+    Args:
+      settings: a resolved record.
+      pred: bool scalar.
+      step: int32 scalar, the step whose sparsity `p(step)` the new masks have.
+      rank_fn: `() -> ranking scores` (a list like `masks`), called in the taken branch only,
+        so an ordinary step does not compute them (`magnitude` would pay `|W * M|` each step).
+      masks: the current masks.
+      sparsity: float32 scalar, their realised sparsity.
+
+    Returns:
+      The new masks and their realised sparsity, or the given ones.
+    """
+    schedule = settings.sparsity_schedule()
+
+    def reselect(_):
+        new = select_masks(settings, rank_fn(), schedule(step))
+        return new, realized_sparsity(new)
+
+    return lax.cond(pred, reselect, lambda _: (list(masks), sparsity), None)
+
+
+def init_state(settings: OptGSettings, params: Any) -> OptGState:
+    """The `OptGState` at count 0: zero scores and momentum, masks at sparsity `p(0)`.
+
+    Args:
+      settings: a resolved record.
+      params: the dense weights (a pytree).
+
+    Returns:
+      The state; its pytrees are shaped like `params`, `None` on leaves `is_masked` leaves out.
+    """
+    rule = settings.rule
+    flags = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: True if settings.is_masked(path, leaf) else None, params
+    )
+    like_masked = lambda fn: jax.tree.map(
+        lambda f, p: fn(p) if f else None, flags, params, is_leaf=_is_none
+    )
+    nones = jax.tree.map(lambda f: None, flags, is_leaf=_is_none)
+    zeros = lambda p: jnp.zeros(p.shape, jnp.float32)
+    scores = like_masked(zeros) if rule.has_scores else nones
+    momentum = like_masked(zeros) if rule.has_momentum else nones
+    ones = like_masked(lambda p: jnp.ones(p.shape, settings.mask_dtype))
+    masks_leaves = jax.tree.leaves(ones)
+    count = jnp.zeros((), jnp.int32)
+    sparsity = jnp.zeros((), jnp.float32)
+    if masks_leaves:
+        weights = jax.tree.leaves(like_masked(lambda p: p))
+        rank = rule.rank(jax.tree.leaves(scores), weights, masks_leaves)
+        masks_leaves = select_masks(settings, rank, settings.sparsity_schedule()(count))
+        sparsity = realized_sparsity(masks_leaves)
+    return OptGState(
+        count=count,
+        scores=scores,
+        momentum=momentum,
+        masks=jax.tree.unflatten(jax.tree.structure(ones), masks_leaves),
+        last_refresh=jnp.zeros((), jnp.int32),
+        sparsity=sparsity,
+        target=jnp.asarray(float(settings.target_sparsity), jnp.float32),
+        score_lr=jnp.zeros((), jnp.float32),
+    )
+
+
+def update_state(
+    settings: OptGSettings, grads: Any, state: OptGState, params: Any
+) -> tuple[Any, OptGState]:
+    """One update: refresh the masks if due, move the scores, pass `G * M` on.
+
+    The update with count `t` first re-selects the masks when `is_refresh_step(t)`, from the
+    scores accumulated over updates `0..t-1` and at sparsity `p(t)`; then the criterion's step
+    moves the scores with this update's gradient. The step's forward pass already ran with the
+    old masks, so whatever is evaluated between two updates (say at an epoch's end) is the
+    network that was trained with its masks. When pruning ends with the run, the final masks are
+    selected after the last update, so the final sparsity is exactly `P`.
+
+    Args:
+      settings: a resolved record.
+      grads: `G = dL/d(W * M)`, a pytree like the params.
+      state: the `OptGState` before the update.
+      params: the dense weights `W`.
+
+    Returns:
+      `(G * M` on masked leaves and `G` elsewhere, the new `OptGState)`.
+    """
+    count, rule = state.count, settings.rule
+    treedef = jax.tree.structure(state.masks)
+    masked_only = lambda tree: jax.tree.leaves(
+        jax.tree.map(lambda m, x: None if m is None else x, state.masks, tree, is_leaf=_is_none)
+    )
+    g_leaves, w_leaves = masked_only(grads), masked_only(params)
+    m_leaves = jax.tree.leaves(state.masks)
+    s_leaves, v_leaves = jax.tree.leaves(state.scores), jax.tree.leaves(state.momentum)
+    refresh = is_refresh_step(settings, count)
+    new_m_leaves, sparsity = m_leaves, state.sparsity
+    if m_leaves:
+        rank_now = lambda: rule.rank(s_leaves, w_leaves, m_leaves)
+        new_m_leaves, sparsity = reselect_masks_if(
+            settings, refresh, count, rank_now, m_leaves, sparsity
+        )
+    step = ScoreStep(
+        grads=g_leaves,
+        weights=w_leaves,
+        masks=m_leaves,
+        scores=s_leaves,
+        momentum=v_leaves,
+        score_lr=score_lr(settings, count),
+        score_momentum=settings.score_momentum,
+        steps_since_refresh=jnp.where(refresh, 0, count - state.last_refresh).astype(jnp.float32),
+    )
+    s_leaves, v_leaves = rule.update(step)
+    last_refresh = jnp.where(refresh, count, state.last_refresh)
+    if m_leaves and settings.pruning_end_step == settings.total_steps:
+        # Pruning ends with the run: the final masks come after the last update, at exactly P.
+        final = count + 1 == settings.total_steps
+        rank_after = lambda: rule.rank(s_leaves, w_leaves, new_m_leaves)
+        new_m_leaves, sparsity = reselect_masks_if(
+            settings, final, count + 1, rank_after, new_m_leaves, sparsity
+        )
+        last_refresh = jnp.where(final, count + 1, last_refresh)
+    rebuild = lambda leaves, old: jax.tree.unflatten(treedef, leaves) if leaves else old
+    new_state = OptGState(
+        count=count + 1,
+        scores=rebuild(s_leaves, state.scores) if rule.has_scores else state.scores,
+        momentum=rebuild(v_leaves, state.momentum) if rule.has_momentum else state.momentum,
+        masks=rebuild(new_m_leaves, state.masks),
+        last_refresh=last_refresh.astype(jnp.int32),
+        sparsity=sparsity,
+        target=state.target,
+        score_lr=step.score_lr,
+    )
+    # The rest of the chain sees G * M: removed weights get no loss gradient.
+    masked_grads = jax.tree.map(
+        lambda g, m: g if m is None else g * m.astype(g.dtype), grads, state.masks, is_leaf=_is_none
+    )
+    return masked_grads, new_state
+
+
+def optg_transformation(settings: OptGSettings) -> optax.GradientTransformation:
+    """The optax transformation of a settings record (what `optg_optax` returns).
+
+    Args:
+      settings: an `OptGSettings`; resolved here if it is not already (resolving is idempotent).
+
+    Returns:
+      An `optax.GradientTransformation` whose state is an `OptGState`.
 
     Raises:
-      ValueError: `recipe` is not one of `RECIPES`.
+      ValueError: a field outside its range.
     """
-    if recipe not in _RECIPES:
-        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
-    rules = _RECIPES[recipe]
-    is_int = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-    if pruning_end_step is None and is_int(total_steps) and is_int(pruning_start_step):
-        ramp = round(rules.pruning_end_fraction * (total_steps - pruning_start_step))
-        pruning_end_step = int(min(total_steps, pruning_start_step + max(1, ramp)))
-    epoch = steps_per_epoch
-    if epoch is None:
-        # The sigmoid's unit: the caller's refresh interval (their epoch), else 1% of the run.
-        epoch = mask_update_every
-        if epoch is None and is_int(total_steps):
-            epoch = max(1, int(total_steps) // 100)
-    if mask_update_every is None:
-        if rules.refreshes_during_ramp and is_int(pruning_end_step) and is_int(pruning_start_step):
-            ramp = pruning_end_step - pruning_start_step
-            mask_update_every = max(1, int(ramp) // rules.refreshes_during_ramp)
-        else:
-            mask_update_every = epoch
-    return {
-        "schedule": rules.schedule if schedule is None else schedule,
-        "mask_update_every": mask_update_every,
-        "steps_per_epoch": epoch,
-        "pruning_start_step": pruning_start_step,
-        "pruning_end_step": pruning_end_step,
-        "score_momentum": rules.score_momentum if score_momentum is None else score_momentum,
-        "update_masks_after_pruning": (
-            rules.update_masks_after_pruning
-            if update_masks_after_pruning is None
-            else update_masks_after_pruning
-        ),
-    }
+    settings = settings.resolved()
 
+    def init_fn(params):
+        return init_state(settings, params)
 
-def _validate(
-    target_sparsity,
-    total_steps,
-    learning_rate,
-    criterion,
-    schedule,
-    mask_update_every,
-    steps_per_epoch,
-    beta,
-    pruning_start_step,
-    pruning_end_step,
-    allocation,
-    score_momentum,
-    score_lr_floor,
-) -> None:
-    def positive_int(name, value):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    def update_fn(grads, state, params=None):
+        if params is None:
+            raise ValueError("optg_optax needs the params: call tx.update(grads, state, params)")
+        return update_state(settings, grads, state, params)
 
-    if (
-        isinstance(target_sparsity, bool)
-        or not isinstance(target_sparsity, (int, float))
-        or not 0.0 <= target_sparsity < 1.0
-    ):
-        raise ValueError(f"target_sparsity must be a number in [0, 1), got {target_sparsity!r}")
-    positive_int("total_steps", total_steps)
-    positive_int("mask_update_every", mask_update_every)
-    positive_int("steps_per_epoch", steps_per_epoch)
-    if not callable(learning_rate) and not (
-        isinstance(learning_rate, (int, float)) and learning_rate >= 0
-    ):
-        raise ValueError(
-            f"learning_rate must be a non-negative number or a schedule, got {learning_rate!r}"
-        )
-    if not isinstance(criterion, Criterion) and criterion not in CRITERIA:
-        raise ValueError(
-            f"criterion must be one of {', '.join(CRITERIA)} or a Criterion, got {criterion!r}"
-        )
-    if not callable(schedule) and schedule not in schedules_lib.SCHEDULE_NAMES:
-        raise ValueError(
-            f"schedule must be one of {', '.join(schedules_lib.SCHEDULE_NAMES)} "
-            f"or a callable, got {schedule!r}"
-        )
-    if not (isinstance(beta, (int, float)) and beta > 0):
-        raise ValueError(f"beta must be > 0, got {beta!r}")
-    if not (isinstance(pruning_start_step, (int, np.integer)) and pruning_start_step >= 0):
-        raise ValueError(
-            f"pruning_start_step must be a non-negative integer, got {pruning_start_step!r}"
-        )
-    if not (
-        isinstance(pruning_end_step, (int, np.integer))
-        and pruning_start_step < pruning_end_step <= total_steps
-    ):
-        raise ValueError(
-            f"pruning_end_step must be an integer in (pruning_start_step={pruning_start_step}, "
-            f"total_steps={total_steps}], got {pruning_end_step!r}"
-        )
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
-    if not (isinstance(score_momentum, (int, float)) and 0.0 <= score_momentum < 1.0):
-        raise ValueError(f"score_momentum must be in [0, 1), got {score_momentum!r}")
-    if not (isinstance(score_lr_floor, (int, float)) and 0.0 <= score_lr_floor <= 1.0):
-        raise ValueError(f"score_lr_floor must be in [0, 1], got {score_lr_floor!r}")
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def optg_optax(
@@ -415,7 +726,7 @@ def optg_optax(
       mask_update_every: steps between mask refreshes, or None for the recipe's (default
         recipe: `refreshes_during_ramp` refreshes spread over the ramp; paper: one epoch,
         `steps_per_epoch`, else 1% of the run).
-      recipe: what the arguments left at None become (`recipe_settings`, `RECIPES`):
+      recipe: what the arguments left at None become (`OptGSettings.resolved`, `RECIPES`):
         `"default"`, budget-safe settings chosen on validation splits (the README's table), or
         `"paper"`, the reference code's settings.
       beta: steepness of the sigmoid schedule, per epoch (paper: 1).
@@ -442,215 +753,27 @@ def optg_optax(
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.
     """
-    settings = recipe_settings(
-        total_steps,
-        recipe,
-        schedule=schedule,
-        mask_update_every=mask_update_every,
-        steps_per_epoch=steps_per_epoch,
-        pruning_start_step=pruning_start_step,
-        pruning_end_step=pruning_end_step,
-        score_momentum=score_momentum,
-        update_masks_after_pruning=update_masks_after_pruning,
+    return optg_transformation(
+        OptGSettings(
+            target_sparsity=target_sparsity,
+            total_steps=total_steps,
+            learning_rate=learning_rate,
+            criterion=criterion,
+            schedule=schedule,
+            mask_update_every=mask_update_every,
+            recipe=recipe,
+            beta=beta,
+            steps_per_epoch=steps_per_epoch,
+            pruning_start_step=pruning_start_step,
+            pruning_end_step=pruning_end_step,
+            allocation=allocation,
+            score_momentum=score_momentum,
+            score_lr_floor=score_lr_floor,
+            update_masks_after_pruning=update_masks_after_pruning,
+            is_masked=is_masked,
+            mask_dtype=mask_dtype,
+        )
     )
-    schedule, mask_update_every = settings["schedule"], settings["mask_update_every"]
-    steps_per_epoch, pruning_end_step = settings["steps_per_epoch"], settings["pruning_end_step"]
-    score_momentum = settings["score_momentum"]
-    update_masks_after_pruning = settings["update_masks_after_pruning"]
-    _validate(
-        target_sparsity,
-        total_steps,
-        learning_rate,
-        criterion,
-        schedule,
-        mask_update_every,
-        steps_per_epoch,
-        beta,
-        pruning_start_step,
-        pruning_end_step,
-        allocation,
-        score_momentum,
-        score_lr_floor,
-    )
-    target = float(target_sparsity)
-    sparsity_fn = schedules_lib.make_schedule(
-        schedule, target, pruning_start_step, pruning_end_step, beta, steps_per_epoch
-    )
-    lr_fn = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
-    is_masked = is_masked or default_is_masked
-    rule = criterion if isinstance(criterion, Criterion) else _CRITERIA[criterion]
-    has_scores, has_momentum = rule.has_scores, rule.has_momentum
-
-    def masked_leaf_tree(params):
-        """Tree like `params` with True on masked leaves, None elsewhere."""
-        return jax.tree_util.tree_map_with_path(
-            lambda path, leaf: True if is_masked(path, leaf) else None, params
-        )
-
-    def like_masked(flags, params, fn):
-        return jax.tree.map(lambda f, p: fn(p) if f else None, flags, params, is_leaf=_is_none)
-
-    def score_lr_at(count):
-        lr = jnp.asarray(lr_fn(count), jnp.float32)
-        if rule.progress_scaled_lr and target > 0:
-            progress = sparsity_fn(count) / target
-            lr = lr * (score_lr_floor + (1.0 - score_lr_floor) * progress)
-        return lr.astype(jnp.float32)
-
-    def select(rank_scores: list, sparsity) -> list:
-        """Masks for the given per-leaf ranking scores at the given sparsity."""
-        sizes = [int(np.prod(s.shape)) for s in rank_scores]
-        at_target = sparsity >= jnp.float32(target)
-        if allocation == "global":
-            total = sum(sizes)
-            k = jnp.where(at_target, _exact_num_kept(total, target), topk.num_kept(total, sparsity))
-            return topk.topk_masks(rank_scores, k, mask_dtype)
-        masks = []
-        for s, size in zip(rank_scores, sizes):
-            k = jnp.where(at_target, _exact_num_kept(size, target), topk.num_kept(size, sparsity))
-            masks.extend(topk.topk_masks([s], k, mask_dtype))
-        return masks
-
-    def realized_sparsity(masks_leaves):
-        total = sum(m.size for m in masks_leaves)
-        kept = sum(jnp.sum(m, dtype=jnp.int32) for m in masks_leaves)
-        # (total - kept) in integers: exactly 0 when nothing is removed.
-        return ((total - kept) / max(total, 1)).astype(jnp.float32)
-
-    def reselect_if(pred, step, rank_fn, masks_leaves, sparsity):
-        """(masks, realised sparsity) selected at `step` when `pred`, else unchanged.
-
-        `rank_fn()` gives the ranking scores; it is called inside the taken branch only, so an
-        ordinary step does not compute them (`magnitude` would pay `|W * M|` every step).
-        """
-
-        def reselect(_):
-            new = select(rank_fn(), sparsity_fn(step))
-            return new, realized_sparsity(new)
-
-        return lax.cond(pred, reselect, lambda _: (list(masks_leaves), sparsity), None)
-
-    def init_fn(params):
-        flags = masked_leaf_tree(params)
-        zeros = lambda p: jnp.zeros(p.shape, jnp.float32)
-        scores = (
-            like_masked(flags, params, zeros)
-            if has_scores
-            else jax.tree.map(lambda f: None, flags, is_leaf=_is_none)
-        )
-        momentum = (
-            like_masked(flags, params, zeros)
-            if has_momentum
-            else jax.tree.map(lambda f: None, flags, is_leaf=_is_none)
-        )
-        ones = like_masked(flags, params, lambda p: jnp.ones(p.shape, mask_dtype))
-        treedef = jax.tree.structure(ones)
-        params_leaves = jax.tree.leaves(like_masked(flags, params, lambda p: p))
-        masks_leaves = jax.tree.leaves(ones)
-        count = jnp.zeros((), jnp.int32)
-        if masks_leaves:
-            sparsity = sparsity_fn(count)
-            rank = rule.rank(jax.tree.leaves(scores), params_leaves, masks_leaves)
-            masks_leaves = select(rank, sparsity)
-        masks = jax.tree.unflatten(treedef, masks_leaves)
-        return OptGState(
-            count=count,
-            scores=scores,
-            momentum=momentum,
-            masks=masks,
-            last_refresh=jnp.zeros((), jnp.int32),
-            sparsity=realized_sparsity(masks_leaves)
-            if masks_leaves
-            else jnp.zeros((), jnp.float32),
-            target=jnp.asarray(target, jnp.float32),
-            score_lr=jnp.zeros((), jnp.float32),
-        )
-
-    def update_fn(grads, state, params=None):
-        if params is None:
-            raise ValueError("optg_optax needs the params: call tx.update(grads, state, params)")
-        count = state.count
-        new_count = count + 1
-        score_lr = score_lr_at(count)
-        flags = jax.tree.map(lambda m: True, state.masks)
-        treedef = jax.tree.structure(flags)
-        # Leaves of the masked entries only, in one fixed order.
-        pick = lambda tree: jax.tree.leaves(
-            jax.tree.map(lambda f, x: None if f is None else x, flags, tree, is_leaf=_is_none)
-        )
-        g_leaves, w_leaves, m_leaves = pick(grads), pick(params), jax.tree.leaves(state.masks)
-        s_leaves = jax.tree.leaves(state.scores)
-        v_leaves = jax.tree.leaves(state.momentum)
-
-        # A new refresh period starts with this update: re-select the masks from the scores
-        # accumulated so far, before this step moves them. This step's forward pass already ran
-        # with the old masks, so whatever is evaluated between updates (e.g. at an epoch's end)
-        # is the network that was trained with its masks.
-        refresh = (count == pruning_end_step) | (
-            (count > 0) & (count % mask_update_every == 0) & (count < total_steps)
-        )
-        if not update_masks_after_pruning:
-            refresh = refresh & (count <= pruning_end_step)
-        new_m_leaves, sparsity = m_leaves, state.sparsity
-        if m_leaves:
-            new_m_leaves, sparsity = reselect_if(
-                refresh,
-                count,
-                lambda: rule.rank(s_leaves, w_leaves, m_leaves),
-                m_leaves,
-                state.sparsity,
-            )
-
-        s_leaves, v_leaves = rule.update(
-            ScoreStep(
-                grads=g_leaves,
-                weights=w_leaves,
-                masks=m_leaves,
-                scores=s_leaves,
-                momentum=v_leaves,
-                score_lr=score_lr,
-                score_momentum=score_momentum,
-                steps_since_refresh=jnp.where(refresh, 0, count - state.last_refresh).astype(
-                    jnp.float32
-                ),
-            )
-        )
-        last_refresh = jnp.where(refresh, count, state.last_refresh)
-
-        if m_leaves and pruning_end_step == total_steps:
-            # Pruning ends with the run: the final masks are selected after the last update, so
-            # that they remove exactly the target fraction.
-            final = new_count == total_steps
-            new_m_leaves, sparsity = reselect_if(
-                final,
-                new_count,
-                lambda: rule.rank(s_leaves, w_leaves, new_m_leaves),
-                new_m_leaves,
-                sparsity,
-            )
-            last_refresh = jnp.where(final, new_count, last_refresh)
-
-        # The rest of the chain sees G * M: removed weights get no loss gradient.
-        masked_grads = jax.tree.map(
-            lambda g, m: g if m is None else g * m.astype(g.dtype),
-            grads,
-            state.masks,
-            is_leaf=_is_none,
-        )
-        rebuild = lambda leaves, old: old if not leaves else jax.tree.unflatten(treedef, leaves)
-        new_state = OptGState(
-            count=new_count,
-            scores=rebuild(s_leaves, state.scores) if has_scores else state.scores,
-            momentum=rebuild(v_leaves, state.momentum) if has_momentum else state.momentum,
-            masks=rebuild(new_m_leaves, state.masks),
-            last_refresh=last_refresh.astype(jnp.int32),
-            sparsity=sparsity,
-            target=state.target,
-            score_lr=score_lr,
-        )
-        return masked_grads, new_state
-
-    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def get_optg_state(state: Any) -> OptGState:

@@ -15,6 +15,7 @@ updates.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
@@ -120,11 +121,11 @@ def reference_sparsity_schedule(
         target, reference_epochs(num_steps, steps_per_epoch), steps_per_epoch, float(config.beta)
     )
 
-    def schedule(step):
+    def reference_sigmoid(step):
         at_end = jnp.asarray(step) >= num_steps
         return jnp.where(at_end, jnp.float32(target), per_epoch(step))
 
-    return schedule
+    return reference_sigmoid
 
 
 def pruning_end_step(config: ml_collections.ConfigDict, num_steps: int) -> int | None:
@@ -144,25 +145,32 @@ def pruning_end_step(config: ml_collections.ConfigDict, num_steps: int) -> int |
 
 
 def optg_settings(
-    config: ml_collections.ConfigDict, num_steps: int, steps_per_epoch: int
-) -> dict[str, Any]:
-    """The keyword arguments the run gives `optg_optax`: config fields, None where unset.
+    config: ml_collections.ConfigDict,
+    num_steps: int,
+    steps_per_epoch: int,
+    lr_schedule: optax.Schedule | float = 0.0,
+) -> optg_jax.OptGSettings:
+    """The `optg_optax` settings of a run: its config fields, `None` where unset.
 
     Args:
-      config: the run's config (`recipe` and the OptG fields).
+      config: the run's config (`sparsity`, `recipe` and the OptG fields).
       num_steps: total number of training steps.
       steps_per_epoch: training steps per epoch (the unit of the sigmoid's `beta`, and the
         refresh interval that `mask_update_every = 0` asks for).
+      lr_schedule: the weights' learning rate (the score lr derives from it); only the
+        optimizer needs it, a summary of the settings does not.
 
     Returns:
-      `{argument: value}` for `optg_optax` after `target_sparsity`, `total_steps` and
-      `learning_rate`; the recipe fills in the arguments that are None. With
+      An unresolved `optg_jax.OptGSettings`: `resolved()` fills in the recipe's values. With
       `reference_schedules=True` the schedule is `reference_sparsity_schedule`, the masks are
       refreshed every epoch and pruning ends with the run (`config.validate` refuses other
       values for those fields).
     """
     every = config.mask_update_every
-    settings = dict(
+    settings = optg_jax.OptGSettings(
+        target_sparsity=float(config.sparsity),
+        total_steps=num_steps,
+        learning_rate=lr_schedule,
         criterion=config.criterion,
         recipe=config.recipe,
         schedule=config.schedule,
@@ -177,7 +185,8 @@ def optg_settings(
         update_masks_after_pruning=config.update_masks_after_pruning,
     )
     if config.reference_schedules:
-        settings.update(
+        settings = dataclasses.replace(
+            settings,
             schedule=reference_sparsity_schedule(config, num_steps, steps_per_epoch),
             mask_update_every=steps_per_epoch,
             pruning_end_step=num_steps,
@@ -209,14 +218,8 @@ def make_optimizer(
     """
     links = []
     if not config_lib.is_dense(config):
-        links.append(
-            optg_jax.optg_optax(
-                float(config.sparsity),
-                num_steps,
-                lr_schedule,
-                **optg_settings(config, num_steps, steps_per_epoch),
-            )
-        )
+        settings = optg_settings(config, num_steps, steps_per_epoch, lr_schedule)
+        links.append(optg_jax.optg_transformation(settings))
     if config.weight_decay:
         links.append(optax.add_decayed_weights(config.weight_decay))
     links.append(optax.sgd(lr_schedule, momentum=config.momentum or None))

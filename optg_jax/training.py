@@ -637,18 +637,6 @@ def _sparsity_figures(run: Run, state: steps.TrainState) -> dict:
     }
 
 
-# The `optg_optax` arguments that `optg_jax.recipe_settings` resolves.
-_RECIPE_ARGUMENTS = (
-    "schedule",
-    "mask_update_every",
-    "steps_per_epoch",
-    "pruning_start_step",
-    "pruning_end_step",
-    "score_momentum",
-    "update_masks_after_pruning",
-)
-
-
 def _final_results(
     run: Run,
     state: steps.TrainState,
@@ -691,16 +679,9 @@ def _final_results(
         "wall_time_s": time.time() - wall_start,
     }
     if run.sparse:  # What optg_optax ran with, the recipe's values filled in.
-        settings = steps.optg_settings(config, run.num_steps, run.steps_per_epoch)
-        resolved = optg_jax.recipe_settings(
-            run.num_steps,
-            settings["recipe"],
-            **{k: settings[k] for k in _RECIPE_ARGUMENTS},
-        )
-        if config.reference_schedules:  # A callable: `steps.reference_sparsity_schedule`.
-            resolved["schedule"] = "reference_sigmoid"
-        results["schedule"] = resolved["schedule"]
-        results["optg_settings"] = resolved
+        settings = steps.optg_settings(config, run.num_steps, run.steps_per_epoch).resolved()
+        results["optg_settings"] = settings.to_dict()
+        results["schedule"] = results["optg_settings"]["schedule"]
     if config.eval_only:
         results["eval_only"] = True
         if previous is not None:  # The training run's results.

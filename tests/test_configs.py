@@ -43,13 +43,9 @@ def test_required_config_files_exist():
 
 def resolved_settings(config, total, steps_per_epoch):
     """What optg_optax runs with for this config: the recipe's values where fields are None."""
-    import optg_jax  # pylint: disable=import-outside-toplevel
     from optg_jax import steps  # pylint: disable=import-outside-toplevel
 
-    given = steps.optg_settings(config, total, steps_per_epoch)
-    keys = ("schedule", "mask_update_every", "steps_per_epoch", "pruning_end_step")
-    keys += ("score_momentum", "update_masks_after_pruning")
-    return optg_jax.recipe_settings(total, given["recipe"], **{k: given[k] for k in keys})
+    return vars(steps.optg_settings(config, total, steps_per_epoch).resolved())
 
 
 @pytest.mark.parametrize("name", REQUIRED)
@@ -230,9 +226,9 @@ def test_per_step_schedules_are_unchanged_without_reference_schedules():
     for step, want in ((0, 0.0), (25, 0.05), (50, 0.1), (425, 0.05), (800, 0.0)):
         assert float(lr(step)) == pytest.approx(want, abs=1e-7), step
     settings = steps.optg_settings(config, 800, 100)
-    assert settings["schedule"] is None and settings["pruning_end_step"] is None
-    assert settings["mask_update_every"] is None
-    assert settings["update_masks_after_pruning"] is None
+    assert settings.schedule is None and settings.pruning_end_step is None
+    assert settings.mask_update_every is None
+    assert settings.update_masks_after_pruning is None
 
 
 def run_train_py(tmp_path, *args):

@@ -1,6 +1,7 @@
 """optg_optax against hand-computed values: straight-through gradients, the supermask optimizer,
 criteria, exact final sparsity, composition with other optax transforms, argument errors."""
 
+import dataclasses
 import math
 
 import jax
@@ -328,9 +329,17 @@ def test_custom_predicate():
 # ----------------------------------------------------------------------------------- recipes
 
 
+def _resolved(total_steps, recipe="default", **kwargs):
+    """The recipe-dependent fields `optg_optax` resolves, as a dict."""
+    settings = optg_jax.OptGSettings(0.5, total_steps, 0.1, recipe=recipe, **kwargs).resolved()
+    keys = ("schedule", "mask_update_every", "steps_per_epoch", "pruning_start_step")
+    keys += ("pruning_end_step", "score_momentum", "update_masks_after_pruning")
+    return {k: getattr(settings, k) for k in keys}
+
+
 def test_recipe_settings_by_hand():
     # Default: the ramp ends at round(2/3 * 300) = 200, refreshes every 200 // 25 = 8 steps.
-    assert optg_jax.recipe_settings(300) == {
+    assert _resolved(300) == {
         "schedule": "cubic",
         "mask_update_every": 8,
         "steps_per_epoch": 3,
@@ -340,14 +349,14 @@ def test_recipe_settings_by_hand():
         "update_masks_after_pruning": False,
     }
     # With a start step the ramp is two-thirds of what is left: 60 + round(2/3 * 240) = 220.
-    s = optg_jax.recipe_settings(300, pruning_start_step=60, steps_per_epoch=30)
+    s = _resolved(300, pruning_start_step=60, steps_per_epoch=30)
     assert (s["pruning_end_step"], s["mask_update_every"], s["steps_per_epoch"]) == (220, 6, 30)
     # An explicit refresh interval is kept and is also the sigmoid's epoch.
-    s = optg_jax.recipe_settings(4690, mask_update_every=469, schedule="sigmoid")
+    s = _resolved(4690, mask_update_every=469, schedule="sigmoid")
     assert (s["mask_update_every"], s["steps_per_epoch"], s["pruning_end_step"]) == (469, 469, 3127)
     assert s["schedule"] == "sigmoid"
     # The paper: sigmoid over the whole run, one refresh per epoch, momentum 0.9, no freezing.
-    assert optg_jax.recipe_settings(300, "paper", steps_per_epoch=30) == {
+    assert _resolved(300, "paper", steps_per_epoch=30) == {
         "schedule": "sigmoid",
         "mask_update_every": 30,
         "steps_per_epoch": 30,
@@ -356,11 +365,23 @@ def test_recipe_settings_by_hand():
         "score_momentum": 0.9,
         "update_masks_after_pruning": True,
     }
-    assert optg_jax.recipe_settings(250, "paper")["mask_update_every"] == 2  # 1% of the run
+    assert _resolved(250, "paper")["mask_update_every"] == 2  # 1% of the run
     with pytest.raises(ValueError, match="recipe must be one of default, paper, got 'fast'"):
-        optg_jax.recipe_settings(300, "fast")
+        _resolved(300, "fast")
     with pytest.raises(ValueError, match="recipe must be one of"):
         optg_jax.optg_optax(0.5, 10, 0.1, recipe="fast")
+
+
+def test_settings_record_is_resolved_once_and_summarised():
+    settings = optg_jax.OptGSettings(0.9, 300, 0.1, criterion="taylor").resolved()
+    assert settings.resolved() == settings  # idempotent
+    assert settings.is_masked is optg_jax.default_is_masked
+    summary = settings.to_dict()
+    assert summary["criterion"] == "taylor" and summary["schedule"] == "cubic"
+    assert (summary["pruning_end_step"], summary["mask_update_every"]) == (200, 8)
+    assert "learning_rate" not in summary and "is_masked" not in summary
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.total_steps = 10
 
 
 def _mask_history(tx, steps, params):

@@ -1,7 +1,7 @@
 """The method-name grammar of the accuracy-vs-sparsity benchmark.
 
 Method names: `dense`, `magnitude`, `taylor`, `supermask`, `optg`, each with the library's
-default recipe (`optg_jax.recipe_settings`) unless suffixes override config fields for that
+default recipe (`optg_jax.OptGSettings.resolved`) unless suffixes override config fields for that
 method alone:
 
 - `-paper`: the paper's OptG-specific settings (`recipe="paper"`: sigmoid ramp with beta per

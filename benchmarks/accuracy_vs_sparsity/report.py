@@ -481,7 +481,7 @@ def protocol_header(shared, grid_epochs, root: str, windows: dict | None = None)
             f"{c.warmup_epochs:g} epochs, then cosine), weight decay {c.weight_decay:g}, label "
             f"smoothing {c.label_smoothing:g};",
             f"- the pruning window of the library's `{c.recipe}` recipe for every sparse method "
-            f"(global allocation; {window or 'see optg_jax.recipe_settings'}); every method "
+            f"(global allocation; {window or 'see optg_jax.OptGSettings.resolved'}); every method "
             "with the library's defaults for everything else: the cubic ramp (Zhu & Gupta's, "
             "the field's standard for GMP) for GMP, Taylor, supermask and OptG; OptG's and "
             "supermask's score momentum 0.99 and masks frozen after the ramp. The paper form "

@@ -17,7 +17,6 @@ import subprocess
 import time
 from typing import Callable, Iterable, NamedTuple
 
-import optg_jax
 from benchmarks.accuracy_vs_sparsity.methods import METHODS, PAPER_OPTG, parse_method
 from benchmarks.report import ROOT
 from optg_jax import config as config_lib
@@ -179,16 +178,10 @@ def shared_window(shared, epochs: int) -> dict:
     config = shared.copy_and_resolve_references()
     config.num_epochs = epochs
     per_epoch, total = training.run_length(config, training.dataset_info(config))
-    given = steps.optg_settings(config, total, per_epoch)
-    settings = optg_jax.recipe_settings(
-        total,
-        shared.recipe,
-        mask_update_every=given["mask_update_every"],
-        pruning_end_step=given["pruning_end_step"],
-    )
+    settings = steps.optg_settings(config, total, per_epoch).resolved()
     return {
-        "pruning_end_fraction": settings["pruning_end_step"] / total,
-        "mask_update_every": int(settings["mask_update_every"]),
+        "pruning_end_fraction": settings.pruning_end_step / total,
+        "mask_update_every": int(settings.mask_update_every),
     }
 
 
