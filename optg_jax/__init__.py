@@ -3,7 +3,7 @@
 The library's public names::
 
     optg_optax(...)          # the transformation (criteria "optg", "supermask", "taylor", "magnitude",
-                             # or a Criterion record of your own)
+                             # "sr_ste", or a Criterion record of your own; pattern="2:4" for N:M)
     apply_masks(params, opt_state)
     get_masks(opt_state), get_optg_state(opt_state), sparsity_summary(opt_state)
     schedules.*              # sparsity schedules, step -> sparsity
@@ -11,7 +11,7 @@ The library's public names::
     load_sparse(export_dir)  # a training run's compact sparse export -> model variables
 """
 
-from optg_jax import masking, schedules
+from optg_jax import masking, nm, schedules
 from optg_jax.export import load_sparse
 from optg_jax.masking import default_is_masked
 from optg_jax.optg import (
@@ -29,6 +29,7 @@ from optg_jax.optg import (
     optg_optax,
     optg_transformation,
     sparsity_summary,
+    sr_ste_criterion,
 )
 
 __all__ = [
@@ -46,8 +47,10 @@ __all__ = [
     "Recipe",
     "load_sparse",
     "masking",
+    "nm",
     "optg_optax",
     "optg_transformation",
     "schedules",
     "sparsity_summary",
+    "sr_ste_criterion",
 ]

@@ -275,6 +275,24 @@ def nm_group_counts(mask: jax.Array, m: int, axis: int) -> jax.Array:
     return jnp.sum(grouped, axis=g, dtype=jnp.int32)
 
 
+def group_sums(x: jax.Array, m: int, axis: int) -> jax.Array:
+    """The sum of every group of `m` consecutive entries along `axis`.
+
+    Args:
+      x: values (e.g. scores), any shape.
+      m: the group size.
+      axis: the group axis; its size must divide by `m`.
+
+    Returns:
+      Sums in `x`'s dtype, shaped like `x` with `axis` shrunk to `shape[axis] // m`.
+
+    Raises:
+      ValueError: as `nm_group_counts`.
+    """
+    grouped, g = _grouped(jnp.asarray(x), m, axis)
+    return jnp.sum(grouped, axis=g)
+
+
 def nm_fraction_valid(mask: jax.Array, n: Any, m: int, axis: int) -> jax.Array:
     """The fraction of groups that keep exactly `clip(n, 0, m)` entries (1.0 for no groups).
 
@@ -320,6 +338,7 @@ __all__ = [
     "NMPattern",
     "group_axis",
     "group_axis_from_name",
+    "group_sums",
     "index_bits",
     "nm_applicable",
     "nm_fraction_valid",

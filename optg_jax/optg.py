@@ -59,11 +59,14 @@ import numpy as np
 import optax
 from jax import lax
 
+from optg_jax import nm, topk
 from optg_jax import schedules as schedules_lib
-from optg_jax import topk
 from optg_jax.masking import default_is_masked
 
 ALLOCATIONS = ("global", "uniform")
+# How an N:M pattern is reached over the ramp: a growing fraction of the groups at N:M, or N
+# lowered from M in every group.
+NM_RAMPS = ("groups", "n")
 
 MaskPredicate = Callable[[tuple, Any], bool]
 
@@ -133,6 +136,10 @@ class Criterion(NamedTuple):
       rank: `(scores, weights, masks) -> ranking scores` (lists of per-leaf arrays; float32,
         higher is kept). Called only at a mask refresh.
       update: `(ScoreStep) -> (scores, momentum)`, the criterion's state after one step.
+      init_scores: `(weights) -> scores` (lists of per-leaf arrays), where the scores start;
+        `None`: at zero.
+      weight_grad: `(G, W, M) -> gradient` for one masked leaf, what the rest of the chain
+        receives; `None`: `G * M` (removed weights get no loss gradient).
     """
 
     name: str
@@ -141,6 +148,8 @@ class Criterion(NamedTuple):
     progress_scaled_lr: bool
     rank: Callable[[list, list, list], list]
     update: Callable[[ScoreStep], tuple[list, list]]
+    init_scores: Callable[[list], list] | None = None
+    weight_grad: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
 
 
 def _rank_by_scores(scores: list, weights: list, masks: list) -> list:
@@ -178,6 +187,41 @@ def _no_scores(step: ScoreStep) -> tuple[list, list]:
     return step.scores, step.momentum
 
 
+def _rank_by_dense_magnitude(scores: list, weights: list, masks: list) -> list:
+    del scores, masks
+    return [jnp.abs(w).astype(jnp.float32) for w in weights]
+
+
+SR_STE_DECAY = 2e-4
+
+
+def sr_ste_criterion(decay: float = SR_STE_DECAY) -> Criterion:
+    """SR-STE (Zhou et al. 2021): magnitude masks of the dense weights, a straight-through
+    gradient, and an extra decay on the removed weights.
+
+    Masks rank `|W|` (removed weights can come back). Every weight receives the loss gradient
+    `G` at the masked weights, and the removed ones also `decay * W` (the sparse-refined term),
+    so the weights that keep being removed shrink toward zero. The published form is N:M with
+    the pattern fixed from the start and masks re-selected every step:
+    `optg_optax(P, T, lr, criterion="sr_ste", schedule="constant", mask_update_every=1,
+    pattern="2:4")`.
+
+    Args:
+      decay: the sparse-refined decay `lambda` (the paper's 2e-4).
+
+    Returns:
+      The `Criterion`, named `"sr_ste"`.
+    """
+
+    def weight_grad(g, w, m):
+        removed = 1 - m.astype(g.dtype)
+        return g + decay * removed * w.astype(g.dtype)
+
+    return Criterion(
+        "sr_ste", False, False, False, _rank_by_dense_magnitude, _no_scores, None, weight_grad
+    )
+
+
 _CRITERIA: Mapping[str, Criterion] = types.MappingProxyType(
     {
         c.name: c
@@ -186,6 +230,7 @@ _CRITERIA: Mapping[str, Criterion] = types.MappingProxyType(
             Criterion("supermask", True, True, False, _rank_by_scores, _straight_through_sgd),
             Criterion("taylor", True, False, False, _rank_by_scores, _taylor_running_mean),
             Criterion("magnitude", False, False, False, _rank_by_magnitude, _no_scores),
+            sr_ste_criterion(),
         )
     }
 )
@@ -274,6 +319,9 @@ class OptGSettings:
     update_masks_after_pruning: bool | None = None
     is_masked: MaskPredicate | None = None
     mask_dtype: Any = jnp.uint8
+    pattern: str | nm.NMPattern | None = None
+    nm_ramp: str = "groups"
+    group_axis: Callable[[tuple, Any], int] | None = None
 
     def resolved(self) -> OptGSettings:
         """The record with the recipe's values in place of `None`, every field validated.
@@ -321,6 +369,8 @@ class OptGSettings:
                 self.update_masks_after_pruning, rules.update_masks_after_pruning
             ),
             is_masked=self.is_masked or default_is_masked,
+            pattern=None if self.pattern is None else nm.parse_pattern(self.pattern),
+            group_axis=self.group_axis or nm.group_axis,
         )
         _validate(settings)
         return settings
@@ -357,8 +407,10 @@ class OptGSettings:
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name in ("learning_rate", "is_masked", "mask_dtype"):
+            if field.name in ("learning_rate", "is_masked", "mask_dtype", "group_axis"):
                 continue
+            if field.name == "pattern" and value is not None:
+                value = str(value)
             if field.name == "criterion":
                 value = self.rule.name
             elif field.name == "schedule" and callable(value):
@@ -410,6 +462,7 @@ _FIELD_CHECKS = (
     ("allocation", lambda v: v in ALLOCATIONS, f"one of {', '.join(ALLOCATIONS)}"),
     ("score_momentum", _number_in(0.0, 1.0, hi_open=True), "in [0, 1)"),
     ("score_lr_floor", _number_in(0.0, 1.0), "in [0, 1]"),
+    ("nm_ramp", lambda v: v in NM_RAMPS, f"one of {', '.join(NM_RAMPS)}"),
 )
 
 
@@ -419,6 +472,14 @@ def _validate(settings: OptGSettings) -> None:
         value = getattr(settings, name)
         if not ok(value):
             raise ValueError(f"{name} must be {must_be}, got {value!r}")
+    pattern = settings.pattern
+    if pattern is not None and not math.isclose(
+        settings.target_sparsity, 1 - pattern.n / pattern.m, abs_tol=1e-9
+    ):
+        raise ValueError(
+            f"target_sparsity {settings.target_sparsity!r} does not match pattern {pattern}, "
+            f"which removes {1 - pattern.n / pattern.m:g} of every group"
+        )
     start, end = settings.pruning_start_step, settings.pruning_end_step
     if not (_is_int(end) and start < end <= settings.total_steps):
         raise ValueError(
@@ -451,21 +512,28 @@ def score_lr(settings: OptGSettings, count: jax.Array) -> jax.Array:
     return lr.astype(jnp.float32)
 
 
-def select_masks(settings: OptGSettings, rank_scores: list, sparsity: jax.Array) -> list:
+def select_masks(
+    settings: OptGSettings, rank_scores: list, sparsity: jax.Array, axes: list | None = None
+) -> list:
     """Masks keeping the highest ranking scores at sparsity `sparsity`.
 
     With `allocation="global"` all leaves are ranked together (`floor(N (1 - p))` kept of the
     `N` masked weights), with `"uniform"` each leaf keeps `floor(n (1 - p))` of its `n`. At the
-    target sparsity the count is computed exactly from the decimal `P` (not in float32).
+    target sparsity the count is computed exactly from the decimal `P` (not in float32). With a
+    `pattern` the masks are N:M instead (`select_nm_masks`).
 
     Args:
       settings: a resolved record.
       rank_scores: float32 ranking scores, one array per masked leaf.
       sparsity: float32 scalar, the fraction to remove.
+      axes: with a `pattern`, each leaf's group axis (`group_axes`; `None` for a leaf that
+        stays dense).
 
     Returns:
       One `mask_dtype` array per leaf, 1 = kept; ties are broken by position (`topk`).
     """
+    if settings.pattern is not None:
+        return select_nm_masks(settings, rank_scores, sparsity, axes)
     target = float(settings.target_sparsity)
     at_target = sparsity >= jnp.float32(target)
 
@@ -478,6 +546,81 @@ def select_masks(settings: OptGSettings, rank_scores: list, sparsity: jax.Array)
     masks = []
     for s, size in zip(rank_scores, sizes):
         masks.extend(topk.topk_masks([s], count(size), settings.mask_dtype))
+    return masks
+
+
+def group_axes(settings: OptGSettings, masks: Any) -> list | None:
+    """Each masked leaf's N:M group axis, `None` for a leaf that cannot hold the pattern.
+
+    Args:
+      settings: a resolved record.
+      masks: the masks pytree (`OptGState.masks`; `None` on unmasked leaves).
+
+    Returns:
+      A list over the masked leaves (`settings.group_axis`, or `None` where that axis does not
+      divide by M: the leaf stays dense); `None` without a pattern.
+    """
+    if settings.pattern is None:
+        return None
+    m, axis_fn = settings.pattern.m, settings.group_axis
+    return [
+        axis_fn(path, leaf) if nm.nm_applicable(path, leaf, m, axis_fn) else None
+        for path, leaf in jax.tree_util.tree_leaves_with_path(masks)
+    ]
+
+
+def select_nm_masks(
+    settings: OptGSettings, rank_scores: list, sparsity: jax.Array, axes: list
+) -> list:
+    """N:M masks at a point `p / P` of the ramp (`nm_ramp`), the highest scores kept per group.
+
+    `nm_ramp="groups"`: the fraction `p / P` of all groups (over every leaf) holds the pattern,
+    the others stay whole; the groups go in order of what they lose, the sum of the scores of
+    their `M - N` lowest entries (the cheapest first; ties by position). `"n"`: every group
+    keeps `M - floor((M - N) p / P)`. At `P` both are exactly N:M; leaves whose axis is `None`
+    stay dense.
+
+    Args:
+      settings: a resolved record with a `pattern`.
+      rank_scores: float32 ranking scores per masked leaf.
+      sparsity: float32 scalar, `p` (`P` = 1 - N/M).
+      axes: each leaf's group axis or `None` (`group_axes`).
+
+    Returns:
+      One `mask_dtype` mask per leaf.
+    """
+    n, m = settings.pattern
+    dtype = settings.mask_dtype
+    target = jnp.float32(settings.target_sparsity)
+    progress = jnp.where(sparsity >= target, 1.0, sparsity / target)
+    if settings.nm_ramp == "n":
+        kept = m - jnp.floor((m - n) * progress + 1e-6).astype(jnp.int32)
+        return [
+            jnp.ones(s.shape, dtype) if a is None else nm.nm_masks(s, kept, m, a, dtype)
+            for s, a in zip(rank_scores, axes)
+        ]
+    patterned = [
+        None if a is None else nm.nm_masks(s, n, m, a, dtype) for s, a in zip(rank_scores, axes)
+    ]
+    # What each group loses at N:M: the sum of its removed entries' scores, shaped like the
+    # leaf with the group axis shrunk to size // m. Lowest loss first: rank groups by -loss.
+    losses = [
+        -nm.group_sums(jnp.where(p == 0, s, 0.0), m, a)
+        for s, p, a in zip(rank_scores, patterned, axes)
+        if a is not None
+    ]
+    if not losses:
+        return [jnp.ones(s.shape, dtype) for s in rank_scores]
+    total = sum(loss.size for loss in losses)
+    # The floor(G p / P) groups that lose least (highest -loss) take the pattern.
+    chosen = iter(topk.topk_masks(losses, topk.num_kept(total, 1.0 - progress), jnp.bool_))
+    masks = []
+    for s, p, a in zip(rank_scores, patterned, axes):
+        if a is None:
+            masks.append(jnp.ones(s.shape, dtype))
+            continue
+        at_pattern = jnp.repeat(next(chosen), m, axis=a)
+        masks.append(jnp.where(at_pattern, p, jnp.ones_like(p)))
     return masks
 
 
@@ -522,6 +665,7 @@ def reselect_masks_if(
     rank_fn: Callable[[], list],
     masks: list,
     sparsity: jax.Array,
+    axes: list | None = None,
 ) -> tuple[list, jax.Array]:
     """`(masks, realised sparsity)` re-selected at sparsity `p(step)` when `pred`, else unchanged.
 
@@ -533,6 +677,7 @@ def reselect_masks_if(
         so an ordinary step does not compute them (`magnitude` would pay `|W * M|` each step).
       masks: the current masks.
       sparsity: float32 scalar, their realised sparsity.
+      axes: the leaves' N:M group axes (`group_axes`), with a `pattern`.
 
     Returns:
       The new masks and their realised sparsity, or the given ones.
@@ -540,7 +685,7 @@ def reselect_masks_if(
     schedule = settings.sparsity_schedule()
 
     def reselect(_):
-        new = select_masks(settings, rank_fn(), schedule(step))
+        new = select_masks(settings, rank_fn(), schedule(step), axes)
         return new, realized_sparsity(new)
 
     return lax.cond(pred, reselect, lambda _: (list(masks), sparsity), None)
@@ -573,8 +718,12 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
     sparsity = jnp.zeros((), jnp.float32)
     if masks_leaves:
         weights = jax.tree.leaves(like_masked(lambda p: p))
+        if rule.has_scores and rule.init_scores is not None:
+            start = [jnp.asarray(s, jnp.float32) for s in rule.init_scores(weights)]
+            scores = jax.tree.unflatten(jax.tree.structure(scores), start)
         rank = rule.rank(jax.tree.leaves(scores), weights, masks_leaves)
-        masks_leaves = select_masks(settings, rank, settings.sparsity_schedule()(count))
+        axes = group_axes(settings, jax.tree.unflatten(jax.tree.structure(ones), masks_leaves))
+        masks_leaves = select_masks(settings, rank, settings.sparsity_schedule()(count), axes)
         sparsity = realized_sparsity(masks_leaves)
     return OptGState(
         count=count,
@@ -618,11 +767,12 @@ def update_state(
     m_leaves = jax.tree.leaves(state.masks)
     s_leaves, v_leaves = jax.tree.leaves(state.scores), jax.tree.leaves(state.momentum)
     refresh = is_refresh_step(settings, count)
+    axes = group_axes(settings, state.masks)
     new_m_leaves, sparsity = m_leaves, state.sparsity
     if m_leaves:
         rank_now = lambda: rule.rank(s_leaves, w_leaves, m_leaves)
         new_m_leaves, sparsity = reselect_masks_if(
-            settings, refresh, count, rank_now, m_leaves, sparsity
+            settings, refresh, count, rank_now, m_leaves, sparsity, axes
         )
     step = ScoreStep(
         grads=g_leaves,
@@ -641,7 +791,7 @@ def update_state(
         final = count + 1 == settings.total_steps
         rank_after = lambda: rule.rank(s_leaves, w_leaves, new_m_leaves)
         new_m_leaves, sparsity = reselect_masks_if(
-            settings, final, count + 1, rank_after, new_m_leaves, sparsity
+            settings, final, count + 1, rank_after, new_m_leaves, sparsity, axes
         )
         last_refresh = jnp.where(final, count + 1, last_refresh)
     rebuild = lambda leaves, old: jax.tree.unflatten(treedef, leaves) if leaves else old
@@ -656,8 +806,13 @@ def update_state(
         score_lr=step.score_lr,
     )
     # The rest of the chain sees G * M: removed weights get no loss gradient.
+    weight_grad = rule.weight_grad or (lambda g, w, m: g * m.astype(g.dtype))
     masked_grads = jax.tree.map(
-        lambda g, m: g if m is None else g * m.astype(g.dtype), grads, state.masks, is_leaf=_is_none
+        lambda g, m, w: g if m is None else weight_grad(g, w, m),
+        grads,
+        state.masks,
+        params,
+        is_leaf=_is_none,
     )
     return masked_grads, new_state
 
@@ -706,6 +861,9 @@ def optg_optax(
     update_masks_after_pruning: bool | None = None,
     is_masked: MaskPredicate | None = None,
     mask_dtype=jnp.uint8,
+    pattern: str | None = None,
+    nm_ramp: str = "groups",
+    group_axis: Callable[[tuple, Any], int] | None = None,
 ) -> optax.GradientTransformation:
     """OptG sparse training (and its baselines) as one optax transformation.
 
@@ -749,6 +907,15 @@ def optg_optax(
       is_masked: predicate on `(key_path, leaf)` choosing the masked leaves (default:
         `optg_jax.masking.default_is_masked`, every `kernel` of rank >= 2).
       mask_dtype: dtype of the masks (`jnp.uint8` or `jnp.bool_`).
+      pattern: `"N:M"` (e.g. `"2:4"`): every masked leaf keeps exactly N of each group of M
+        consecutive weights along its reduction axis (`optg_jax.nm`), ranked by the criterion's
+        scores; `target_sparsity` must then be `1 - N/M`. A leaf whose axis does not divide by M
+        stays dense. None: unstructured sparsity.
+      nm_ramp: how a pattern is reached during the ramp: `"groups"`, a fraction `p(t)/P` of
+        all groups at N:M (the groups that lose the least score first), or `"n"`, N lowered
+        from M in every group. `schedule="constant"` imposes the pattern from the start.
+      group_axis: `(key_path, leaf) -> axis` for the groups of M (default `nm.group_axis`:
+        inputs of Dense, input channels of convs, see `optg_jax.nm`).
 
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.
@@ -772,6 +939,9 @@ def optg_optax(
             update_masks_after_pruning=update_masks_after_pruning,
             is_masked=is_masked,
             mask_dtype=mask_dtype,
+            pattern=pattern,
+            nm_ramp=nm_ramp,
+            group_axis=group_axis,
         )
     )
 
