@@ -3,7 +3,7 @@
 Writes a few hundred synthetic JPEGs of ImageNet's typical sizes (400-500 x 350-375 pixels,
 quality 90, textured so that they compress to about ImageNet's mean of 110 kB) as a TFDS
 `imagenet2012` data set in a temporary directory, then pulls batches from
-`optg_jax.data.train_iterator` and `eval_iterator` on it at 224x224: the code path a training run
+`optg_jax.train.data.train_iterator` and `eval_iterator` on it at 224x224: the code path a training run
 uses for ImageNet (decode-and-crop, resize, flip, normalise for training; decode, resize,
 central crop, normalise for evaluation). Each core count runs in its own process, pinned to that
 many CPUs, and measures every variant (train and eval, deterministic or not) in interleaved
@@ -143,7 +143,7 @@ def measure(
       {'images', 'seconds', 'bytes_per_image', 'dtypes'}: images timed, the seconds they took, and
       the bytes of one batch (every array) per image, as the device would receive them.
     """
-    from optg_jax import data  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import data  # pylint: disable=import-outside-toplevel
 
     if kind == "train":
         it = data.train_iterator(
@@ -247,7 +247,7 @@ def render(by_cores: dict[int, dict], dataset: dict, settings: dict) -> str:
     lines = [
         "## Input pipeline (benchmarks/input_pipeline.py)",
         "",
-        f"ImageNet preprocessing of `optg_jax.data` at {IMAGE_SIZE}x{IMAGE_SIZE} on "
+        f"ImageNet preprocessing of `optg_jax.train.data` at {IMAGE_SIZE}x{IMAGE_SIZE} on "
         f"{dataset['num_images']} synthetic JPEGs (quality {JPEG_QUALITY}, mean "
         f"{dataset['mean_width']:.0f}x{dataset['mean_height']:.0f} pixels, "
         f"{dataset['mean_jpeg_bytes'] / 1000:.0f} kB each; ImageNet's mean is about 110 kB) read "

@@ -1,7 +1,7 @@
 """What OptG costs per train step, and how fast the exact global threshold is.
 
 Builds, in one process, the dense train step and the sparse train steps (optg, magnitude, taylor)
-of the training program (`optg_jax.steps.train_step`) for the same model and batch, warms them
+of the training program (`optg_jax.train.steps.train_step`) for the same model and batch, warms them
 up, then times them interleaved (round-robin, one step of each per round) so that machine noise
 hits every variant alike, and prints median step-time ratios sparse/dense for ordinary steps and for
 mask-refresh steps. Also: compile count after refresh steps (must stay 1), bytes of OptG state per
@@ -30,8 +30,9 @@ import numpy as np
 
 import optg_jax
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, update_section
-from optg_jax import config as config_lib
-from optg_jax import models, steps, topk
+from optg_jax import topk
+from optg_jax.train import config as config_lib
+from optg_jax.train import models, steps
 
 OUT = os.path.join(RESULTS_DIR, "step_overhead.md")
 

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from optg_jax import data, fashion_mnist
+from optg_jax.train import data
+from optg_jax.train.data import fashion_mnist
 
 HAS_DEBIAN_FILES = all(
     os.path.isfile(os.path.join(fashion_mnist.DEBIAN_DIR, f)) for f in fashion_mnist.UPSTREAM_MTIMES

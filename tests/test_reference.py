@@ -24,8 +24,9 @@ import numpy as np
 import optax
 
 import optg_jax
-from optg_jax import config as config_lib
-from optg_jax import schedules, steps
+from optg_jax import schedules
+from optg_jax.train import config as config_lib
+from optg_jax.train import steps
 
 P, BETA, EPOCHS, STEPS_PER_EPOCH, WD, MU = 0.9, 1.0, 4, 5, 5e-4, 0.9
 LR_PER_EPOCH = np.array([0.2, 0.15, 0.1, 0.05], np.float32)  # any per-epoch lr (cosine-like)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from optg_jax import checkpoints, steps, training
-from optg_jax.config import ConfigError
+from optg_jax.train import checkpoints, steps, training
+from optg_jax.train.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 6
@@ -327,7 +327,7 @@ def test_validation_split_is_evaluated_instead_of_test(tmp_path):
 
 def test_data_fields_select_the_streamed_augmented_pipeline(tmp_path, monkeypatch):
     """`data_in_memory=False` and `augment='on'` train Fashion-MNIST through tf.data, augmented."""
-    from optg_jax import data  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import data  # pylint: disable=import-outside-toplevel
 
     calls, first_batches = [], []
     original = data.train_iterator
@@ -407,7 +407,8 @@ def test_sparse_export_loads_to_the_masked_model(finished):
     import jax.numpy as jnp
 
     import optg_jax
-    from optg_jax import export, models
+    from optg_jax import export
+    from optg_jax.train import models
 
     workdir, _ = finished
     loaded = optg_jax.load_sparse(workdir / "export")

@@ -14,7 +14,7 @@ What a run derives once from its config (data set facts, model, optimizer, lr sc
 shardings, jitted steps, batch iterators) is a `Run`; `train_and_evaluate` builds it, applies the
 workdir policy, restores or creates the train state, runs `train_loop` and writes the results.
 
-Workdir: see `optg_jax.checkpoints` for the layout; metrics go to workdir/tb (TensorBoard) and
+Workdir: see `optg_jax.train.checkpoints` for the layout; metrics go to workdir/tb (TensorBoard) and
 workdir/metrics.jsonl, the final figures to workdir/results.json.
 """
 
@@ -37,11 +37,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optg_jax
-from optg_jax import checkpoints, data, models, sharding, steps
-from optg_jax import config as config_lib
 from optg_jax import macs as macs_lib
-from optg_jax import metrics as metrics_lib
-from optg_jax.config import ConfigError
+from optg_jax import sharding
+from optg_jax.train import checkpoints, data, models, steps
+from optg_jax.train import config as config_lib
+from optg_jax.train import metrics as metrics_lib
+from optg_jax.train.config import ConfigError
 
 RESULTS_FILE = "results.json"
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -392,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes, or only evaluates) the run described by `config` in `workdir`.
 
     Args:
-      config: a config from `configs/` (see `optg_jax.config.base_config` for the fields).
+      config: a config from `configs/` (see `optg_jax.train.config.base_config` for the fields).
       workdir: directory for checkpoints, metrics, config.json, results.json and the export.
 
     Returns:

@@ -4,7 +4,7 @@
 chain state with the OptG scores and masks, the step count); `make_optimizer` builds the chain
 `optg_optax -> add_decayed_weights -> sgd` with the `learning_rate_schedule`; `train_step` and
 `eval_step` are pure functions of the state and one batch, ready for `jax.jit` (the training
-program in `optg_jax.training` and `benchmarks/step_overhead.py` both jit them from here).
+program in `optg_jax.train.training` and `benchmarks/step_overhead.py` both jit them from here).
 With `config.reference_schedules` the lr, the sparsity and the refreshes follow the reference
 code's epochs (`learning_rate_schedule`, `reference_sparsity_schedule`, `optg_settings`).
 
@@ -26,8 +26,8 @@ import ml_collections
 import optax
 
 import optg_jax
-from optg_jax import config as config_lib
 from optg_jax import schedules
+from optg_jax.train import config as config_lib
 
 
 @flax.struct.dataclass

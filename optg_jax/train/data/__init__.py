@@ -30,7 +30,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from optg_jax import fashion_mnist, files
+from optg_jax.train.data import fashion_mnist
+from optg_jax.train import files
 
 Batch = Mapping[str, np.ndarray]
 
@@ -191,7 +192,7 @@ def hide_gpus_from_tensorflow() -> None:
             logging.warning(
                 "TensorFlow started on the GPUs before the input pipeline could hide them and "
                 "keeps GPU memory that JAX cannot use; call "
-                "optg_jax.data.hide_gpus_from_tensorflow() before any other TensorFlow code."
+                "optg_jax.train.data.hide_gpus_from_tensorflow() before any other TensorFlow code."
             )
 
 
@@ -393,7 +394,7 @@ def _load_split(name: str, data_dir: str, split: str, size: int) -> tuple[np.nda
             _not_prepared_message(name, data_dir)
             if name != "fashion_mnist"
             else f"fashion_mnist is not prepared under {data_dir}: call "
-            "optg_jax.data.ensure_dataset('fashion_mnist', data_dir) first"
+            "optg_jax.train.data.ensure_dataset('fashion_mnist', data_dir) first"
         )
     ds = builder.as_dataset(split=split, shuffle_files=False)
     arrays = next(iter(tfds.as_numpy(ds.batch(max(n, 1)))))
