@@ -63,6 +63,7 @@ import optg_jax
 from benchmarks.accuracy_vs_sparsity.runs import load_config
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, update_section
 from benchmarks.step_overhead import threshold_timings
+from optg_jax.train import config as config_lib
 from optg_jax.train import models, steps
 
 SECTION = "accelerator_check"
@@ -397,8 +398,9 @@ def build_variant(
     global_batch = batch["label"].shape[0]
     config = benchmark_config(settings, criterion, global_batch)
     model = models.create(settings.model, settings.num_classes, dtype=jnp.dtype(config.dtype))
+    sparse = not config_lib.is_dense(config)
     lr = steps.learning_rate_schedule(config, TOTAL_STEPS, STEPS_PER_EPOCH)
-    tx = steps.make_optimizer(config, TOTAL_STEPS, STEPS_PER_EPOCH, lr)
+    tx = steps.make_optimizer(config, TOTAL_STEPS, STEPS_PER_EPOCH, lr, sparse=sparse)
     init = jax.jit(
         functools.partial(
             steps.create_train_state,
@@ -410,7 +412,14 @@ def build_variant(
     )
     state = init(jax.random.key(0, impl="rbg"))
     train_step = steps.jit_train_step(
-        config, model, tx, settings.num_classes, replicated, batch_sharding, replicated
+        model,
+        tx,
+        settings.num_classes,
+        sparse=sparse,
+        label_smoothing=float(config.label_smoothing),
+        state_sharding=replicated,
+        batch_sharding=batch_sharding,
+        metrics_sharding=replicated,
     )
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()

@@ -224,7 +224,7 @@ def test_training_program_with_reference_schedules_matches_the_reference_procedu
     for epoch in range(epochs):
         for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
             np.testing.assert_allclose(float(lr(step)), reference_lr(epoch), rtol=1e-6)
-    tx = steps.make_optimizer(config, num_steps, steps_per_epoch, lr)
+    tx = steps.make_optimizer(config, num_steps, steps_per_epoch, lr, sparse=True)
     masks, initial = run_side_by_side(tx, reference_lr, epochs, steps_per_epoch, True)
 
     # Epoch 0: k = floor(81 (1 - 0.9 sigmoid(-3))) = 77 of the all-zero scores, kept by position

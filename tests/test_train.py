@@ -371,13 +371,13 @@ def test_config_fields_reach_optg_optax(monkeypatch):
         mask_update_every=2,
     )
     config.reference_schedules = False  # It would set the refresh interval itself.
-    steps.make_optimizer(config, 6, 3, lambda step: 0.1)
+    steps.make_optimizer(config, 6, 3, lambda step: 0.1, sparse=True)
     assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
     assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
     # With reference_schedules: the reference's sigmoid per epoch (0.9 sigmoid(e - 2) for 4
     # epochs of 3 steps), exactly 0.9 at the end, a refresh every epoch until the end.
     seen.clear()
-    steps.make_optimizer(imagenet_test_config(), 12, 3, lambda step: 0.1)
+    steps.make_optimizer(imagenet_test_config(), 12, 3, lambda step: 0.1, sparse=True)
     assert (seen["mask_update_every"], seen["pruning_end_step"]) == (3, 12)
     assert seen["update_masks_after_pruning"] is True
     want = [0.9 / (1 + math.exp(-(step // 3 - 2))) for step in range(12)] + [0.9]
