@@ -271,7 +271,7 @@ def render(by_cores: dict[int, dict], dataset: dict, settings: dict) -> str:
             f"| {cores} | {train:.0f} | {train / cores:.0f} | {evaluation:.0f} | "
             f"{evaluation / cores:.0f} | {train_nd:.2f}, {eval_nd:.2f} |"
         )
-    lines += ["", _determinism_note(by_cores)]
+    lines += ["", determinism_note(by_cores)]
     one = by_cores[min(by_cores)]
     per_core = one["train/deterministic"]["images_per_s"] / min(by_cores)
     eval_per_core = one["eval/deterministic"]["images_per_s"] / min(by_cores)
@@ -309,10 +309,19 @@ def render(by_cores: dict[int, dict], dataset: dict, settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _determinism_note(by_cores: dict[int, dict]) -> str:
-    """What the measurements say about the cost of deterministic pipelines, against their noise:
-    a gain counts when it exceeds both 10% and the spread (max/min - 1) of the rounds of the two
-    variants compared."""
+def determinism_note(by_cores: dict[int, dict]) -> str:
+    """What the measurements say about the cost of deterministic pipelines, against their noise.
+
+    A gain counts when it exceeds both 10% and the spread (max/min - 1) of the rounds of the two
+    variants compared.
+
+    Args:
+      by_cores: `{cores: {'<train|eval>/<deterministic|nondeterministic>': {'images_per_s',
+        'rounds'}}}`, the measurements.
+
+    Returns:
+      The note, one paragraph of Markdown.
+    """
     pairs = []
     for cores, variants in sorted(by_cores.items()):
         for kind in ("train", "eval"):
