@@ -1,9 +1,9 @@
 """optg_optax side by side with a NumPy transcription of the reference procedure.
 
-The transcription follows OPTG_SPEC.md: at the start of each epoch e the sparsity is
-p(e) = P * sigmoid(beta * (e - E/2)); k = floor(N (1 - p)); the threshold is the k-th largest score
-over all layers; each layer prunes, by its own argsort, as many of its lowest-scored entries as it
-has scores below the threshold. Weights: SGD momentum 0.9 (PyTorch convention) with weight decay on
+The transcription follows the procedure stated in docs/reference.md: at the start of each epoch e
+the sparsity is p(e) = P * sigmoid(beta * (e - E/2)); k = floor(N (1 - p)); the threshold is the
+k-th largest score over all layers; each layer prunes, by its own argsort, as many of its
+lowest-scored entries as it has scores below the threshold. Weights: SGD momentum 0.9 (PyTorch convention) with weight decay on
 G * M; scores: SGD momentum 0.9, no decay, on G * W with lr(e) * sigmoid(beta * (e - E/2)).
 Gradients of the toy MLP are computed by hand in NumPy. One timing detail follows optg_optax's
 documented semantics rather than the reference loop: the new masks take effect after the first

@@ -107,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     # OptG sparsity.
     c.sparsity = 0.9  # Target fraction of removed weights, in [0, 1); 0 = dense training.
     c.criterion = "optg"  # optg | supermask | taylor | magnitude | dense.
-    # The values of the OptG fields below that are left None (README, "Library defaults"):
+    # The values of the OptG fields below that are left None (docs/library.md, "Library defaults"):
     # "default" (budget-safe: cubic ramp ending at 2/3 of the run, masks frozen after it, score
     # momentum 0.99) or "paper" (the reference code's settings).
     c.recipe = "default"
@@ -155,7 +155,7 @@ def paper_config(
     learning_rate: float,
     weight_decay: float,
 ) -> ml_collections.ConfigDict:
-    """The OptG paper's recipe for a long ImageNet or CIFAR-10 run (OPTG_SPEC.md).
+    """The OptG paper's recipe for a long ImageNet or CIFAR-10 run (docs/reference.md).
 
     Batch 256, cosine lr after 5 warm-up epochs, momentum 0.9, label smoothing 0.1 on ImageNet
     only, and the library's `recipe="paper"` (score momentum 0.9) with the reference code's
