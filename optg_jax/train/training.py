@@ -1,21 +1,25 @@
 """The training program: `train_and_evaluate(config, workdir)` and its loop.
 
 One batch's path: `data.train_iterator` yields this process's share of the global batch as NumPy
-arrays; `jax.make_array_from_process_local_data` makes it one global array sharded on its leading
-axis over a 1-D mesh of all devices; the jitted `steps.train_step` takes the train state
-(replicated, or with `config.param_sharding="fsdp"` every leaf split over the same devices by
-`optg_jax.sharding`) and that batch, runs the model on the masked weights `W * M`
-(`optg_jax.apply_masks`), and hands the gradient to the optax chain
-`optg_optax -> add_decayed_weights -> sgd`, whose first link moves the OptG scores and refreshes
-the masks. Because the batch is one global array and the loss is a mean over it, XLA averages the
-gradients and BatchNorm statistics over the global batch by itself.
+arrays; `Run.train_batches` makes it one global array sharded on its leading axis over a 1-D mesh
+of all devices (`jax.make_array_from_process_local_data`); `Run.train_step`
+(`steps.jit_train_step`) takes the train state (replicated, or with
+`config.param_sharding="fsdp"` every leaf split over the same devices by `optg_jax.sharding`) and
+that batch, runs the model on the masked weights `W * M` (`optg_jax.apply_masks`), and hands the
+gradient to the optax chain `optg_optax -> add_decayed_weights -> sgd`, whose first link moves
+the OptG scores and refreshes the masks. Because the batch is one global array and the loss is a
+mean over it, XLA averages the gradients and BatchNorm statistics over the global batch by
+itself. The step's metrics go to `metrics.MetricWriter`; at each epoch's end `assess` evaluates
+the state (`Run.eval_step`, `steps.jit_eval_step`) and counts its sparsity and MACs, and the
+last epoch's `Outcome` becomes the results.
 
-What a run derives once from its config (data set facts, model, optimizer, lr schedule,
-shardings, jitted steps, batch iterators) is a `Run`; `train_and_evaluate` builds it, applies the
-workdir policy, restores or creates the train state, runs `train_loop` and writes the results.
+What a run derives once from its config (data set facts, model, optimizer, lr schedule, whether
+it is sparse, shardings, jitted steps, batch iterators) is a `Run`; `train_and_evaluate` builds
+it, applies the workdir policy, restores or creates the train state, runs `train_loop` (or
+`assess`, when there is nothing to train) and writes the results from its `Outcome`.
 
-Workdir: see `optg_jax.train.checkpoints` for the layout; metrics go to workdir/tb (TensorBoard) and
-workdir/metrics.jsonl, the final figures to workdir/results.json.
+Workdir: see `optg_jax.train.checkpoints` for the layout; metrics go to workdir/tb (TensorBoard)
+and workdir/metrics.jsonl, the final figures to workdir/results.json.
 """
 
 from __future__ import annotations
