@@ -74,13 +74,13 @@ def main(argv):
 
     # Imported here so that `--help` and flag errors do not pay for JAX start-up, and validated
     # before `training` (which imports TensorFlow) so that a bad value fails within seconds.
-    from optg_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
 
     try:
         config_lib.validate(config)
     except config_lib.ConfigError as e:
         _error(_one_line(e))
-    from optg_jax import checkpoints, training  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import checkpoints, training  # pylint: disable=import-outside-toplevel
 
     try:
         training.train_and_evaluate(config, _WORKDIR.value)

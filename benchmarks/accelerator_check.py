@@ -1,8 +1,8 @@
 """One command for whoever first has an accelerator: ResNet-50's speed, OptG's cost, a real run.
 
 On whatever devices JAX sees (one process), it builds the training program's own train step
-(`optg_jax.steps.train_step`, jitted with the batch sharded over a 1-D mesh of all devices and the
-state replicated, as `optg_jax.training` does) for ResNet-50 at 224x224 with the optimizer and loss
+(`optg_jax.train.steps.train_step`, jitted with the batch sharded over a 1-D mesh of all devices and the
+state replicated, as `optg_jax.train.training` does) for ResNet-50 at 224x224 with the optimizer and loss
 of `configs/resnet50_imagenet.py`, in bfloat16 compute with float32 params, dense and OptG at 90%
 (the library's default criterion, sparse from the first step). It takes 256 images per device, or
 128 when 256 runs out of memory, on one synthetic batch, and measures:
@@ -63,7 +63,8 @@ import optg_jax
 from benchmarks.accuracy_vs_sparsity.runs import load_config
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, update_section
 from benchmarks.step_overhead import threshold_timings
-from optg_jax import models, steps
+from optg_jax.train import config as config_lib
+from optg_jax.train import models, steps
 
 SECTION = "accelerator_check"
 OUT = os.path.join(RESULTS_DIR, "accelerator_check.md")
@@ -85,7 +86,7 @@ class Settings:
     """What one check runs, and how many steps it times for each figure.
 
     Attributes:
-      model: the model name (`optg_jax.models.names()`).
+      model: the model name (`optg_jax.train.models.names()`).
       num_classes: its number of outputs.
       image_size: the input's height and width (3 channels).
       batches_per_device: images per device to try, in order, until one fits in memory.
@@ -397,8 +398,9 @@ def build_variant(
     global_batch = batch["label"].shape[0]
     config = benchmark_config(settings, criterion, global_batch)
     model = models.create(settings.model, settings.num_classes, dtype=jnp.dtype(config.dtype))
+    sparse = not config_lib.is_dense(config)
     lr = steps.learning_rate_schedule(config, TOTAL_STEPS, STEPS_PER_EPOCH)
-    tx = steps.make_optimizer(config, TOTAL_STEPS, STEPS_PER_EPOCH, lr)
+    tx = steps.make_optimizer(config, TOTAL_STEPS, STEPS_PER_EPOCH, lr, sparse=sparse)
     init = jax.jit(
         functools.partial(
             steps.create_train_state,
@@ -410,7 +412,14 @@ def build_variant(
     )
     state = init(jax.random.key(0, impl="rbg"))
     train_step = steps.jit_train_step(
-        config, model, tx, settings.num_classes, replicated, batch_sharding, replicated
+        model,
+        tx,
+        settings.num_classes,
+        sparse=sparse,
+        label_smoothing=float(config.label_smoothing),
+        state_sharding=replicated,
+        batch_sharding=batch_sharding,
+        metrics_sharding=replicated,
     )
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()
@@ -736,7 +745,7 @@ def phase_fashion_mnist(check: Check) -> None:
         )
     # Imported here: the training program reads data through TensorFlow, hidden from the GPUs
     # at the check's start.
-    from optg_jax import training  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import training  # pylint: disable=import-outside-toplevel
 
     config = load_config(FASHION_MNIST_CONFIG)
     config.data_dir = check.data_dir
@@ -829,7 +838,7 @@ def keep_tensorflow_off_accelerators() -> str:
       "" when TensorFlow is ready (off the GPUs), else why it cannot run.
     """
     try:
-        from optg_jax import data  # pylint: disable=import-outside-toplevel
+        from optg_jax.train import data  # pylint: disable=import-outside-toplevel
     except ImportError as error:
         return f"TensorFlow or TFDS cannot be imported ({first_line(error)})"
     data.hide_gpus_from_tensorflow()

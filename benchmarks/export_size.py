@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import optg_jax
-from optg_jax import checkpoints, export, masking, models, nm
+from optg_jax import export, masking, nm
+from optg_jax.train import checkpoints, models
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "export_size.md")
 SPARSITIES = (0.9, 0.95, 0.99)

@@ -3,7 +3,7 @@
 Writes a few hundred synthetic JPEGs of ImageNet's typical sizes (400-500 x 350-375 pixels,
 quality 90, textured so that they compress to about ImageNet's mean of 110 kB) as a TFDS
 `imagenet2012` data set in a temporary directory, then pulls batches from
-`optg_jax.data.train_iterator` and `eval_iterator` on it at 224x224: the code path a training run
+`optg_jax.train.data.train_iterator` and `eval_iterator` on it at 224x224: the code path a training run
 uses for ImageNet (decode-and-crop, resize, flip, normalise for training; decode, resize,
 central crop, normalise for evaluation). Each core count runs in its own process, pinned to that
 many CPUs, and measures every variant (train and eval, deterministic or not) in interleaved
@@ -143,7 +143,7 @@ def measure(
       {'images', 'seconds', 'bytes_per_image', 'dtypes'}: images timed, the seconds they took, and
       the bytes of one batch (every array) per image, as the device would receive them.
     """
-    from optg_jax import data  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import data  # pylint: disable=import-outside-toplevel
 
     if kind == "train":
         it = data.train_iterator(
@@ -247,7 +247,7 @@ def render(by_cores: dict[int, dict], dataset: dict, settings: dict) -> str:
     lines = [
         "## Input pipeline (benchmarks/input_pipeline.py)",
         "",
-        f"ImageNet preprocessing of `optg_jax.data` at {IMAGE_SIZE}x{IMAGE_SIZE} on "
+        f"ImageNet preprocessing of `optg_jax.train.data` at {IMAGE_SIZE}x{IMAGE_SIZE} on "
         f"{dataset['num_images']} synthetic JPEGs (quality {JPEG_QUALITY}, mean "
         f"{dataset['mean_width']:.0f}x{dataset['mean_height']:.0f} pixels, "
         f"{dataset['mean_jpeg_bytes'] / 1000:.0f} kB each; ImageNet's mean is about 110 kB) read "
@@ -271,7 +271,7 @@ def render(by_cores: dict[int, dict], dataset: dict, settings: dict) -> str:
             f"| {cores} | {train:.0f} | {train / cores:.0f} | {evaluation:.0f} | "
             f"{evaluation / cores:.0f} | {train_nd:.2f}, {eval_nd:.2f} |"
         )
-    lines += ["", _determinism_note(by_cores)]
+    lines += ["", determinism_note(by_cores)]
     one = by_cores[min(by_cores)]
     per_core = one["train/deterministic"]["images_per_s"] / min(by_cores)
     eval_per_core = one["eval/deterministic"]["images_per_s"] / min(by_cores)
@@ -309,10 +309,19 @@ def render(by_cores: dict[int, dict], dataset: dict, settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _determinism_note(by_cores: dict[int, dict]) -> str:
-    """What the measurements say about the cost of deterministic pipelines, against their noise:
-    a gain counts when it exceeds both 10% and the spread (max/min - 1) of the rounds of the two
-    variants compared."""
+def determinism_note(by_cores: dict[int, dict]) -> str:
+    """What the measurements say about the cost of deterministic pipelines, against their noise.
+
+    A gain counts when it exceeds both 10% and the spread (max/min - 1) of the rounds of the two
+    variants compared.
+
+    Args:
+      by_cores: `{cores: {'<train|eval>/<deterministic|nondeterministic>': {'images_per_s',
+        'rounds'}}}`, the measurements.
+
+    Returns:
+      The note, one paragraph of Markdown.
+    """
     pairs = []
     for cores, variants in sorted(by_cores.items()):
         for kind in ("train", "eval"):

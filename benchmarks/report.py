@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from optg_jax import files
+from optg_jax.train import files
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")

@@ -1,7 +1,7 @@
 """What OptG costs per train step, and how fast the exact global threshold is.
 
 Builds, in one process, the dense train step and the sparse train steps (optg, magnitude, taylor)
-of the training program (`optg_jax.steps.train_step`) for the same model and batch, warms them
+of the training program (`optg_jax.train.steps.train_step`) for the same model and batch, warms them
 up, then times them interleaved (round-robin, one step of each per round) so that machine noise
 hits every variant alike, and prints median step-time ratios sparse/dense for ordinary steps and for
 mask-refresh steps. Also: compile count after refresh steps (must stay 1), bytes of OptG state per
@@ -18,7 +18,6 @@ Prints the tables and writes them to benchmarks/results/step_overhead.md and to 
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import statistics
@@ -30,8 +29,9 @@ import numpy as np
 
 import optg_jax
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, update_section
-from optg_jax import config as config_lib
-from optg_jax import models, steps, topk
+from optg_jax import topk
+from optg_jax.train import config as config_lib
+from optg_jax.train import models, steps
 
 OUT = os.path.join(RESULTS_DIR, "step_overhead.md")
 
@@ -49,7 +49,7 @@ def build_step(
     """The training program's train step for one benchmark variant.
 
     Returns:
-      (the jitted `steps.train_step`, donating its state argument; the initial `TrainState`).
+      (`steps.jit_train_step`, donating its state argument; the initial `TrainState`).
     """
     config = config_lib.base_config()
     config.model, config.criterion, config.dtype = model_name, criterion, dtype
@@ -58,21 +58,11 @@ def build_step(
     config.mask_update_every = mask_update_every
     config.label_smoothing = 0.0
     model = models.create(model_name, num_classes, dtype=jnp.dtype(dtype))
+    sparse = not config_lib.is_dense(config)
     lr = steps.learning_rate_schedule(config, total_steps, 1000)
-    tx = steps.make_optimizer(config, total_steps, 1000, lr)
+    tx = steps.make_optimizer(config, total_steps, 1000, lr, sparse=sparse)
     state = steps.create_train_state(jax.random.key(0), model, tx, image_shape)
-    fn = jax.jit(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            tx=tx,
-            num_classes=num_classes,
-            label_smoothing=0.0,
-            sparse=criterion != "dense",
-        ),
-        donate_argnums=0,
-    )
-    return fn, state
+    return steps.jit_train_step(model, tx, num_classes, sparse=sparse), state
 
 
 def time_interleaved(steps: dict, states: dict, batch, rounds: int, warmup: int = 3):

@@ -46,7 +46,9 @@ import optax
 
 import optg_jax
 from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, mean_std_cell, read_notes, update_section
-from optg_jax import fashion_mnist, masking, models
+from optg_jax import masking
+from optg_jax.train import models
+from optg_jax.train.data import fashion_mnist
 
 SECTION = "user_loop"
 IDX_DIR = fashion_mnist.DEBIAN_DIR  # Debian's dataset-fashion-mnist
@@ -156,7 +158,7 @@ def load_fashion_mnist(
     elif source == "tfds":
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-        from optg_jax import data  # pylint: disable=import-outside-toplevel
+        from optg_jax.train import data  # pylint: disable=import-outside-toplevel
 
         data.ensure_dataset("fashion_mnist")
         for split in ("train", "test"):

@@ -4,7 +4,7 @@ bash scripts/run_default.sh     # or
 python train.py --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
 """
 
-from optg_jax.config import base_config
+from optg_jax.train.config import base_config
 
 
 def get_config():

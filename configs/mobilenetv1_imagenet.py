@@ -3,7 +3,7 @@
 python train.py --config=configs/mobilenetv1_imagenet.py --workdir=runs/mbv1 --config.sparsity=0.9
 """
 
-from optg_jax.config import paper_config
+from optg_jax.train.config import paper_config
 
 
 def get_config():

@@ -8,7 +8,7 @@ benchmark's method options (refresh interval, frozen masks, end of the ramp) app
 (`python -m benchmarks.accuracy_vs_sparsity --config configs/resnet32_cifar10.py`).
 """
 
-from optg_jax.config import paper_config
+from optg_jax.train.config import paper_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
 python train.py --config=configs/resnet50_cifar10.py --workdir=runs/resnet50_cifar10 --config.sparsity=0.98
 """
 
-from optg_jax.config import paper_config
+from optg_jax.train.config import paper_config
 
 
 def get_config():

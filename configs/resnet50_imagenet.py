@@ -3,7 +3,7 @@
 python train.py --config=configs/resnet50_imagenet.py --workdir=runs/r50 --config.sparsity=0.98
 """
 
-from optg_jax.config import paper_config
+from optg_jax.train.config import paper_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
 python train.py --config=configs/vgg19_cifar10.py --workdir=runs/vgg19_cifar10 --config.sparsity=0.98
 """
 
-from optg_jax.config import paper_config
+from optg_jax.train.config import paper_config
 
 
 def get_config():

@@ -14,7 +14,7 @@ The sparsity follows the library's default recipe (a cubic ramp over the first t
 run, 25 mask refreshes over it, masks frozen after it).
 """
 
-from optg_jax.config import base_config
+from optg_jax.train.config import base_config
 
 
 def get_config():

@@ -1,5 +1,9 @@
 """optg-jax: OptG sparse training as an optax transformation, plus a Flax training program.
 
+The library needs only jax, optax, chex and numpy. `optg_jax.nnx` (Flax NNX helpers) needs Flax
+(`pip install optg-jax[nnx]`); the training program, `optg_jax.train` and `train.py`, needs the
+`train` extra (`pip install optg-jax[train]`).
+
 The library's public names::
 
     optg_optax(...)          # the transformation (criteria "optg", "supermask", "taylor", "magnitude",

@@ -28,6 +28,9 @@ reads both formats.
 
 Storing the non-zeros rather than the optimizer's masks reproduces the masked weights exactly: a
 kept weight that happens to be exactly zero is stored as the zero it is.
+
+Local files need nothing beyond NumPy; a remote path (`gs://...`) is read and written through
+`etils.epath`, which the training program's dependencies (`optg-jax[train]`) include.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import pathlib
 from typing import Any
 
 import jax
 import numpy as np
-from etils import epath
 
 from optg_jax import nm
 
@@ -214,6 +218,31 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
     return variables
 
 
+def file_path(path: str | os.PathLike) -> Any:
+    """A path object for a local file or, through `etils.epath`, a remote one.
+
+    Args:
+      path: a local path, or a URL with a scheme (`gs://bucket/x`).
+
+    Returns:
+      A `pathlib.Path` for a local path; an `etils.epath.Path` for a remote one (the same
+      methods: `exists`, `is_dir`, `read_bytes`, `write_bytes`, `parent.mkdir`, `/`).
+
+    Raises:
+      ImportError: the path is remote and `etils` is not installed.
+    """
+    text = str(path)
+    if "://" not in text:
+        return pathlib.Path(text)
+    try:
+        from etils import epath  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise ImportError(
+            f"{text} is a remote path, which needs etils (pip install 'etils[epath]')"
+        ) from e
+    return epath.Path(text)
+
+
 def write_sparse(path, variables: dict, pattern=None) -> str:
     """Writes `variables` (masked params, batch statistics) as a compact sparse `.npz`.
 
@@ -228,7 +257,7 @@ def write_sparse(path, variables: dict, pattern=None) -> str:
     """
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **encode(flatten(variables), pattern))
-    path = epath.Path(path)
+    path = file_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
     return str(path)
@@ -250,7 +279,7 @@ def load_sparse(path) -> dict:
       FileNotFoundError: there is no sparse export at `path`.
       ValueError: the file is not an optg-jax sparse export.
     """
-    path = epath.Path(path)
+    path = file_path(path)
     if path.is_dir():
         path = path / SPARSE_FILE
     if not path.exists():

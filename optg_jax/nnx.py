@@ -27,6 +27,8 @@ Instead the forward pass runs on a masked copy, and the model keeps `W`::
 is all `optg_optax` needs; the masks, scores and step count live in `optimizer.opt_state`.
 BatchNorm statistics and other non-`Param` state that the forward pass changes are written back
 into `model` by `value_and_grad`.
+
+This module needs Flax (`pip install optg-jax[nnx]`); the rest of the library does not.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 import optg_jax
 from benchmarks import accelerator_check as check
 from benchmarks.report import ROOT
-from optg_jax import models
+from optg_jax.train import models
 
 # Rows whose value must be a positive number on any machine.
 POSITIVE_ROWS = (

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import report as sections
 from benchmarks.accuracy_vs_sparsity import methods, report, runs
-from optg_jax import config as config_lib
+from optg_jax.train import config as config_lib
 
 BEGIN = sections.markers(report.SECTION)[0]
 

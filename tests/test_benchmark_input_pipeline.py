@@ -85,20 +85,20 @@ def _variants(train_det, train_nondet, eval_det=(100.0,), eval_nondet=(100.0,)):
 def test_determinism_note_weighs_the_gain_against_the_noise(bench):
     steady = (100.0, 101.0, 102.0)
     # +50% with rounds that spread by 2%: a real cost of determinism.
-    note = bench._determinism_note({1: _variants(steady, (150.0, 151.0, 152.0), steady, steady)})
+    note = bench.determinism_note({1: _variants(steady, (150.0, 151.0, 152.0), steady, steady)})
     assert "gains +50% (train, 1 core(s)), beyond the 2% spread" in note
     assert "costs more than 10%" in note
     # +20% with rounds of the deterministic pipeline from 80 to 120 (50% spread): noise.
-    note = bench._determinism_note(
+    note = bench.determinism_note(
         {2: _variants((80.0, 100.0, 120.0), (120.0,) * 3, steady, steady)}
     )
     assert "is +20% (train, 2 core(s)), within the 50% spread" in note
     assert "no measured cost over 10%" in note
     # +8%, steady: under 10%, not a cost either.
-    note = bench._determinism_note({1: _variants(steady, (108.0, 109.0, 110.0), steady, steady)})
+    note = bench.determinism_note({1: _variants(steady, (108.0, 109.0, 110.0), steady, steady)})
     assert "is +8% (train, 1 core(s)), under 10%, if beyond the 2% spread" in note
     assert "no measured cost over 10%" in note
-    note = bench._determinism_note({1: _variants((100.0,), (150.0,))})
+    note = bench.determinism_note({1: _variants((100.0,), (150.0,))})
     assert "one round per variant" in note
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from optg_jax import config as config_lib
+from optg_jax.train import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -43,7 +43,7 @@ def test_required_config_files_exist():
 
 def resolved_settings(config, total, steps_per_epoch):
     """What optg_optax runs with for this config: the recipe's values where fields are None."""
-    from optg_jax import steps  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import steps  # pylint: disable=import-outside-toplevel
 
     return vars(steps.optg_settings(config, total, steps_per_epoch).resolved())
 
@@ -135,7 +135,7 @@ def test_learning_rate_scales_linearly_with_batch():
 def test_names_come_from_their_owners(monkeypatch):
     """A name its owner adds is accepted without an edit in config.py."""
     import optg_jax  # pylint: disable=import-outside-toplevel
-    from optg_jax import data, models  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import data, models  # pylint: disable=import-outside-toplevel
 
     choices = config_lib.choices()
     assert choices["model"] == tuple(models.names()) and "fmnist_cnn" in choices["model"]
@@ -218,7 +218,7 @@ def test_reference_schedules_accept_the_values_they_would_set():
 
 def test_per_step_schedules_are_unchanged_without_reference_schedules():
     """The short configs keep the per-step lr (warm-up, then a cosine over the remaining steps)."""
-    from optg_jax import steps  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import steps  # pylint: disable=import-outside-toplevel
 
     config = load("fashion_mnist")  # Effective lr 0.1 at batch 128, half an epoch of warm-up.
     assert config.reference_schedules is False

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from optg_jax import data, fashion_mnist
+from optg_jax.train import data
+from optg_jax.train.data import fashion_mnist, in_memory
 
 HAS_DEBIAN_FILES = all(
     os.path.isfile(os.path.join(fashion_mnist.DEBIAN_DIR, f)) for f in fashion_mnist.UPSTREAM_MTIMES
@@ -221,11 +222,11 @@ def test_eval_counts_every_example_once(mock_small):
 
 def test_cifar_crop_and_flip():
     images = np.arange(2 * 4 * 5 * 1, dtype=np.uint8).reshape(2, 4, 5, 1)
-    same = data._pad_crop_flip(images, np.full((2, 2), 4), np.array([False, True]))
+    same = in_memory.pad_crop_flip(images, np.full((2, 2), 4), np.array([False, True]))
     np.testing.assert_array_equal(same[0], images[0])
     np.testing.assert_array_equal(same[1], images[1, :, ::-1])
     # Offset (2, 6) in the 4-padded image: 2 rows of padding on top, 2 columns on the right.
-    shifted = data._pad_crop_flip(images[:1], np.array([[2, 6]]), np.array([False]))
+    shifted = in_memory.pad_crop_flip(images[:1], np.array([[2, 6]]), np.array([False]))
     expected = np.zeros_like(images[:1])
     expected[0, 2:, :3] = images[0, :2, 2:]
     np.testing.assert_array_equal(shifted, expected)
@@ -246,15 +247,15 @@ def test_validation_split_holds_out_the_last_training_examples(mock_small):
     assert (info.train_split, info.eval_split) == ("train[:-12]", "train[-12:]")
     (held,) = data.eval_iterator("fashion_mnist", MOCK_DIR, 16, validation_examples=12)
     assert held["mask"].sum() == 12 and len(held["label"]) == 16
-    full = data._load_split("fashion_mnist", data.resolve_data_dir(MOCK_DIR), "train", 28)
+    full = in_memory.load_split("fashion_mnist", data.resolve_data_dir(MOCK_DIR), "train", 28)
     np.testing.assert_array_equal(held["label"][:12], full[1][-12:])
     np.testing.assert_allclose(
-        held["image"][:12], data._normalize(full[0][-12:], data._spec("fashion_mnist"))
+        held["image"][:12], data.normalize(full[0][-12:], data.dataset_spec("fashion_mnist"))
     )
     # One epoch of the training iterator (batch 19: 2 steps) covers only rows 0..37.
     it = data.train_iterator("fashion_mnist", MOCK_DIR, 19, seed=3, validation_examples=12)
     seen = np.concatenate([next(it)["image"] for _ in range(2)])
-    flat = data._normalize(full[0], data._spec("fashion_mnist")).reshape(50, -1)
+    flat = data.normalize(full[0], data.dataset_spec("fashion_mnist")).reshape(50, -1)
     rows = [int(np.flatnonzero((flat == x.reshape(-1)).all(axis=1))[0]) for x in seen]
     assert len(set(rows)) == 38 and max(rows) < 38
     for bad in (-1, 60_000, 1.5):
@@ -525,7 +526,7 @@ def test_ensure_dataset_accepts_mocked_data(mock_small):
 def test_cifar10_is_normalised_with_the_reference_constants():
     """The reference's `Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))`."""
     pixels = np.array([0, 128, 255], np.uint8).reshape(3, 1, 1, 1).repeat(3, axis=-1)
-    got = data._normalize(pixels, data._spec("cifar10"))
+    got = data.normalize(pixels, data.dataset_spec("cifar10"))
     mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2023, 0.1994, 0.2010])
     want = (np.array([0, 128, 255]).reshape(3, 1, 1, 1) / 255 - mean) / std
     np.testing.assert_allclose(got, want, rtol=1e-5)

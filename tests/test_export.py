@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import optg_jax
-from optg_jax import checkpoints, export, models
+from optg_jax import export
+from optg_jax.train import checkpoints, models
 
 
 def sparse_array(shape, nnz, seed=0, dtype=np.float32):

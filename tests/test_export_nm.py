@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import optg_jax
-from optg_jax import export, masking, models, nm
+from optg_jax import export, masking, nm
+from optg_jax.train import models
 
 
 def index_of(entries):

@@ -340,7 +340,7 @@ def test_state_shardings_and_the_config_field():
     import jax
     from jax.sharding import Mesh
 
-    from optg_jax import config as config_lib
+    from optg_jax.train import config as config_lib
 
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
     tree = {"w": jax.ShapeDtypeStruct((16, 8), np.float32), "b": np.zeros(3), "none": None}

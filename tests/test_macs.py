@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from optg_jax import macs as macs_lib
-from optg_jax import models
+from optg_jax.train import models
 
 
 def abstract_variables(model, shape):

@@ -12,8 +12,9 @@ import pytest
 from flax import nnx
 
 import optg_jax
-from optg_jax import masking, models
+from optg_jax import masking
 from optg_jax.masking import default_is_masked, leaf_name, masked_paths, rank_at_least_2
+from optg_jax.train import models
 
 
 def abstract_params(model, shape):

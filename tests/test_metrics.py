@@ -2,7 +2,7 @@
 
 import json
 
-from optg_jax import metrics
+from optg_jax.train import metrics
 
 
 def test_best_top1_takes_the_last_record_of_each_step_and_the_first_best_epoch(tmp_path):

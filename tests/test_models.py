@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import optg_jax
-from optg_jax import models
+from optg_jax.train import models
 
 IMAGENET = (224, 224, 3)
 CIFAR = (32, 32, 3)
@@ -297,7 +297,7 @@ def test_every_model_is_a_flax_module():
 def test_reshape_max_pool_equals_flax_max_pool():
     import flax.linen as nn
 
-    from optg_jax.models.small import max_pool_2x2
+    from optg_jax.train.models.small import max_pool_2x2
 
     x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
@@ -360,7 +360,7 @@ class TestReferenceNetworks:
     def test_option_a_shortcut_subsamples_and_zero_pads_channels(self):
         """With zero conv kernels a strided block outputs relu(shortcut(x)), which the reference
         writes as `F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, (p - i) // 2, p - i - (p - i) // 2))`."""
-        from optg_jax.models.cifar_resnet import CifarBlock
+        from optg_jax.train.models.cifar_resnet import CifarBlock
 
         block = CifarBlock(8, stride=2)
         x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 3)), jnp.float32)

@@ -26,8 +26,8 @@ SCRIPT = textwrap.dedent("""
     import tensorflow_datasets as tfds
     sys.path.insert(0, {root!r})
     from tests.test_train import imagenet_test_config
-    from optg_jax import training
-    from optg_jax.config import ConfigError
+    from optg_jax.train import training
+    from optg_jax.train.config import ConfigError
 
     workdir, overrides = sys.argv[1], json.loads(sys.argv[2])
     config = imagenet_test_config(**overrides)

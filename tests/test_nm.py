@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from optg_jax import masking, models, nm
+from optg_jax import masking, nm
+from optg_jax.train import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,7 @@ from flax import nnx
 
 import optg_jax
 import optg_jax.nnx
-from optg_jax import fashion_mnist
+from optg_jax.train.data import fashion_mnist
 
 BATCH = 32
 TARGET = 0.9

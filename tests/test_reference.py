@@ -1,9 +1,9 @@
 """optg_optax side by side with a NumPy transcription of the reference procedure.
 
-The transcription follows OPTG_SPEC.md: at the start of each epoch e the sparsity is
-p(e) = P * sigmoid(beta * (e - E/2)); k = floor(N (1 - p)); the threshold is the k-th largest score
-over all layers; each layer prunes, by its own argsort, as many of its lowest-scored entries as it
-has scores below the threshold. Weights: SGD momentum 0.9 (PyTorch convention) with weight decay on
+The transcription follows the procedure stated in docs/reference.md: at the start of each epoch e
+the sparsity is p(e) = P * sigmoid(beta * (e - E/2)); k = floor(N (1 - p)); the threshold is the
+k-th largest score over all layers; each layer prunes, by its own argsort, as many of its
+lowest-scored entries as it has scores below the threshold. Weights: SGD momentum 0.9 (PyTorch convention) with weight decay on
 G * M; scores: SGD momentum 0.9, no decay, on G * W with lr(e) * sigmoid(beta * (e - E/2)).
 Gradients of the toy MLP are computed by hand in NumPy. One timing detail follows optg_optax's
 documented semantics rather than the reference loop: the new masks take effect after the first
@@ -24,8 +24,9 @@ import numpy as np
 import optax
 
 import optg_jax
-from optg_jax import config as config_lib
-from optg_jax import schedules, steps
+from optg_jax import schedules
+from optg_jax.train import config as config_lib
+from optg_jax.train import steps
 
 P, BETA, EPOCHS, STEPS_PER_EPOCH, WD, MU = 0.9, 1.0, 4, 5, 5e-4, 0.9
 LR_PER_EPOCH = np.array([0.2, 0.15, 0.1, 0.05], np.float32)  # any per-epoch lr (cosine-like)
@@ -223,7 +224,7 @@ def test_training_program_with_reference_schedules_matches_the_reference_procedu
     for epoch in range(epochs):
         for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
             np.testing.assert_allclose(float(lr(step)), reference_lr(epoch), rtol=1e-6)
-    tx = steps.make_optimizer(config, num_steps, steps_per_epoch, lr)
+    tx = steps.make_optimizer(config, num_steps, steps_per_epoch, lr, sparse=True)
     masks, initial = run_side_by_side(tx, reference_lr, epochs, steps_per_epoch, True)
 
     # Epoch 0: k = floor(81 (1 - 0.9 sigmoid(-3))) = 77 of the all-zero scores, kept by position

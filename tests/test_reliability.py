@@ -134,8 +134,8 @@ MULTIPROCESS_SCRIPT = textwrap.dedent("""
     if num_processes > 1:
         jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=num_processes,
                                    process_id=process_id)
-    from optg_jax import config as config_lib, training
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(training.__file__)), ".."))
+    from optg_jax.train import config as config_lib, training
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(training.__file__)), "..", ".."))
     import importlib.util
     spec = importlib.util.spec_from_file_location("fm", sys.argv[5])
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from optg_jax import checkpoints, steps, training
-from optg_jax.config import ConfigError
+from optg_jax.train import checkpoints, training
+from optg_jax.train.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 6
@@ -327,7 +327,7 @@ def test_validation_split_is_evaluated_instead_of_test(tmp_path):
 
 def test_data_fields_select_the_streamed_augmented_pipeline(tmp_path, monkeypatch):
     """`data_in_memory=False` and `augment='on'` train Fashion-MNIST through tf.data, augmented."""
-    from optg_jax import data  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import data  # pylint: disable=import-outside-toplevel
 
     calls, first_batches = [], []
     original = data.train_iterator
@@ -353,61 +353,14 @@ def test_data_fields_select_the_streamed_augmented_pipeline(tmp_path, monkeypatc
     assert not np.array_equal(first_batches[0]["image"], plain["image"])
 
 
-def test_config_fields_reach_optg_optax(monkeypatch):
-    import optg_jax  # pylint: disable=import-outside-toplevel
-
-    seen = {}
-    original = optg_jax.optg_optax
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(optg_jax, "optg_optax", spy)
-    config = imagenet_test_config(
-        score_lr_floor=0.25,
-        update_masks_after_pruning=False,
-        score_momentum=0.5,
-        mask_update_every=2,
-    )
-    config.reference_schedules = False  # It would set the refresh interval itself.
-    steps.make_optimizer(config, 6, 3, lambda step: 0.1)
-    assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
-    assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
-    # With reference_schedules: the reference's sigmoid per epoch (0.9 sigmoid(e - 2) for 4
-    # epochs of 3 steps), exactly 0.9 at the end, a refresh every epoch until the end.
-    seen.clear()
-    steps.make_optimizer(imagenet_test_config(), 12, 3, lambda step: 0.1)
-    assert (seen["mask_update_every"], seen["pruning_end_step"]) == (3, 12)
-    assert seen["update_masks_after_pruning"] is True
-    want = [0.9 / (1 + math.exp(-(step // 3 - 2))) for step in range(12)] + [0.9]
-    assert [float(seen["schedule"](step)) for step in range(13)] == pytest.approx(want, rel=1e-6)
-
-
-def test_workdir_written_before_a_field_existed_takes_its_old_default(tmp_path):
-    """An identity field added later is read as its default from an older workdir's config.json."""
-    identity = {"model": "tiny_resnet", "sparsity": 0.9, "validation_examples": 0}
-    shapes = {"w": [2, 2]}
-    checkpoints.write_workdir_config(
-        str(tmp_path), {}, {"model": "tiny_resnet", "sparsity": 0.9}, shapes
-    )
-    defaults = {"validation_examples": 0}
-    assert checkpoints.check_workdir(str(tmp_path), identity, shapes, defaults)
-    with pytest.raises(ConfigError, match=r"validation_examples=0 \(this config: 500\)"):
-        checkpoints.check_workdir(
-            str(tmp_path), dict(identity, validation_examples=500), shapes, defaults
-        )
-    with pytest.raises(ConfigError, match=r"validation_examples=None \(this config: 0\)"):
-        checkpoints.check_workdir(str(tmp_path), identity, shapes)  # No default known.
-
-
 def test_sparse_export_loads_to_the_masked_model(finished):
     """export/model_sparse.npz gives the dense export's variables, hence its logits."""
     import jax
     import jax.numpy as jnp
 
     import optg_jax
-    from optg_jax import export, models
+    from optg_jax import export
+    from optg_jax.train import models
 
     workdir, _ = finished
     loaded = optg_jax.load_sparse(workdir / "export")

@@ -1,6 +1,6 @@
 """Top-1 against sparsity for OptG and its baselines, every method under the same protocol.
 
-Trains, with `optg_jax.training.train_and_evaluate`, the same network with the same epochs,
+Trains, with `optg_jax.train.training.train_and_evaluate`, the same network with the same epochs,
 learning rate, sparsity schedule and mask-refresh interval for every method: dense, `magnitude`
 (gradual magnitude pruning), `taylor`, `supermask` (OptG without the supermask optimizer) and
 `optg`, at each sparsity and seed. Every sparse method ends its ramp at the same step

@@ -28,7 +28,7 @@ from benchmarks.report import (
     read_notes,
     update_section,
 )
-from optg_jax import config as config_lib
+from optg_jax.train import config as config_lib
 
 SECTION = "accuracy_vs_sparsity"
 

@@ -19,8 +19,8 @@ from typing import Callable, Iterable, NamedTuple
 
 from benchmarks.accuracy_vs_sparsity.methods import METHODS, PAPER_OPTG, parse_method
 from benchmarks.report import ROOT
-from optg_jax import config as config_lib
-from optg_jax import files
+from optg_jax.train import config as config_lib
+from optg_jax.train import files
 
 SPARSITIES = (0.90, 0.95, 0.98, 0.99)
 QUICK_SPARSITIES = (0.98, 0.99)
@@ -173,7 +173,7 @@ def shared_window(shared, epochs: int) -> dict:
     Returns:
       `{'pruning_end_fraction': ..., 'mask_update_every': ...}` as config values.
     """
-    from optg_jax import steps, training  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import steps, training  # pylint: disable=import-outside-toplevel
 
     config = shared.copy_and_resolve_references()
     config.num_epochs = epochs
@@ -241,7 +241,7 @@ def row_from_results(spec: Spec, results: dict, config) -> dict:
 def train_real(config, workdir: str, log_path: str) -> dict:
     """`train_and_evaluate` with its progress bar and tables sent to `log_path`."""
     # Imported here: it imports TensorFlow, which the report and the tests do not need.
-    from optg_jax import training  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import training  # pylint: disable=import-outside-toplevel
 
     with (
         open(log_path, "a", encoding="utf-8") as log,

@@ -28,8 +28,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from optg_jax import export as export_lib
-from optg_jax import files
-from optg_jax.config import ConfigError
+from optg_jax.train import files
+from optg_jax.train.config import ConfigError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"

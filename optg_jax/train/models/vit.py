@@ -24,7 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.layers import classifier
+from optg_jax.train.models.layers import classifier
 
 _LAYER_NORM_EPSILON = 1e-6
 

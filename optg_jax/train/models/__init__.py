@@ -18,15 +18,15 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.cifar_resnet import (
+from optg_jax.train.models.cifar_resnet import (
     CifarResNet,
     resnet20,
     resnet32,
     resnet50_cifar,
     resnet56,
 )
-from optg_jax.models.mobilenet import MobileNetV1, mobilenet_v1
-from optg_jax.models.resnet import (
+from optg_jax.train.models.mobilenet import MobileNetV1, mobilenet_v1
+from optg_jax.train.models.resnet import (
     BasicBlock,
     Bottleneck,
     ResNet,
@@ -36,9 +36,9 @@ from optg_jax.models.resnet import (
     resnet50_bottleneck_cifar,
     tiny_resnet,
 )
-from optg_jax.models.small import FashionMnistCNN, fmnist_cnn
-from optg_jax.models.vgg import VGG, vgg19_cifar
-from optg_jax.models.vit import VisionTransformer, vit_tiny
+from optg_jax.train.models.small import FashionMnistCNN, fmnist_cnn
+from optg_jax.train.models.vgg import VGG, vgg19_cifar
+from optg_jax.train.models.vit import VisionTransformer, vit_tiny
 
 _FACTORIES: types.MappingProxyType[str, Callable[..., nn.Module]] = types.MappingProxyType(
     {

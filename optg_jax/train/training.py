@@ -1,21 +1,25 @@
 """The training program: `train_and_evaluate(config, workdir)` and its loop.
 
 One batch's path: `data.train_iterator` yields this process's share of the global batch as NumPy
-arrays; `jax.make_array_from_process_local_data` makes it one global array sharded on its leading
-axis over a 1-D mesh of all devices; the jitted `steps.train_step` takes the train state
-(replicated, or with `config.param_sharding="fsdp"` every leaf split over the same devices by
-`optg_jax.sharding`) and that batch, runs the model on the masked weights `W * M`
-(`optg_jax.apply_masks`), and hands the gradient to the optax chain
-`optg_optax -> add_decayed_weights -> sgd`, whose first link moves the OptG scores and refreshes
-the masks. Because the batch is one global array and the loss is a mean over it, XLA averages the
-gradients and BatchNorm statistics over the global batch by itself.
+arrays; `Run.train_batches` makes it one global array sharded on its leading axis over a 1-D mesh
+of all devices (`jax.make_array_from_process_local_data`); `Run.train_step`
+(`steps.jit_train_step`) takes the train state (replicated, or with
+`config.param_sharding="fsdp"` every leaf split over the same devices by `optg_jax.sharding`) and
+that batch, runs the model on the masked weights `W * M` (`optg_jax.apply_masks`), and hands the
+gradient to the optax chain `optg_optax -> add_decayed_weights -> sgd`, whose first link moves
+the OptG scores and refreshes the masks. Because the batch is one global array and the loss is a
+mean over it, XLA averages the gradients and BatchNorm statistics over the global batch by
+itself. The step's metrics go to `metrics.MetricWriter`; at each epoch's end `assess` evaluates
+the state (`Run.eval_step`, `steps.jit_eval_step`) and counts its sparsity and MACs, and the
+last epoch's `Outcome` becomes the results.
 
-What a run derives once from its config (data set facts, model, optimizer, lr schedule,
-shardings, jitted steps, batch iterators) is a `Run`; `train_and_evaluate` builds it, applies the
-workdir policy, restores or creates the train state, runs `train_loop` and writes the results.
+What a run derives once from its config (data set facts, model, optimizer, lr schedule, whether
+it is sparse, shardings, jitted steps, batch iterators) is a `Run`; `train_and_evaluate` builds
+it, applies the workdir policy, restores or creates the train state, runs `train_loop` (or
+`assess`, when there is nothing to train) and writes the results from its `Outcome`.
 
-Workdir: see `optg_jax.checkpoints` for the layout; metrics go to workdir/tb (TensorBoard) and
-workdir/metrics.jsonl, the final figures to workdir/results.json.
+Workdir: see `optg_jax.train.checkpoints` for the layout; metrics go to workdir/tb (TensorBoard)
+and workdir/metrics.jsonl, the final figures to workdir/results.json.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -37,11 +41,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optg_jax
-from optg_jax import checkpoints, data, models, sharding, steps
-from optg_jax import config as config_lib
 from optg_jax import macs as macs_lib
-from optg_jax import metrics as metrics_lib
-from optg_jax.config import ConfigError
+from optg_jax import sharding
+from optg_jax.train import checkpoints, data, models, steps
+from optg_jax.train import config as config_lib
+from optg_jax.train import metrics as metrics_lib
+from optg_jax.train.config import ConfigError
 
 RESULTS_FILE = "results.json"
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -145,16 +150,17 @@ class Run:
       model: the Flax module.
       tx: the optimizer (`steps.make_optimizer`).
       lr_schedule: the weights' learning rate, `step -> lr`.
-      sparse: whether the run has an OptG link (`not config_lib.is_dense(config)`).
+      sparse: whether the run has an OptG link (`not config_lib.is_dense(config)`, decided
+        here once; the optimizer and both steps are told).
       steps_per_epoch: training steps per epoch.
       num_steps: total training steps.
       replicated: the sharding of a value whole on every device (the step's metrics).
       state_sharding: the sharding of each leaf of the train state (a `steps.TrainState` of
         `NamedSharding`s): `replicated` everywhere, or split by `config.param_sharding`.
       batch_sharding: the sharding of a global batch (leading axis over the mesh).
-      train_step: the jitted `steps.train_step`, `(state, batch) -> (state, metrics)`; donates
-        the state.
-      eval_step: the jitted `steps.eval_step`, `(state, batch) -> sums`.
+      train_step: `steps.jit_train_step`, `(state, batch) -> (state, metrics)`; donates the
+        state.
+      eval_step: `steps.jit_eval_step`, `(state, batch) -> sums`.
     """
 
     config: ml_collections.ConfigDict
@@ -190,12 +196,12 @@ class Run:
         data.ensure_dataset(config.dataset, config.data_dir or None)
         info = dataset_info(config)
         steps_per_epoch, num_steps = run_length(config, info)
-        sparse = not config_lib.is_dense(config)
+        sparse = not config_lib.is_dense(config)  # The run's one answer; the steps are told.
         model = models.create(
             config.model, num_classes=info.num_classes, dtype=jnp.dtype(config.dtype)
         )
         lr_schedule = steps.learning_rate_schedule(config, num_steps, steps_per_epoch)
-        tx = steps.make_optimizer(config, num_steps, steps_per_epoch, lr_schedule)
+        tx = steps.make_optimizer(config, num_steps, steps_per_epoch, lr_schedule, sparse=sparse)
 
         mesh = Mesh(np.asarray(jax.devices()), ("data",))
         replicated = NamedSharding(mesh, P())
@@ -208,16 +214,20 @@ class Run:
             jax.random.key(0),
         )
         state_sharding = sharding.state_shardings(state_shapes, mesh, config.param_sharding)
+        shardings = dict(
+            state_sharding=state_sharding,
+            batch_sharding=batch_sharding,
+            metrics_sharding=replicated,
+        )
         train_step = steps.jit_train_step(
-            config, model, tx, info.num_classes, state_sharding, batch_sharding, replicated
+            model,
+            tx,
+            info.num_classes,
+            sparse=sparse,
+            label_smoothing=float(config.label_smoothing),
+            **shardings,
         )
-        eval_step = jax.jit(
-            functools.partial(
-                steps.eval_step, model=model, num_classes=info.num_classes, sparse=sparse
-            ),
-            in_shardings=(state_sharding, batch_sharding),
-            out_shardings=replicated,
-        )
+        eval_step = steps.jit_eval_step(model, info.num_classes, sparse=sparse, **shardings)
         return cls(
             config=config,
             workdir=workdir,
@@ -388,11 +398,35 @@ def _create_workdir(run: Run, param_shapes: dict) -> None:
 # --------------------------------------------------------------------------- the program
 
 
+class Outcome(NamedTuple):
+    """Where a run ended: the state, its evaluation and figures, and the best epoch so far.
+
+    `train_loop` returns it after the last step (whose end-of-epoch evaluation it holds), and
+    `assess` for a state that is not trained further (`eval_only`, or a run already at its last
+    step); the results are assembled from it alone.
+
+    Attributes:
+      state: the final train state.
+      step: its step count (a host int).
+      evaluation: `evaluate(run, state)`: `top1`, `top5`, `loss`, `num_examples`.
+      figures: `sparsity_figures(run, state)`: sparsity, per-layer sparsity, MACs, score lr.
+      best_top1: the best top-1 of the per-epoch evaluations, this one included.
+      best_top1_epoch: the epoch (epochs done, a float) it came from.
+    """
+
+    state: steps.TrainState
+    step: int
+    evaluation: dict
+    figures: dict
+    best_top1: float
+    best_top1_epoch: float
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes, or only evaluates) the run described by `config` in `workdir`.
 
     Args:
-      config: a config from `configs/` (see `optg_jax.config.base_config` for the fields).
+      config: a config from `configs/` (see `optg_jax.train.config.base_config` for the fields).
       workdir: directory for checkpoints, metrics, config.json, results.json and the export.
 
     Returns:
@@ -425,15 +459,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
     state, start_step = _restore_or_init(run, mngr, abstract_state, rng)
+    # The best eval top-1 of the epochs up to the checkpoint survives a restart in metrics.jsonl
+    # (an earlier process evaluated them); it is read once, here.
+    best = metrics_lib.best_top1(metrics_lib.read_records(workdir), up_to_step=start_step)
 
     train_time = 0.0
     if not config.eval_only and start_step < run.num_steps:
         t0 = time.time()
-        state = train_loop(run, state, mngr)
+        outcome = train_loop(run, state, mngr, best)
         train_time = time.time() - t0
+    else:
+        outcome = assess(run, state, start_step, best)
 
-    results = _final_results(run, state, train_time, wall_start, previous)
-    _write_outputs(run, state, results)
+    results = _final_results(run, outcome, train_time, wall_start, previous)
+    _write_outputs(run, outcome.state, results)
     mngr.close()
     return results
 
@@ -452,20 +491,25 @@ def _restore_or_init(run: Run, mngr, abstract_state, rng: jax.Array) -> tuple[An
     return state, step
 
 
-def train_loop(run: Run, state: steps.TrainState, mngr) -> steps.TrainState:
+def train_loop(
+    run: Run, state: steps.TrainState, mngr, best: tuple[float, float] | None = None
+) -> Outcome:
     """Runs the steps from `state.step` to `run.num_steps`, evaluating at every epoch's end.
 
     Saves a checkpoint every `config.checkpoint_every_steps` steps and at the end (and the
     initial state of a fresh run), and logs train metrics every `config.log_every_steps` steps
-    and eval/sparsity figures every epoch.
+    and eval/sparsity figures every epoch. The last step ends an epoch, so the returned
+    `Outcome` holds the evaluation of the final state.
 
     Args:
       run: the run.
-      state: the train state to start from (restored or fresh).
+      state: the train state to start from (restored or fresh), before `run.num_steps`.
       mngr: the orbax checkpoint manager of the workdir.
+      best: `(top1, epoch)` of the best evaluation up to `state.step` (a resumed run's, from
+        metrics.jsonl), or None.
 
     Returns:
-      The final train state.
+      The `Outcome` of the last step.
 
     Raises:
       TrainingError: the loss or the gradient norm became non-finite.
@@ -476,9 +520,7 @@ def train_loop(run: Run, state: steps.TrainState, mngr) -> steps.TrainState:
     writer = metrics_lib.MetricWriter(run.workdir, enabled=run.is_main)
     epoch_sums: dict[str, float] = {}
     last_saved = max(mngr.all_steps(), default=None)
-    # The best eval top-1 so far survives a restart in metrics.jsonl (the epochs up to the
-    # checkpoint were evaluated by an earlier process).
-    best = metrics_lib.best_top1(metrics_lib.read_records(run.workdir), up_to_step=start_step)
+    outcome = None
 
     def finish(step: int, step_metrics: dict) -> None:
         """Host-side work for the finished step `step` (0-based): checks, sums, logs."""
@@ -534,23 +576,42 @@ def train_loop(run: Run, state: steps.TrainState, mngr) -> steps.TrainState:
                 n = max(epoch_sums.pop("n", 1.0), 1.0)
                 train_means = {k: v / n for k, v in epoch_sums.items()}
                 epoch_sums.clear()
-                best = _log_epoch(run, state, done, train_means, writer, bar, best)
+                outcome = assess(run, state, done, best)
+                best = (outcome.best_top1, outcome.best_top1_epoch)
+                _log_epoch(run, outcome, train_means, writer, bar)
         bar.close()
     finally:
         mngr.wait_until_finished()
         writer.close()
-    return state
+    return outcome
 
 
-def _log_epoch(
-    run: Run, state, done: int, train_means: dict, writer, bar, best: tuple | None
-) -> tuple[float, float]:
-    """Evaluates at the end of an epoch (`done` steps), logs it; returns the best (top-1, epoch)."""
-    ev = evaluate(run, state)
-    figures = _sparsity_figures(run, state)
+def assess(
+    run: Run, state: steps.TrainState, step: int, best: tuple[float, float] | None
+) -> Outcome:
+    """Evaluates `state` at `step`, with its sparsity figures, and updates the best top-1.
+
+    Args:
+      run: the run.
+      state: the train state.
+      step: its step count (`state.step` on the host).
+      best: `(top1, epoch)` of the best earlier evaluation, or None.
+
+    Returns:
+      The `Outcome`. This evaluation becomes the best when its top-1 beats `best` (a tie keeps
+      the earlier epoch); its epoch is `step / run.steps_per_epoch`.
+    """
+    evaluation = evaluate(run, state)
+    figures = sparsity_figures(run, state)
+    if best is None or evaluation["top1"] > best[0]:
+        best = (evaluation["top1"], step / run.steps_per_epoch)
+    return Outcome(state, step, evaluation, figures, best[0], best[1])
+
+
+def _log_epoch(run: Run, outcome: Outcome, train_means: dict, writer, bar) -> None:
+    """Logs an epoch's end: the train means, the evaluation, sparsity and MACs."""
+    ev, figures, done = outcome.evaluation, outcome.figures, outcome.step
     epoch = done / run.steps_per_epoch
-    if best is None or ev["top1"] > best[0]:
-        best = (ev["top1"], epoch)
     writer.write(
         done,
         {
@@ -560,8 +621,8 @@ def _log_epoch(
             "eval/top1": ev["top1"],
             "eval/top5": ev["top5"],
             "eval/loss": ev["loss"],
-            "eval/best_top1": best[0],
-            "eval/best_top1_epoch": best[1],
+            "eval/best_top1": outcome.best_top1,
+            "eval/best_top1_epoch": outcome.best_top1_epoch,
             "sparsity/global": figures["sparsity"],
             "sparsity/target": figures["target_sparsity"],
             "sparsity/scheduled": train_means.get("sparsity", 0.0),
@@ -578,7 +639,6 @@ def _log_epoch(
         f"top-5 {ev['top5']:.4f} | sparsity {figures['sparsity']:.4f} | "
         f"MACs {figures['macs']:,}/{figures['dense_macs']:,}"
     )
-    return best
 
 
 # --------------------------------------------------------------------------- figures and results
@@ -608,8 +668,17 @@ def evaluate(run: Run, state: steps.TrainState) -> dict:
     }
 
 
-def _sparsity_figures(run: Run, state: steps.TrainState) -> dict:
-    """Global/per-layer sparsity and sparse/dense MACs per example (host values)."""
+def sparsity_figures(run: Run, state: steps.TrainState) -> dict:
+    """Global and per-layer sparsity, sparse and dense MACs per example, the score lr.
+
+    Args:
+      run: the run (its model, input shape and whether it is sparse).
+      state: the train state (its masks, for a sparse run).
+
+    Returns:
+      Host values: `sparsity`, `target_sparsity`, `layer_sparsity` (`{}` when dense), `macs`,
+      `dense_macs` and `score_lr`, plus `num_masked` and `num_kept` for a sparse run.
+    """
     host_params = jax.tree.map(to_host, state.params)
     variables = steps.model_variables(host_params, jax.tree.map(to_host, state.batch_stats))
     input_shape = run.info.image_shape
@@ -639,25 +708,20 @@ def _sparsity_figures(run: Run, state: steps.TrainState) -> dict:
 
 def _final_results(
     run: Run,
-    state: steps.TrainState,
+    outcome: Outcome,
     train_time: float,
     wall_start: float,
     previous: dict | None,
 ) -> dict:
     """The results dict of the run: eval figures, sparsity, MACs and what the run was."""
     config = run.config
-    step = int(to_host(state.step))
-    ev = evaluate(run, state)
-    figures = _sparsity_figures(run, state)
-    # The best of the per-epoch evaluations (as the reference logs it) and of this final one.
-    best = metrics_lib.best_top1(metrics_lib.read_records(run.workdir), up_to_step=step)
-    if best is None or ev["top1"] > best[0]:
-        best = (ev["top1"], step / run.steps_per_epoch)
+    step, ev, figures = outcome.step, outcome.evaluation, outcome.figures
     results = {
         "top1": ev["top1"],
         "top5": ev["top5"],
-        "best_top1": best[0],
-        "best_top1_epoch": best[1],
+        # The best of the per-epoch evaluations (as the reference logs it), the final one included.
+        "best_top1": outcome.best_top1,
+        "best_top1_epoch": outcome.best_top1_epoch,
         "eval_loss": ev["loss"],
         "sparsity": figures["sparsity"],
         "macs": figures["macs"],

@@ -3,8 +3,10 @@
 `create_train_state` builds the state (`TrainState`: weights, BatchNorm statistics, the optax
 chain state with the OptG scores and masks, the step count); `make_optimizer` builds the chain
 `optg_optax -> add_decayed_weights -> sgd` with the `learning_rate_schedule`; `train_step` and
-`eval_step` are pure functions of the state and one batch, ready for `jax.jit` (the training
-program in `optg_jax.training` and `benchmarks/step_overhead.py` both jit them from here).
+`eval_step` are pure functions of the state and one batch, and `jit_train_step` and
+`jit_eval_step` jit them, over a device mesh when given its shardings (the training program,
+`optg_jax.train.training`, and the benchmarks take both from here). Whether a run is sparse is
+decided once, by its caller (`config.is_dense`), and passed to each of them as `sparse`.
 With `config.reference_schedules` the lr, the sparsity and the refreshes follow the reference
 code's epochs (`learning_rate_schedule`, `reference_sparsity_schedule`, `optg_settings`).
 
@@ -27,8 +29,8 @@ import ml_collections
 import optax
 
 import optg_jax
-from optg_jax import config as config_lib
 from optg_jax import schedules
+from optg_jax.train import config as config_lib
 
 
 @flax.struct.dataclass
@@ -200,10 +202,12 @@ def make_optimizer(
     num_steps: int,
     steps_per_epoch: int,
     lr_schedule: optax.Schedule,
+    *,
+    sparse: bool,
 ) -> optax.GradientTransformation:
     """The optax chain `optg_optax -> add_decayed_weights -> sgd(momentum)` of a run.
 
-    Dense runs (`config_lib.is_dense`) have no OptG link; a zero `weight_decay` has no decay link.
+    Dense runs have no OptG link; a zero `weight_decay` has no decay link.
 
     Args:
       config: the run's config (sparsity, criterion, schedule and the other OptG fields,
@@ -212,12 +216,14 @@ def make_optimizer(
       steps_per_epoch: training steps per epoch (the default mask refresh interval and the unit
         of the sigmoid's `beta`).
       lr_schedule: the weights' learning rate, `step -> lr` (OptG's score lr derives from it).
+      sparse: whether the run is sparse (`not config.is_dense(config)`): the chain starts with
+        `optg_optax`.
 
     Returns:
       The `optax.GradientTransformation`.
     """
     links = []
-    if not config_lib.is_dense(config):
+    if sparse:
         settings = optg_settings(config, num_steps, steps_per_epoch, lr_schedule)
         links.append(optg_jax.optg_transformation(settings))
     if config.weight_decay:
@@ -340,45 +346,6 @@ def train_step(
     return new_state, metrics
 
 
-def jit_train_step(
-    config: ml_collections.ConfigDict,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    num_classes: int,
-    state_sharding: Any,
-    batch_sharding: Any,
-    replicated: Any,
-) -> Callable:
-    """`train_step` jitted over a device mesh, as the training program runs it.
-
-    Args:
-      config: the run's config (`label_smoothing`, and whether it is dense).
-      model: the Flax module.
-      tx: the optimizer (`make_optimizer`).
-      num_classes: the number of classes.
-      state_sharding: the train state's sharding (a sharding or a pytree of them); the state is
-        donated.
-      batch_sharding: the global batch's sharding (leading axis over the mesh).
-      replicated: the sharding of the returned scalar metrics.
-
-    Returns:
-      The jitted `(state, batch) -> (state, metrics)`.
-    """
-    return jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            num_classes=num_classes,
-            label_smoothing=float(config.label_smoothing),
-            sparse=not config_lib.is_dense(config),
-        ),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=(0,),
-    )
-
-
 def eval_step(
     state: TrainState, batch: dict, *, model: nn.Module, num_classes: int, sparse: bool
 ) -> dict:
@@ -410,3 +377,83 @@ def eval_step(
         "loss": jnp.sum(ce * weight),
         "count": jnp.sum(weight),
     }
+
+
+def _jit(fn: Callable, shardings: tuple | None, donate: bool) -> Callable:
+    """`jax.jit(fn)` with `(state, batch) -> out` shardings when given, donating the state."""
+    kwargs = {"donate_argnums": (0,)} if donate else {}
+    if shardings is not None:
+        state_sharding, batch_sharding, out_sharding = shardings
+        kwargs.update(in_shardings=(state_sharding, batch_sharding), out_shardings=out_sharding)
+    return jax.jit(fn, **kwargs)
+
+
+def jit_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    num_classes: int,
+    *,
+    sparse: bool,
+    label_smoothing: float = 0.0,
+    state_sharding: Any = None,
+    batch_sharding: Any = None,
+    metrics_sharding: Any = None,
+) -> Callable:
+    """`train_step` jitted, over a device mesh when the shardings are given; donates the state.
+
+    Args:
+      model: the Flax module.
+      tx: the optimizer (`make_optimizer`).
+      num_classes: the number of classes.
+      sparse: whether `tx` holds an OptG link (the run's one answer, e.g. `Run.sparse`).
+      label_smoothing: label smoothing of the cross-entropy (0 for none).
+      state_sharding: the train state's sharding (a sharding or a pytree of them); None (with
+        the other two) jits without sharding constraints.
+      batch_sharding: the global batch's sharding (leading axis over the mesh).
+      metrics_sharding: the sharding of the returned scalar metrics (replicated).
+
+    Returns:
+      The jitted `(state, batch) -> (state, metrics)`.
+    """
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        num_classes=num_classes,
+        label_smoothing=float(label_smoothing),
+        sparse=sparse,
+    )
+    shardings = None
+    if state_sharding is not None:
+        shardings = (state_sharding, batch_sharding, (state_sharding, metrics_sharding))
+    return _jit(step, shardings, donate=True)
+
+
+def jit_eval_step(
+    model: nn.Module,
+    num_classes: int,
+    *,
+    sparse: bool,
+    state_sharding: Any = None,
+    batch_sharding: Any = None,
+    metrics_sharding: Any = None,
+) -> Callable:
+    """`eval_step` jitted, over a device mesh when the shardings are given.
+
+    Args:
+      model: the Flax module.
+      num_classes: the number of classes.
+      sparse: whether the state's optimizer holds masks to apply (as for `jit_train_step`).
+      state_sharding: the train state's sharding; None (with the other two) jits without
+        sharding constraints.
+      batch_sharding: the global batch's sharding (leading axis over the mesh).
+      metrics_sharding: the sharding of the returned sums (replicated).
+
+    Returns:
+      The jitted `(state, batch) -> sums` (see `eval_step`).
+    """
+    step = functools.partial(eval_step, model=model, num_classes=num_classes, sparse=sparse)
+    shardings = None
+    if state_sharding is not None:
+        shardings = (state_sharding, batch_sharding, metrics_sharding)
+    return _jit(step, shardings, donate=False)

@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.layers import batch_norm, conv, conv_classifier
+from optg_jax.train.models.layers import batch_norm, conv, conv_classifier
 
 # (pointwise output channels, depthwise stride) for the 13 separable blocks.
 MOBILENET_V1_BLOCKS = (

@@ -20,7 +20,8 @@ import ml_collections
 from ml_collections import config_dict
 
 import optg_jax
-from optg_jax import models, schedules, sharding
+from optg_jax import schedules, sharding
+from optg_jax.train import models
 
 DTYPES = ("float32", "bfloat16")
 # `augment`: the data set's default (ImageNet and CIFAR-10 crop and flip, Fashion-MNIST none), or
@@ -106,7 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     # OptG sparsity.
     c.sparsity = 0.9  # Target fraction of removed weights, in [0, 1); 0 = dense training.
     c.criterion = "optg"  # optg | supermask | taylor | magnitude | dense.
-    # The values of the OptG fields below that are left None (README, "Library defaults"):
+    # The values of the OptG fields below that are left None (docs/library.md, "Library defaults"):
     # "default" (budget-safe: cubic ramp ending at 2/3 of the run, masks frozen after it, score
     # momentum 0.99) or "paper" (the reference code's settings).
     c.recipe = "default"
@@ -154,7 +155,7 @@ def paper_config(
     learning_rate: float,
     weight_decay: float,
 ) -> ml_collections.ConfigDict:
-    """The OptG paper's recipe for a long ImageNet or CIFAR-10 run (OPTG_SPEC.md).
+    """The OptG paper's recipe for a long ImageNet or CIFAR-10 run (docs/reference.md).
 
     Batch 256, cosine lr after 5 warm-up epochs, momentum 0.9, label smoothing 0.1 on ImageNet
     only, and the library's `recipe="paper"` (score momentum 0.9) with the reference code's
@@ -165,7 +166,7 @@ def paper_config(
     and the final masks at exactly the target, selected after the last update.
 
     Args:
-      model: a model name (`optg_jax.models.names()`).
+      model: a model name (`optg_jax.train.models.names()`).
       dataset: "imagenet2012" (224x224 inputs, label smoothing 0.1) or a CIFAR data set (32x32).
       sparsity: the target sparsity.
       num_epochs: the run's length in epochs.
@@ -197,7 +198,7 @@ def _fail(field: str, value, why: str):
 def choices() -> dict[str, tuple[str, ...]]:
     """The names each name-valued field accepts, taken from their owners.
 
-    `dataset` is not here: its names come from `optg_jax.data`, which imports TensorFlow, so
+    `dataset` is not here: its names come from `optg_jax.train.data`, which imports TensorFlow, so
     `validate` checks it last.
 
     Returns:
@@ -230,7 +231,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if missing:
         raise ConfigError(
             f"config is missing the fields {', '.join(missing)} (start from "
-            "optg_jax.config.base_config())"
+            "optg_jax.train.config.base_config())"
         )
     for field, allowed in choices().items():
         if config[field] not in allowed:
@@ -279,9 +280,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _fail(field, config[field], "must be True or False")
     if config.reference_schedules:
         _check_reference_schedules(config)
-    # Last: the data set names come from `optg_jax.data`, whose TensorFlow import takes seconds,
+    # Last: the data set names come from `optg_jax.train.data`, whose TensorFlow import takes seconds,
     # so every other mistake is reported before it.
-    from optg_jax import data  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import data  # pylint: disable=import-outside-toplevel
 
     if config.dataset not in data.names():
         _fail("dataset", config.dataset, f"is not one of {', '.join(data.names())}")

@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.layers import batch_norm, classifier, conv, kaiming_normal_fan_out
+from optg_jax.train.models.layers import batch_norm, classifier, conv, kaiming_normal_fan_out
 
 
 def max_pool_2x2(x):

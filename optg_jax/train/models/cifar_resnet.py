@@ -18,7 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.layers import batch_norm, classifier, conv, conv_classifier
+from optg_jax.train.models.layers import batch_norm, classifier, conv, conv_classifier
 
 
 class CifarBlock(nn.Module):

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optg_jax.models.layers import batch_norm, conv, conv_classifier
+from optg_jax.train.models.layers import batch_norm, conv, conv_classifier
 
 
 def _residual_scale_init(zero_init_residual: bool):

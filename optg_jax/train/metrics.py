@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 from etils import epath
 
-from optg_jax import files
+from optg_jax.train import files
 
 METRICS_FILE = "metrics.jsonl"
 
