@@ -262,7 +262,7 @@ _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
     {
         r.name: r
         for r in (
-            # Budget-safe settings chosen on validation splits (README, BENCHMARKS.md): the ramp
+            # Budget-safe settings chosen on validation splits (docs/library.md, BENCHMARKS.md): the ramp
             # ends at two-thirds of the run, a fixed number of refreshes during it, the field's
             # cubic ramp, a long score average, and masks frozen once the target is reached.
             Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False),
@@ -885,7 +885,7 @@ def optg_optax(
         recipe: `refreshes_during_ramp` refreshes spread over the ramp; paper: one epoch,
         `steps_per_epoch`, else 1% of the run).
       recipe: what the arguments left at None become (`OptGSettings.resolved`, `RECIPES`):
-        `"default"`, budget-safe settings chosen on validation splits (the README's table), or
+        `"default"`, budget-safe settings chosen on validation splits (docs/library.md), or
         `"paper"`, the reference code's settings.
       beta: steepness of the sigmoid schedule, per epoch (paper: 1).
       steps_per_epoch: the epoch length that `beta` refers to (default: `mask_update_every` if
