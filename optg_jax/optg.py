@@ -301,7 +301,7 @@ _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
             # Budget-safe settings chosen on validation splits (docs/library.md, BENCHMARKS.md): the ramp
             # ends at two-thirds of the run, a fixed number of refreshes during it, the field's
             # cubic ramp, a long score average, and masks frozen once the target is reached.
-            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False, 0.0),
+            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False, 4.0),
             # The paper's code: the sigmoid spans the whole run, a refresh every epoch, score
             # momentum 0.9, masks re-selected after the ramp too.
             Recipe("paper", 1.0, 0, "sigmoid", 0.9, True, 0.0),

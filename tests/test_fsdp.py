@@ -421,10 +421,17 @@ def test_sampled_threshold_gathers_only_the_sample(measured):
         if fn == "init":  # At sparsity 0 every weight is kept: no threshold, no sample.
             assert not sizes["all-gather"] and not sizes["collective-permute"], fn
             continue
+        # fc2's kernel does not split (522 x 10 over 8 devices): every device holds it whole, and
+        # XLA may compute its ranking (score + bonus) split and gather it back, its own size.
+        shards = report["shard_shapes"]
+        whole = {k: n for k, n in kernels.items() if shards[f"scores/{k}"]["num_shards"] == 1}
+        assert set(whole) == {"fc2/kernel"}, whole
         unmatched = dict(padded)
         for size in sizes["all-gather"]:
             leaf = next((k for k, n in unmatched.items() if n == size), None)
-            assert leaf is not None, (size, padded)
+            if leaf is None and size in whole.values():
+                continue
+            assert leaf is not None, (size, padded, whole)
             del unmatched[leaf]
         assert "conv/kernel" not in unmatched and "fc1/kernel" not in unmatched
         block = min(samples.values()) // NUM_DEVICES

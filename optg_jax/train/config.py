@@ -58,6 +58,7 @@ IDENTITY_FIELDS = (
     "score_momentum",
     "score_lr_floor",
     "update_masks_after_pruning",
+    "uncertainty_bonus",
     "validation_examples",
     "data_in_memory",
     "augment",
@@ -147,6 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Keep re-selecting masks at the target sparsity after the ramp (the paper's code does). Only
     # optg/supermask masks can change then; GMP/Taylor never revive a removed weight.
     c.update_masks_after_pruning = config_dict.placeholder(bool)
+    # optg/supermask: rank by score + this many standard errors of it (None: the recipe's, 4 by
+    # default and 0 in the paper's form).
+    c.uncertainty_bonus = config_dict.placeholder(float)
 
     # Bookkeeping.
     c.seed = 0

@@ -168,7 +168,7 @@ def optg_settings(
       refreshed every epoch and pruning ends with the run (`config.validate` refuses other
       values for those fields).
     """
-    every = config.mask_update_every
+    every, bonus = config.mask_update_every, config.get("uncertainty_bonus")
     settings = optg_jax.OptGSettings(
         target_sparsity=float(config.sparsity),
         total_steps=num_steps,
@@ -185,6 +185,7 @@ def optg_settings(
         score_momentum=None if config.score_momentum is None else float(config.score_momentum),
         score_lr_floor=float(config.score_lr_floor),
         update_masks_after_pruning=config.update_masks_after_pruning,
+        uncertainty_bonus=None if bonus is None else float(bonus),
     )
     if config.reference_schedules:
         settings = dataclasses.replace(
