@@ -31,6 +31,7 @@ def test_method_presets_are_the_calls_a_user_makes():
         lenet.method_kwargs("snip", 468)
 
 
+@pytest.mark.slow  # ~1 minute on a 2-core CPU
 def test_a_tiny_run_reaches_the_target_exactly():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(512, 28, 28, 1)).astype(np.float32)

@@ -127,6 +127,7 @@ def test_a_run_starts_from_a_workdirs_latest_checkpoint(cnn_source, from_workdir
     assert identity["init_from"] == str(from_workdir[1]) and identity["reinit"] == ["fc2"]
 
 
+@pytest.mark.slow  # a whole run (a subprocess): ~1-2 minutes on a 2-core CPU
 def test_a_run_starts_from_a_sparse_export_with_its_zeros(cnn_source, tmp_path):
     config = load_config(
         "fashion_mnist", init_from=str(cnn_source / "export"), sparsity=0.5, seed=1
@@ -228,7 +229,16 @@ def write_source(model_name, shapes, tmp_path, kind):
     return path, flat
 
 
-@pytest.mark.parametrize("model_name", models.names())
+# The ResNet-50-sized zoo members take ~25 s each to build on a CPU: under -m slow.
+ZOO = [
+    pytest.param(name, marks=pytest.mark.slow)
+    if name.startswith("resnet") and name != "resnet20"
+    else name
+    for name in models.names()
+]
+
+
+@pytest.mark.parametrize("model_name", ZOO)
 def test_every_zoo_model_loads_with_a_new_classifier(model_name, tmp_path):
     """A checkpoint and an export of 7 classes load into the 10-class model, classifier fresh."""
     shapes = zoo_shapes(model_name)
@@ -364,6 +374,7 @@ def test_reinit_names_split_commas_and_refuse_paths():
         config_lib.reinit_names(config)
 
 
+@pytest.mark.slow  # a whole run (a subprocess): ~1-2 minutes on a 2-core CPU
 def test_train_py_missing_init_from_is_one_error_line(tmp_path):
     workdir, missing = tmp_path / "run", tmp_path / "nowhere"
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
