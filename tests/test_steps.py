@@ -1,6 +1,7 @@
 """`optg_jax.train.steps` as a module: the train and eval steps on a tiny model and batch against
 an independent computation, sparse and dense; their jitted forms; the optimizer a config gives."""
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -229,14 +230,15 @@ def test_make_optimizer_has_an_optg_link_only_when_sparse():
 
 
 def test_config_fields_reach_optg_optax(monkeypatch):
+    """make_optimizer builds the OptG link from a settings record (`optg_transformation`)."""
     seen = {}
-    original = optg_jax.optg_optax
+    original = optg_jax.optg_transformation
 
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return original(*args, **kwargs)
+    def spy(settings):
+        seen.update(dataclasses.asdict(settings))
+        return original(settings)
 
-    monkeypatch.setattr(optg_jax, "optg_optax", spy)
+    monkeypatch.setattr(optg_jax, "optg_transformation", spy)
     config = imagenet_test_config(
         score_lr_floor=0.25,
         update_masks_after_pruning=False,
