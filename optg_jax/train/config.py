@@ -143,6 +143,10 @@ def base_config() -> ml_collections.ConfigDict:
     # devices (`optg_jax.sharding`). Not an identity field: it changes where the state lives,
     # not the results (beyond float rounding), and a checkpoint restores either way.
     c.param_sharding = "replicated"
+    # Resume where the run cannot go on exactly as it would have (a changed batch_size, streamed
+    # data on another process count: docs/training.md, "Preemption and resizing"). Not an
+    # identity field.
+    c.allow_reshard = False
     return c
 
 
@@ -273,7 +277,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("num_train_steps", "steps_per_epoch", "steps_per_eval"):
         if config[field] == 0 or config[field] < -1:
             _fail(field, config[field], "must be > 0, or -1 for the default")
-    for field in ("update_masks_after_pruning", "data_in_memory", "reference_schedules"):
+    bools = ("update_masks_after_pruning", "data_in_memory", "reference_schedules", "allow_reshard")
+    for field in bools:
         if not isinstance(config[field], bool) and not (
             field == "update_masks_after_pruning" and config[field] is None
         ):
