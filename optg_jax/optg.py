@@ -79,6 +79,9 @@ class OptGState(NamedTuple):
       scores: float32 per masked leaf. `optg`/`supermask`: the accumulated scores;
         `taylor`: mean of `|G * W * M|` since the last refresh; `magnitude`: `None`.
       momentum: float32 score momentum per masked leaf (`optg`/`supermask`), else `None`.
+      score_noise: float32 per masked leaf, the accumulated squared noise of the scores (the
+        square of their standard error, `Criterion.noise`), when the ranking adds an
+        `uncertainty_bonus`; else `None`.
       masks: `mask_dtype` (uint8 by default) per masked leaf, 1 = kept.
       last_refresh: int32 scalar, the step count at which the masks were last selected.
       sparsity: float32 scalar, the fraction of masked weights the current masks remove.
@@ -89,6 +92,7 @@ class OptGState(NamedTuple):
     count: jax.Array
     scores: Any
     momentum: Any
+    score_noise: Any
     masks: Any
     last_refresh: jax.Array
     sparsity: jax.Array
@@ -140,6 +144,9 @@ class Criterion(NamedTuple):
         `None`: at zero.
       weight_grad: `(G, W, M) -> gradient` for one masked leaf, what the rest of the chain
         receives; `None`: `G * M` (removed weights get no loss gradient).
+      noise: `(ScoreStep) -> list`, per weight the variance this step adds to the scores if its
+        gradient were pure noise (what `uncertainty_bonus` adds up); `None`: the criterion has
+        no such estimate.
     """
 
     name: str
@@ -150,6 +157,7 @@ class Criterion(NamedTuple):
     update: Callable[[ScoreStep], tuple[list, list]]
     init_scores: Callable[[list], list] | None = None
     weight_grad: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
+    noise: Callable[[ScoreStep], list] | None = None
 
 
 def _rank_by_scores(scores: list, weights: list, masks: list) -> list:
@@ -171,6 +179,15 @@ def _straight_through_sgd(step: ScoreStep) -> tuple[list, list]:
         momentum.append(v)
         scores.append(s - step.score_lr * v)
     return scores, momentum
+
+
+def _straight_through_noise(step: ScoreStep) -> list:
+    """`(score_lr * G * W / (1 - mu))^2`: the variance one step adds to a score under momentum
+    `mu` (a step's `G * W` reaches the score `1 / (1 - mu)` times over), if `G` were noise."""
+    scale = step.score_lr / (1.0 - step.score_momentum)
+    return [
+        jnp.square(scale * (g * w).astype(jnp.float32)) for g, w in zip(step.grads, step.weights)
+    ]
 
 
 def _taylor_running_mean(step: ScoreStep) -> tuple[list, list]:
@@ -226,8 +243,24 @@ _CRITERIA: Mapping[str, Criterion] = types.MappingProxyType(
     {
         c.name: c
         for c in (
-            Criterion("optg", True, True, True, _rank_by_scores, _straight_through_sgd),
-            Criterion("supermask", True, True, False, _rank_by_scores, _straight_through_sgd),
+            Criterion(
+                "optg",
+                True,
+                True,
+                True,
+                _rank_by_scores,
+                _straight_through_sgd,
+                noise=_straight_through_noise,
+            ),
+            Criterion(
+                "supermask",
+                True,
+                True,
+                False,
+                _rank_by_scores,
+                _straight_through_sgd,
+                noise=_straight_through_noise,
+            ),
             Criterion("taylor", True, False, False, _rank_by_scores, _taylor_running_mean),
             Criterion("magnitude", False, False, False, _rank_by_magnitude, _no_scores),
             sr_ste_criterion(),
@@ -248,6 +281,8 @@ class Recipe(NamedTuple):
       schedule: the sparsity schedule (a name in `schedules.SCHEDULE_NAMES`).
       score_momentum: momentum of the score SGD.
       update_masks_after_pruning: whether masks keep being re-selected after the ramp.
+      uncertainty_bonus: `kappa`, the standard errors a score gains at a mask refresh (for the
+        criteria with a `noise` estimate; 0 ranks by the scores alone).
     """
 
     name: str
@@ -256,19 +291,20 @@ class Recipe(NamedTuple):
     schedule: str
     score_momentum: float
     update_masks_after_pruning: bool
+    uncertainty_bonus: float
 
 
 _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
     {
         r.name: r
         for r in (
-            # Budget-safe settings chosen on validation splits (README, BENCHMARKS.md): the ramp
+            # Budget-safe settings chosen on validation splits (docs/library.md, BENCHMARKS.md): the ramp
             # ends at two-thirds of the run, a fixed number of refreshes during it, the field's
             # cubic ramp, a long score average, and masks frozen once the target is reached.
-            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False),
+            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False, 0.0),
             # The paper's code: the sigmoid spans the whole run, a refresh every epoch, score
             # momentum 0.9, masks re-selected after the ramp too.
-            Recipe("paper", 1.0, 0, "sigmoid", 0.9, True),
+            Recipe("paper", 1.0, 0, "sigmoid", 0.9, True, 0.0),
         )
     }
 )
@@ -321,6 +357,7 @@ class OptGSettings:
     mask_dtype: Any = jnp.uint8
     pattern: str | nm.NMPattern | None = None
     nm_ramp: str = "groups"
+    uncertainty_bonus: float | None = None
     group_axis: Callable[[tuple, Any], int] | None = None
 
     def resolved(self) -> OptGSettings:
@@ -370,10 +407,19 @@ class OptGSettings:
             ),
             is_masked=self.is_masked or default_is_masked,
             pattern=None if self.pattern is None else nm.parse_pattern(self.pattern),
+            uncertainty_bonus=self._bonus(rules),
             group_axis=self.group_axis or nm.group_axis,
         )
         _validate(settings)
         return settings
+
+    def _bonus(self, rules: Recipe) -> float | None:
+        """The given bonus; else the recipe's for a criterion with a noise estimate, else 0."""
+        if self.uncertainty_bonus is not None:
+            return self.uncertainty_bonus
+        has_noise = isinstance(self.criterion, Criterion) and self.criterion.noise is not None
+        has_noise |= self.criterion in _CRITERIA and _CRITERIA[self.criterion].noise is not None
+        return rules.uncertainty_bonus if has_noise else 0.0
 
     @property
     def rule(self) -> Criterion:
@@ -463,6 +509,7 @@ _FIELD_CHECKS = (
     ("score_momentum", _number_in(0.0, 1.0, hi_open=True), "in [0, 1)"),
     ("score_lr_floor", _number_in(0.0, 1.0), "in [0, 1]"),
     ("nm_ramp", lambda v: v in NM_RAMPS, f"one of {', '.join(NM_RAMPS)}"),
+    ("uncertainty_bonus", _number_in(0.0, math.inf), "a non-negative number"),
 )
 
 
@@ -472,6 +519,11 @@ def _validate(settings: OptGSettings) -> None:
         value = getattr(settings, name)
         if not ok(value):
             raise ValueError(f"{name} must be {must_be}, got {value!r}")
+    if settings.uncertainty_bonus and settings.rule.noise is None:
+        raise ValueError(
+            f"uncertainty_bonus {settings.uncertainty_bonus!r} needs a criterion with a noise "
+            f"estimate (optg, supermask), got {settings.rule.name!r}"
+        )
     pattern = settings.pattern
     if pattern is not None and not math.isclose(
         settings.target_sparsity, 1 - pattern.n / pattern.m, abs_tol=1e-9
@@ -712,6 +764,7 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
     zeros = lambda p: jnp.zeros(p.shape, jnp.float32)
     scores = like_masked(zeros) if rule.has_scores else nones
     momentum = like_masked(zeros) if rule.has_momentum else nones
+    score_noise = like_masked(zeros) if settings.uncertainty_bonus else nones
     ones = like_masked(lambda p: jnp.ones(p.shape, settings.mask_dtype))
     masks_leaves = jax.tree.leaves(ones)
     count = jnp.zeros((), jnp.int32)
@@ -729,11 +782,50 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
         count=count,
         scores=scores,
         momentum=momentum,
+        score_noise=score_noise,
         masks=jax.tree.unflatten(jax.tree.structure(ones), masks_leaves),
         last_refresh=jnp.zeros((), jnp.int32),
         sparsity=sparsity,
         target=jnp.asarray(float(settings.target_sparsity), jnp.float32),
         score_lr=jnp.zeros((), jnp.float32),
+    )
+
+
+def ranking(settings: OptGSettings, scores: list, weights: list, masks: list, noise: list) -> list:
+    """The ranking scores of a refresh: the criterion's, plus the uncertainty bonus.
+
+    With `uncertainty_bonus = kappa > 0` a weight ranks by `score + kappa * sqrt(noise)`: its
+    accumulated score plus `kappa` of its standard errors (`Criterion.noise` summed), so a weight
+    whose score cannot yet be told from noise is not removed for a low draw of that noise. Where
+    the gradient is mostly noise (near a minimum: a pretrained network) the bonus, the root of the
+    accumulated `(G * W)^2`, ranks by sensitivity; where it carries a signal (training from
+    scratch) the score dominates.
+
+    Args:
+      settings: a resolved record.
+      scores, weights, masks: per masked leaf (`Criterion.rank`'s arguments).
+      noise: per masked leaf, the accumulated noise (`OptGState.score_noise`); empty without a
+        bonus.
+
+    Returns:
+      float32 ranking scores per masked leaf, higher is kept.
+    """
+    rank = settings.rule.rank(scores, weights, masks)
+    if not settings.uncertainty_bonus:
+        return rank
+    kappa = jnp.float32(settings.uncertainty_bonus)
+    return [r + kappa * jnp.sqrt(q) for r, q in zip(rank, noise)]
+
+
+def _passed_on(settings: OptGSettings, grads: Any, masks: Any, params: Any) -> Any:
+    """What the rest of the chain receives: `G * M` (or the criterion's `weight_grad`)."""
+    weight_grad = settings.rule.weight_grad or (lambda g, w, m: g * m.astype(g.dtype))
+    return jax.tree.map(
+        lambda g, m, w: g if m is None else weight_grad(g, w, m),
+        grads,
+        masks,
+        params,
+        is_leaf=_is_none,
     )
 
 
@@ -766,11 +858,12 @@ def update_state(
     g_leaves, w_leaves = masked_only(grads), masked_only(params)
     m_leaves = jax.tree.leaves(state.masks)
     s_leaves, v_leaves = jax.tree.leaves(state.scores), jax.tree.leaves(state.momentum)
+    q_leaves = jax.tree.leaves(state.score_noise)
     refresh = is_refresh_step(settings, count)
     axes = group_axes(settings, state.masks)
     new_m_leaves, sparsity = m_leaves, state.sparsity
     if m_leaves:
-        rank_now = lambda: rule.rank(s_leaves, w_leaves, m_leaves)
+        rank_now = lambda: ranking(settings, s_leaves, w_leaves, m_leaves, q_leaves)
         new_m_leaves, sparsity = reselect_masks_if(
             settings, refresh, count, rank_now, m_leaves, sparsity, axes
         )
@@ -785,11 +878,13 @@ def update_state(
         steps_since_refresh=jnp.where(refresh, 0, count - state.last_refresh).astype(jnp.float32),
     )
     s_leaves, v_leaves = rule.update(step)
+    if q_leaves:
+        q_leaves = [q + n for q, n in zip(q_leaves, rule.noise(step))]
     last_refresh = jnp.where(refresh, count, state.last_refresh)
     if m_leaves and settings.pruning_end_step == settings.total_steps:
         # Pruning ends with the run: the final masks come after the last update, at exactly P.
         final = count + 1 == settings.total_steps
-        rank_after = lambda: rule.rank(s_leaves, w_leaves, new_m_leaves)
+        rank_after = lambda: ranking(settings, s_leaves, w_leaves, new_m_leaves, q_leaves)
         new_m_leaves, sparsity = reselect_masks_if(
             settings, final, count + 1, rank_after, new_m_leaves, sparsity, axes
         )
@@ -799,6 +894,7 @@ def update_state(
         count=count + 1,
         scores=rebuild(s_leaves, state.scores) if rule.has_scores else state.scores,
         momentum=rebuild(v_leaves, state.momentum) if rule.has_momentum else state.momentum,
+        score_noise=rebuild(q_leaves, state.score_noise),
         masks=rebuild(new_m_leaves, state.masks),
         last_refresh=last_refresh.astype(jnp.int32),
         sparsity=sparsity,
@@ -806,15 +902,7 @@ def update_state(
         score_lr=step.score_lr,
     )
     # The rest of the chain sees G * M: removed weights get no loss gradient.
-    weight_grad = rule.weight_grad or (lambda g, w, m: g * m.astype(g.dtype))
-    masked_grads = jax.tree.map(
-        lambda g, m, w: g if m is None else weight_grad(g, w, m),
-        grads,
-        state.masks,
-        params,
-        is_leaf=_is_none,
-    )
-    return masked_grads, new_state
+    return _passed_on(settings, grads, state.masks, params), new_state
 
 
 def optg_transformation(settings: OptGSettings) -> optax.GradientTransformation:
@@ -864,6 +952,7 @@ def optg_optax(
     pattern: str | None = None,
     nm_ramp: str = "groups",
     group_axis: Callable[[tuple, Any], int] | None = None,
+    uncertainty_bonus: float | None = None,
 ) -> optax.GradientTransformation:
     """OptG sparse training (and its baselines) as one optax transformation.
 
@@ -885,7 +974,7 @@ def optg_optax(
         recipe: `refreshes_during_ramp` refreshes spread over the ramp; paper: one epoch,
         `steps_per_epoch`, else 1% of the run).
       recipe: what the arguments left at None become (`OptGSettings.resolved`, `RECIPES`):
-        `"default"`, budget-safe settings chosen on validation splits (the README's table), or
+        `"default"`, budget-safe settings chosen on validation splits (docs/library.md), or
         `"paper"`, the reference code's settings.
       beta: steepness of the sigmoid schedule, per epoch (paper: 1).
       steps_per_epoch: the epoch length that `beta` refers to (default: `mask_update_every` if
@@ -916,6 +1005,9 @@ def optg_optax(
         from M in every group. `schedule="constant"` imposes the pattern from the start.
       group_axis: `(key_path, leaf) -> axis` for the groups of M (default `nm.group_axis`:
         inputs of Dense, input channels of convs, see `optg_jax.nm`).
+      uncertainty_bonus: `kappa >= 0`: at a refresh a weight ranks by its score plus `kappa`
+        standard errors of it (`ranking`); None for the recipe's (criteria with a noise estimate,
+        `optg` and `supermask`; 0 otherwise). 0 ranks by the scores alone (the paper).
 
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.
@@ -942,6 +1034,7 @@ def optg_optax(
             pattern=pattern,
             nm_ramp=nm_ramp,
             group_axis=group_axis,
+            uncertainty_bonus=uncertainty_bonus,
         )
     )
 

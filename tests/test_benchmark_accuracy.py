@@ -215,6 +215,10 @@ def test_validation_runs_have_their_own_protocol_and_report(tmp_path):
     assert runs.protocol_tag(shared) == tag
     shared.data_in_memory = False  # A field added later: in the digest once it is not default.
     assert runs.protocol_tag(shared) != tag
+    shared.data_in_memory = True
+    assert runs.protocol_tag(shared) == tag
+    shared.init_from = "runs/dense"  # Likewise where the runs start from.
+    assert runs.protocol_tag(shared) != tag
 
     md = tmp_path / "BENCHMARKS.md"
     results = tmp_path / "results"

@@ -439,3 +439,45 @@ def test_paper_recipe_keeps_refreshing_after_the_ramp_and_ends_at_the_run_end():
     changed = [t for t in range(1, 60) if (history[t] != history[t - 1]).any()]
     assert any(t > 30 for t in changed)  # re-selected after the ramp (scores keep moving)
     assert all(t % 10 == 0 or t == 59 for t in changed)
+
+
+# -------------------------------------------------------------------- uncertainty bonus
+
+
+@pytest.mark.parametrize("kappa, kept", [(0.0, [1, 1, 0, 0]), (1.0, [0, 1, 1, 0])])
+def test_uncertainty_bonus_ranks_by_score_plus_standard_errors(kappa, kept):
+    # lr 0.1, constant p = P: the score lr is 0.1; momentum 0, so a step's G * W reaches the
+    # score once. Two steps, then the refresh at count 2.
+    # S = -0.1 (G0 + G1) W = [0, 0, 0, -0.02]; Q = 0.01 (G0^2 + G1^2) = [0, 0.02, 0.02, 0.0034].
+    # kappa 0: S ties at 0 for entries 0-2, the first two by position are kept.
+    # kappa 1: S + sqrt(Q) = [0, 0.1414, 0.1414, 0.0383]: entries 1 and 2 are kept.
+    params = {"w": jnp.ones(4)}
+    tx = optg_jax.optg_optax(
+        0.5,
+        10,
+        0.1,
+        schedule="constant",
+        mask_update_every=2,
+        score_momentum=0.0,
+        uncertainty_bonus=kappa,
+        is_masked=lambda path, leaf: True,
+    )
+    state = tx.init(params)
+    for g in ([0.0, 1.0, -1.0, 0.5], [0.0, -1.0, 1.0, -0.3], [0.0, 0.0, 0.0, 0.0]):
+        _, state = tx.update({"w": jnp.asarray(g)}, state, params)
+    np.testing.assert_array_equal(state.masks["w"], kept)
+    if kappa:
+        np.testing.assert_allclose(
+            state.score_noise["w"], 0.01 * np.array([0.0, 2.0, 2.0, 0.34]), rtol=1e-6
+        )
+    else:
+        assert state.score_noise["w"] is None
+
+
+def test_uncertainty_bonus_needs_a_noise_estimate():
+    with pytest.raises(ValueError, match="uncertainty_bonus 1.0 needs a criterion with a noise"):
+        optg_jax.optg_optax(0.5, 10, 0.1, criterion="taylor", uncertainty_bonus=1.0)
+    with pytest.raises(ValueError, match="uncertainty_bonus must be a non-negative number"):
+        optg_jax.optg_optax(0.5, 10, 0.1, uncertainty_bonus=-1.0)
+    # The recipe's value applies only where it can (taylor gets 0).
+    assert optg_jax.OptGSettings(0.5, 10, 0.1, criterion="taylor").resolved().uncertainty_bonus == 0

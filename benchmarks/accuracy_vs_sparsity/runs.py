@@ -124,12 +124,12 @@ PER_RUN_FIELDS = (
 
 # Identity fields added after grids had run: left out of the digest while at their defaults, so
 # that the workdirs of those grids keep their names.
-LATER_FIELDS = ("data_in_memory", "augment", "reference_schedules")
+LATER_FIELDS = ("data_in_memory", "augment", "reference_schedules", "init_from", "reinit")
 
 
 def protocol_tag(config) -> str:
     """A directory name for the shared protocol: runs under other settings never mix."""
-    defaults = config_lib.base_config()
+    defaults = config_lib.identity(config_lib.base_config())
     shared = {
         k: v
         for k, v in config_lib.identity(config).items()

@@ -15,6 +15,7 @@ edit here.
 from __future__ import annotations
 
 import math
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -60,6 +61,10 @@ IDENTITY_FIELDS = (
     "validation_examples",
     "data_in_memory",
     "augment",
+    # A run started from another run's weights is another experiment (compared as the absolute
+    # path and the list of names, `identity`).
+    "init_from",
+    "reinit",
 )
 
 
@@ -87,6 +92,17 @@ def base_config() -> ml_collections.ConfigDict:
     # tf.data as ImageNet always is (another, equally deterministic order). Eval reads from memory.
     c.data_in_memory = True
     c.augment = "default"  # default (per data set) | on | off; see `AUGMENT`.
+    # Pruning a pretrained network (`optg_jax.train.pretrained`, docs/training.md): "" = a fresh
+    # init from `seed`; else the run starts from the params and batch statistics of a finished
+    # run of the same model: its workdir (its latest checkpoint), its export/ directory, or a .npz
+    # file of an export. Only step 0 reads it: the optimizer, the OptG state and the step start
+    # fresh (masks as the criterion selects them at p(0): full on the ramped schedules), and a
+    # resumed run restores its own checkpoint.
+    c.init_from = ""
+    # Modules NOT taken from init_from but initialised from `seed`: a name anywhere on a leaf's
+    # path, as `optg_jax.masking.keep_dense` matches, e.g. ("head",) for vit_tiny's classifier on
+    # a task with other classes. Command line: --config.reinit=head,fc or '("head", "fc")'.
+    c.reinit = ()
 
     # How long. Learning rate and pruning schedules are in steps derived from these.
     c.num_epochs = 100
@@ -285,6 +301,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _fail(field, config[field], "must be True or False")
     if config.reference_schedules:
         _check_reference_schedules(config)
+    if not isinstance(config.init_from, str):
+        _fail("init_from", config.init_from, "must be a path")
+    if reinit_names(config) and not config.init_from:
+        _fail(
+            "reinit", config.reinit, "needs config.init_from (it names modules not taken from it)"
+        )
     # Last: the data set names come from `optg_jax.train.data`, whose TensorFlow import takes seconds,
     # so every other mistake is reported before it.
     from optg_jax.train import data  # pylint: disable=import-outside-toplevel
@@ -346,6 +368,43 @@ def effective_learning_rate(config: ml_collections.ConfigDict) -> float:
     return config.learning_rate * config.batch_size / 256.0
 
 
+def reinit_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The module names of `config.reinit`, comma-separated entries split.
+
+    Args:
+      config: the run's config.
+
+    Returns:
+      The names in order, without duplicates: `("head", "fc")` for `reinit=("head", "fc")` and
+      for `reinit=("head,fc",)` (what `--config.reinit=head,fc` gives).
+
+    Raises:
+      ConfigError: `reinit` is not a tuple (or list) of strings, or a name is not a plain name.
+    """
+    value = config.reinit
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+        _fail("reinit", value, "must be a tuple of module names, e.g. ('head',)")
+    names = [n.strip() for v in value for n in v.split(",") if n.strip()]
+    bad = [n for n in names if "/" in n or any(c.isspace() for c in n)]
+    if bad:
+        _fail("reinit", value, f"has {bad[0]!r}: give module names (e.g. head), not paths")
+    return tuple(dict.fromkeys(names))
+
+
+def init_from_path(path: str) -> str:
+    """`config.init_from` as the run's identity records it: an absolute, normalised local path.
+
+    Args:
+      path: the field's value.
+
+    Returns:
+      "" for "", a remote path (`gs://...`) as it is, a local one absolute and normalised.
+    """
+    if not path or "://" in path:
+        return path
+    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+
+
 def identity(config: ml_collections.ConfigDict) -> dict:
     """The fields that define an experiment (see `IDENTITY_FIELDS`).
 
@@ -353,6 +412,10 @@ def identity(config: ml_collections.ConfigDict) -> dict:
       config: the run's config.
 
     Returns:
-      `{field: value}`, JSON-friendly.
+      `{field: value}`, JSON-friendly: `init_from` as `init_from_path` gives it, `reinit` as the
+      list of `reinit_names`.
     """
-    return {k: config[k] for k in IDENTITY_FIELDS}
+    out = {k: config[k] for k in IDENTITY_FIELDS}
+    out["init_from"] = init_from_path(config.init_from)
+    out["reinit"] = list(reinit_names(config))
+    return out

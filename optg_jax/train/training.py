@@ -43,7 +43,7 @@ from jax.sharding import PartitionSpec as P
 import optg_jax
 from optg_jax import macs as macs_lib
 from optg_jax import sharding
-from optg_jax.train import checkpoints, data, models, preemption, steps
+from optg_jax.train import checkpoints, data, models, preemption, pretrained, steps
 from optg_jax.train import config as config_lib
 from optg_jax.train import metrics as metrics_lib
 from optg_jax.train.config import ConfigError
@@ -529,12 +529,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _say(f"{workdir} holds a finished run ({run.num_steps} steps); its results:")
         _say(metrics_lib.summary_table(previous))
         return previous
+    source = _pretrained(run, abstract_state)  # Read and checked before anything is written.
     _create_workdir(run, param_shapes)
 
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
     # From here on SIGTERM saves the state at a step boundary instead of ending the process.
     with preemption.Watch(mngr) as watch:
-        state, start_step = _restore_or_init(run, mngr, abstract_state, rng)
+        state, start_step = _restore_or_init(run, mngr, abstract_state, rng, source)
         start, epoch_sums = _resume(run, mngr, start_step)
         # The best eval top-1 of the epochs up to the checkpoint survives a restart in
         # metrics.jsonl (an earlier process evaluated them); it is read once, here.
@@ -556,8 +557,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def _restore_or_init(run: Run, mngr, abstract_state, rng: jax.Array) -> tuple[Any, int]:
-    """The latest readable checkpoint's state and step, or a fresh state at step 0."""
+def _pretrained(run: Run, abstract_state) -> pretrained.Pretrained | None:
+    """What a new run starts from with `config.init_from` (`pretrained.load`), else None.
+
+    None also for a workdir with checkpoints: a resumed run restores its own and never reads
+    the source.
+    """
+    if not run.config.init_from or checkpoints.checkpoint_steps_on_disk(run.workdir):
+        return None
+    source = pretrained.load(run.config, pretrained.model_shapes(abstract_state))
+    _say(source.description)
+    return source
+
+
+def _restore_or_init(
+    run: Run, mngr, abstract_state, rng: jax.Array, source: pretrained.Pretrained | None = None
+) -> tuple[Any, int]:
+    """The latest readable checkpoint's state and step, or a new state at step 0 (from the
+    seed, with `source`'s leaves when given)."""
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         abstract_state,
@@ -565,7 +582,10 @@ def _restore_or_init(run: Run, mngr, abstract_state, rng: jax.Array) -> tuple[An
     )
     state, step = checkpoints.restore_latest(mngr, abstract_state, run.workdir, log=_say)
     if state is None:
-        return jax.jit(run.init_state, out_shardings=run.state_sharding)(rng), 0
+        state = jax.jit(run.init_state, out_shardings=run.state_sharding)(rng)
+        if source is not None:
+            state = pretrained.start_state(state, source, run.tx, run.state_sharding)
+        return state, 0
     _say(f"resuming from the checkpoint at step {step}")
     return state, step
 
@@ -901,6 +921,9 @@ def _final_results(
         "batch_size": config.batch_size,
         "train_time_s": train_time,
         "wall_time_s": time.time() - wall_start,
+        # Where the run started: "" (a fresh init) or the source it was initialised from.
+        "init_from": config_lib.init_from_path(config.init_from),
+        "reinit": list(config_lib.reinit_names(config)),
     }
     if run.sparse:  # What optg_optax ran with, the recipe's values filled in.
         settings = steps.optg_settings(config, run.num_steps, run.steps_per_epoch).resolved()

@@ -1,0 +1,346 @@
+"""Pruning a pretrained network while fine-tuning it on a new task, in a user's optax loop.
+
+The transfer task, on data that installs offline (Debian's Fashion-MNIST): a network is
+pretrained dense on the source task, the classes 0-4 (T-shirt, trouser, pullover, dress, coat),
+then given a new classifier and fine-tuned on the target task, the classes 5-9 (sandal, shirt,
+sneaker, bag, ankle boot), with `optg_optax` first in an AdamW chain: pruning starts from the
+pretrained weights and ends at the target sparsity within the fine-tuning budget, the same for
+every method.
+
+Models (`MODELS`): `fmnist_cnn` (two conv layers with BatchNorm, two dense layers), `vit_tiny`
+(the zoo's pre-LN Vision Transformer) and `mlp` (LeNet-300-100, no normalisation). Pretraining
+is SGD with momentum and a cosine lr; one pretrained network per seed, cached under
+`runs/finetune_pretrained/` (not committed). Fine-tuning is AdamW with a cosine lr after a short
+warm-up, the same for every method; the classifier is re-initialised from the seed.
+
+  python -m benchmarks.finetune --model fmnist_cnn --sparsities 0.9 0.95 0.98 --seeds 0 1 2
+  python -m benchmarks.finetune --model vit_tiny --validation 10000 --methods optg taylor
+
+`--validation N` evaluates on the target classes among the last N training examples (and trains,
+pretraining included, on the others); without it the target classes of the test split are read.
+Every run appends a JSON line to `benchmarks/results/finetune_<model>.jsonl` (recorded runs are
+skipped); the table goes to `benchmarks/results/finetune_<model>[_validation].md` and its
+section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optg_jax
+from benchmarks import user_loop
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, read_notes, update_section
+from optg_jax.train import models
+
+SECTION = "finetune"
+SOURCE_CLASSES = (0, 1, 2, 3, 4)
+TARGET_CLASSES = (5, 6, 7, 8, 9)
+CACHE_DIR = os.path.join(ROOT, "runs", "finetune_pretrained")
+
+
+class Setting(NamedTuple):
+    """A model and its pretraining and fine-tuning settings.
+
+    Attributes:
+      build: `() -> nn.Module` with 10 outputs.
+      head: the name of the classifier module (re-initialised for the target task).
+      pretrain_epochs: epochs of dense SGD (momentum 0.9, cosine lr) on the source task.
+      pretrain_lr: its peak learning rate (half an epoch of warm-up for the ViT).
+      finetune_epochs: epochs of AdamW on the target task, pruning included.
+      finetune_lr: AdamW's peak learning rate (a tenth of the run's warm-up, then cosine).
+      weight_decay: AdamW's decoupled weight decay.
+      batch: the batch size of both phases.
+      image_size: 28 (Fashion-MNIST's own) or 14 (2x2 means: the CNN's convolutions are slow
+        on a CPU at 28x28, as in the from-scratch grid).
+    """
+
+    build: Callable[[], nn.Module]
+    head: str
+    pretrain_epochs: int
+    pretrain_lr: float
+    finetune_epochs: int
+    finetune_lr: float
+    weight_decay: float
+    batch: int
+    image_size: int = 28
+
+
+MODELS = {
+    "fmnist_cnn": Setting(
+        lambda: models.create("fmnist_cnn", 10), "fc2", 4, 0.05, 2, 1e-3, 1e-4, 128, 14
+    ),
+    "vit_tiny": Setting(lambda: models.create("vit_tiny", 10), "head", 4, 0.05, 2, 5e-4, 1e-4, 128),
+    "mlp": Setting(user_loop.LeNet300100, "Dense_2", 8, 0.1, 2, 1e-3, 1e-4, 128),
+}
+
+
+def task_split(arrays, classes: tuple[int, ...], image_size: int = 28):
+    """The examples of `classes` in `user_loop.load_fashion_mnist`'s (train, eval) arrays.
+
+    Args:
+      arrays: `(x, y, x_eval, y_eval)`, images `[N, 28, 28, 1]`.
+      classes: the labels to keep (labels are not renumbered).
+      image_size: 28, or 14 for 2x2 means.
+
+    Returns:
+      `(x, y, x_eval, y_eval)` of those classes.
+    """
+    x, y, xe, ye = arrays
+    keep, keep_eval = np.isin(y, classes), np.isin(ye, classes)
+    x, xe = x[keep], xe[keep_eval]
+    if image_size == 14:
+        x, xe = (a.reshape(-1, 14, 2, 14, 2, 1).mean(axis=(2, 4)) for a in (x, xe))
+    return x, y[keep], xe, ye[keep_eval]
+
+
+class Loop:
+    """The jitted pieces of one model's loop: a scanned epoch and the evaluation.
+
+    Args:
+      model: the Flax module (`train=` argument; BatchNorm statistics in `batch_stats`).
+      tx: the optax chain (with an OptG link first when `sparse`).
+      sparse: whether the chain holds an `optg_optax` state (the forward pass uses `W * M`).
+      batch: the batch size.
+    """
+
+    def __init__(self, model: nn.Module, tx: optax.GradientTransformation, sparse: bool, batch):
+        self.model, self.tx, self.sparse, self.batch = model, tx, sparse, batch
+        self.epoch = jax.jit(self._epoch)
+        self.predict = jax.jit(self._predict)
+
+    def _loss(self, params, batch_stats, images, labels):
+        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+        if batch_stats:
+            logits, new = self.model.apply(variables, images, train=True, mutable=["batch_stats"])
+            batch_stats = new["batch_stats"]
+        else:
+            logits = self.model.apply(variables, images, train=True)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, batch_stats
+
+    def _epoch(self, params, batch_stats, opt_state, order, images, labels):
+        def step(carry, idx):
+            params, batch_stats, opt_state = carry
+            masked = optg_jax.apply_masks(params, opt_state) if self.sparse else params
+            grads, batch_stats = jax.grad(self._loss, has_aux=True)(
+                masked, batch_stats, images[idx], labels[idx]
+            )
+            updates, opt_state = self.tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), batch_stats, opt_state), None
+
+        steps = order.shape[0] // self.batch
+        carry = (params, batch_stats, opt_state)
+        carry, _ = jax.lax.scan(step, carry, order[: steps * self.batch].reshape(steps, -1))
+        return carry
+
+    def _predict(self, params, batch_stats, images):
+        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+        return jnp.argmax(self.model.apply(variables, images, train=False), -1)
+
+    def train(self, params, batch_stats, opt_state, x, y, epochs: int, seed: int):
+        """`epochs` passes over (x, y) in a seeded order; returns the three states."""
+        rng = np.random.default_rng(seed)
+        xd, yd = jnp.asarray(x), jnp.asarray(y)
+        for _ in range(epochs):
+            order = jnp.asarray(rng.permutation(len(y)))
+            params, batch_stats, opt_state = self.epoch(
+                params, batch_stats, opt_state, order, xd, yd
+            )
+        return params, batch_stats, opt_state
+
+    def top1(self, params, batch_stats, x, y) -> float:
+        """Top-1 accuracy (%) on (x, y)."""
+        correct = 0
+        for i in range(0, len(y), 1000):
+            pred = self.predict(params, batch_stats, jnp.asarray(x[i : i + 1000]))
+            correct += int(jnp.sum(pred == jnp.asarray(y[i : i + 1000])))
+        return 100.0 * correct / len(y)
+
+
+def init_variables(model: nn.Module, seed: int, image_size: int) -> tuple[Any, Any]:
+    """`(params, batch_stats)` of a fresh init from `seed` (`{}` without BatchNorm)."""
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 1)))
+    return variables["params"], variables.get("batch_stats", {})
+
+
+def cosine_lr(peak: float, total: int, warmup: int) -> optax.Schedule:
+    """A cosine decay to 0 over `total` steps from `peak`, after `warmup` linear steps."""
+    if warmup:
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total)
+    return optax.cosine_decay_schedule(peak, total)
+
+
+def pretrained(model_name: str, seed: int, arrays, validation: int) -> tuple[Any, Any, float]:
+    """The dense network pretrained on the source classes (cached per model, seed and split).
+
+    Args:
+      model_name: a key of `MODELS`.
+      seed: seeds the init and the data order.
+      arrays: `user_loop.load_fashion_mnist`'s arrays (with the same `validation`).
+      validation: the held-out count the arrays were loaded with (part of the cache key).
+
+    Returns:
+      `(params, batch_stats, source top-1 %)`, the accuracy on the source classes of the eval
+      split.
+    """
+    setting = MODELS[model_name]
+    path = os.path.join(CACHE_DIR, f"{model_name}_seed{seed}_val{validation}.npz")
+    model = setting.build()
+    params, batch_stats = init_variables(model, seed, setting.image_size)
+    if os.path.exists(path):
+        with np.load(path) as f:
+            leaves = [jnp.asarray(f[f"leaf{i}"]) for i in range(len(f.files) - 1)]
+            top1 = float(f["top1"])
+        treedef = jax.tree.structure((params, batch_stats))
+        params, batch_stats = jax.tree.unflatten(treedef, leaves)
+        return params, batch_stats, top1
+    x, y, xe, ye = task_split(arrays, SOURCE_CLASSES, setting.image_size)
+    steps = setting.pretrain_epochs * (len(y) // setting.batch)
+    warmup = len(y) // setting.batch // 2 if model_name == "vit_tiny" else 0
+    lr = cosine_lr(setting.pretrain_lr, steps, warmup)
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, 0.9))
+    loop = Loop(model, tx, False, setting.batch)
+    params, batch_stats, _ = loop.train(
+        params, batch_stats, tx.init(params), x, y, setting.pretrain_epochs, seed
+    )
+    top1 = loop.top1(params, batch_stats, xe, ye)
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    leaves = {
+        f"leaf{i}": np.asarray(v) for i, v in enumerate(jax.tree.leaves((params, batch_stats)))
+    }
+    np.savez(path, top1=top1, **leaves)
+    return params, batch_stats, top1
+
+
+def finetune(
+    model_name: str, kwargs: dict | None, sparsity: float, seed: int, arrays, validation: int
+) -> dict[str, Any]:
+    """One pruning fine-tune run from the seed's pretrained network.
+
+    Args:
+      model_name: a key of `MODELS`.
+      kwargs: `optg_optax` keyword arguments after `target_sparsity`, `total_steps` and
+        `learning_rate` (`user_loop.method_kwargs`), or None for dense fine-tuning.
+      sparsity: the target sparsity.
+      seed: seeds the pretrained network, the new head and the data order.
+      arrays: `user_loop.load_fashion_mnist(validation)`'s arrays.
+      validation: the held-out count of `arrays`.
+
+    Returns:
+      `{'top1', 'source_top1', 'sparsity', 'layers'}` (percent; removed fractions).
+    """
+    setting = MODELS[model_name]
+    params, batch_stats, source_top1 = pretrained(model_name, seed, arrays, validation)
+    model = setting.build()
+    fresh, _ = init_variables(model, seed + 1000, setting.image_size)
+    params = {**params, setting.head: fresh[setting.head]}
+    x, y, xe, ye = task_split(arrays, TARGET_CLASSES, setting.image_size)
+    per_epoch = len(y) // setting.batch
+    total = setting.finetune_epochs * per_epoch
+    lr = cosine_lr(setting.finetune_lr, total, total // 10)
+    sparse = kwargs is not None
+    links = [optg_jax.optg_optax(sparsity, total, lr, **kwargs)] if sparse else []
+    tx = optax.chain(*links, optax.adamw(lr, weight_decay=setting.weight_decay))
+    loop = Loop(model, tx, sparse, setting.batch)
+    params, batch_stats, opt_state = loop.train(
+        params, batch_stats, tx.init(params), x, y, setting.finetune_epochs, seed
+    )
+    final = optg_jax.apply_masks(params, opt_state) if sparse else params
+    summary = optg_jax.sparsity_summary(opt_state) if sparse else {"global": 0.0, "layers": {}}
+    return {
+        "top1": loop.top1(final, batch_stats, xe, ye),
+        "source_top1": source_top1,
+        "sparsity": summary["global"],
+        "layers": {k.rsplit("/", 1)[0]: round(v, 4) for k, v in summary["layers"].items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the requested grid (skipping recorded runs), then writes the tables.
+
+    Args:
+      argv: the command-line arguments (default: `sys.argv[1:]`).
+
+    Returns:
+      The exit status, 0.
+    """
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=tuple(MODELS), default="fmnist_cnn")
+    ap.add_argument("--methods", nargs="+", default=["dense", "magnitude", "taylor", "optg"])
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.98])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--validation", type=int, default=0, metavar="N")
+    ap.add_argument("--source", choices=("tfds", "idx"), default="idx")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--results-dir", default=RESULTS_DIR)
+    ap.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
+    args = ap.parse_args(argv)
+    for m in args.methods:
+        user_loop.method_kwargs(m, 1)
+    section = f"{SECTION}_{args.model}" + ("_validation" if args.validation else "")
+    out = args.out or os.path.join(args.results_dir, f"{SECTION}_{args.model}.jsonl")
+    arrays = user_loop.load_fashion_mnist(args.validation, args.source)
+    split = f"train[-{args.validation}:]" if args.validation else "test"
+    epochs = MODELS[args.model].finetune_epochs
+    done = {
+        (r["method"], r["sparsity_target"], r["seed"], r["split"]) for r in user_loop.read_rows(out)
+    }
+    todo = [
+        (method, 0.0 if method == "dense" else sparsity, seed)
+        for seed in args.seeds
+        for sparsity in args.sparsities
+        for method in args.methods
+    ]
+    todo = list(dict.fromkeys(t for t in todo if (*t, split) not in done))
+    print(f"{len(todo)} runs to train; results in {out}", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    for i, (method, sparsity, seed) in enumerate(todo, start=1):
+        t0 = time.time()
+        per_epoch = len(task_split(arrays, TARGET_CLASSES)[1]) // MODELS[args.model].batch
+        kwargs = user_loop.method_kwargs(method, per_epoch)
+        result = finetune(args.model, kwargs, sparsity, seed, arrays, args.validation)
+        row = dict(
+            method=method,
+            sparsity_target=sparsity,
+            epochs=epochs,
+            seed=seed,
+            split=split,
+            time_s=round(time.time() - t0, 1),
+            **result,
+        )
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(
+            f"run {i}/{len(todo)} {method} {100 * sparsity:g}% seed {seed}: "
+            f"top-1 {result['top1']:.2f} (source {result['source_top1']:.2f}; "
+            f"{row['time_s']:.0f} s)",
+            flush=True,
+        )
+    lines = user_loop.table(user_loop.read_rows(out), split)
+    print("\n".join(lines))
+    title = f"Pruning a pretrained {args.model} while fine-tuning it (benchmarks/finetune.py)"
+    notes = read_notes(args.results_dir, section).strip()
+    text = "\n".join(
+        [f"## {title}" + (f", validation split ({split})" if args.validation else ""), ""]
+        + lines
+        + ([notes] if notes else [])
+    )
+    with open(os.path.join(args.results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    if args.benchmarks_md:
+        update_section(args.benchmarks_md, section, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
