@@ -148,7 +148,12 @@ def base_config() -> ml_collections.ConfigDict:
     # optg/supermask masks can change then; GMP/Taylor never revive a removed weight.
     c.update_masks_after_pruning = config_dict.placeholder(bool)
 
-    # Bookkeeping.
+    _add_bookkeeping_fields(c)
+    return c
+
+
+def _add_bookkeeping_fields(c: ml_collections.ConfigDict) -> None:
+    """The fields of `base_config` that say how a run is kept: seed, checkpoints, logs, devices."""
     c.seed = 0
     c.eval_only = False  # Evaluate (and export) the latest checkpoint instead of training.
     c.checkpoint_every_steps = 1000
@@ -163,7 +168,6 @@ def base_config() -> ml_collections.ConfigDict:
     # data on another process count: docs/training.md, "Preemption and resizing"). Not an
     # identity field.
     c.allow_reshard = False
-    return c
 
 
 def paper_config(
