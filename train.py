@@ -6,7 +6,9 @@
 
 Rerunning a command resumes from the workdir's latest checkpoint; `--config.eval_only=True`
 evaluates and exports the latest checkpoint. Bad input (a config value, a workdir of another run)
-ends with one `error:` line and exit status 2; a diverged run with exit status 3.
+ends with one `error:` line and exit status 2; a diverged run with exit status 3. SIGTERM (a
+preempted Cloud TPU VM) finishes the step in flight, saves it and ends with one `preempted:` line
+and exit status 75 (EX_TEMPFAIL: rerun the same command to resume).
 """
 
 import os
@@ -80,10 +82,17 @@ def main(argv):
         config_lib.validate(config)
     except config_lib.ConfigError as e:
         _error(_one_line(e))
-    from optg_jax.train import checkpoints, training  # pylint: disable=import-outside-toplevel
+    from optg_jax.train import (  # pylint: disable=import-outside-toplevel
+        checkpoints,
+        preemption,
+        training,
+    )
 
     try:
         training.train_and_evaluate(config, _WORKDIR.value)
+    except preemption.Preempted as e:  # The state is saved: rerunning resumes at its step.
+        print(f"preempted: {_one_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(preemption.EXIT_PREEMPTED)
     except (
         ValueError,
         FileNotFoundError,

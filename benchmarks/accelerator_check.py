@@ -417,9 +417,7 @@ def build_variant(
         settings.num_classes,
         sparse=sparse,
         label_smoothing=float(config.label_smoothing),
-        state_sharding=replicated,
-        batch_sharding=batch_sharding,
-        metrics_sharding=replicated,
+        shardings=steps.Shardings(replicated, batch_sharding, replicated),
     )
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()

@@ -6,10 +6,11 @@ quality 90, textured so that they compress to about ImageNet's mean of 110 kB) a
 `optg_jax.train.data.train_iterator` and `eval_iterator` on it at 224x224: the code path a training run
 uses for ImageNet (decode-and-crop, resize, flip, normalise for training; decode, resize,
 central crop, normalise for evaluation). Each core count runs in its own process, pinned to that
-many CPUs, and measures every variant (train and eval, deterministic or not) in interleaved
-rounds so that a busy machine slows them alike. Reports images/s and images/s per core, what a
-non-deterministic pipeline would gain, the bytes per image that reach the device, and the host
-cores one accelerator needs at 2,500 and 5,000 images/s.
+many CPUs, and measures every variant (train and eval, deterministic or not, and the float32
+images normalised on the host that the device received before uint8) in interleaved rounds so
+that a busy machine slows them alike. Reports images/s and images/s per core, bytes per image
+sent to the device before (float32) and after (uint8), what a non-deterministic pipeline would
+gain, and the host cores one accelerator needs at 2,500 and 5,000 images/s.
 
   .venv/bin/python -m benchmarks.input_pipeline --quick   # under a minute
   .venv/bin/python -m benchmarks.input_pipeline           # a few minutes
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,14 +32,29 @@ import time
 
 import numpy as np
 
-from benchmarks.report import BENCHMARKS_MD, update_section
+from benchmarks.report import BENCHMARKS_MD, cpu_name, update_section
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "input_pipeline.md")
 IMAGE_SIZE = 224
 HEIGHTS, WIDTHS = (350, 375), (400, 500)  # ImageNet's typical sizes, both ends included.
 JPEG_QUALITY = 90
 TARGET_RATES = (2500, 5000)  # Images/s one accelerator trains ResNet-50 at.
-VARIANTS = (("train", True), ("train", False), ("eval", True), ("eval", False))
+# (kind, deterministic, normalize): uint8 pixels (now), then float32 normalised on the host (before).
+VARIANTS = (
+    ("train", True, False),
+    ("train", False, False),
+    ("eval", True, False),
+    ("eval", False, False),
+    ("train", True, True),
+    ("eval", True, True),
+)
+
+
+def variant_key(kind: str, deterministic: bool, normalize: bool) -> str:
+    """`<kind>/<deterministic|nondeterministic>` for uint8 pixels, `<kind>/float32` before."""
+    if normalize:
+        return f"{kind}/float32"
+    return f"{kind}/{'deterministic' if deterministic else 'nondeterministic'}"
 
 
 # ------------------------------------------------------------------------- the synthetic data
@@ -127,17 +142,24 @@ def write_dataset(data_dir: str, num_images: int, seed: int = 0) -> dict:
 
 
 def measure(
-    data_dir: str, kind: str, deterministic: bool, batch_size: int, warmup: int, batches: int
+    data_dir: str,
+    kind: str,
+    deterministic: bool,
+    batch_size: int,
+    warmup: int,
+    batches: int,
+    normalize: bool = False,
 ) -> dict:
     """Pulls `warmup` then `batches` batches of 224x224 images from a fresh pipeline.
 
     Args:
       data_dir: where `write_dataset` wrote the data.
       kind: `train` (`train_iterator`, augmented) or `eval` (`eval_iterator`).
-      deterministic: the pipelines' `deterministic` argument.
+      deterministic: the pipelines' `deterministic` option.
       batch_size: images per batch (one host's batch).
       warmup: untimed batches first (builds the pipeline and fills its buffers).
       batches: timed batches; with `warmup` they must fit in one epoch or pass.
+      normalize: float32 images normalised on the host (before) instead of uint8 pixels.
 
     Returns:
       {'images', 'seconds', 'bytes_per_image', 'dtypes'}: images timed, the seconds they took, and
@@ -145,19 +167,11 @@ def measure(
     """
     from optg_jax.train import data  # pylint: disable=import-outside-toplevel
 
+    options = data.Options(image_size=IMAGE_SIZE, deterministic=deterministic, normalize=normalize)
     if kind == "train":
-        it = data.train_iterator(
-            "imagenet2012",
-            data_dir,
-            batch_size,
-            seed=0,
-            image_size=IMAGE_SIZE,
-            deterministic=deterministic,
-        )
+        it = data.train_iterator("imagenet2012", data_dir, batch_size, seed=0, options=options)
     else:
-        it = data.eval_iterator(
-            "imagenet2012", data_dir, batch_size, image_size=IMAGE_SIZE, deterministic=deterministic
-        )
+        it = data.eval_iterator("imagenet2012", data_dir, batch_size, options=options)
     for _ in range(warmup):
         batch = next(it)
     start = time.perf_counter()
@@ -183,16 +197,16 @@ def run_variants(
     order, so that no variant always comes first.
 
     Returns:
-      {'<kind>/<deterministic|nondeterministic>': {'images_per_s' (median over rounds),
-      'rounds' (each round's images/s), 'bytes_per_image', 'dtypes'}}.
+      {`variant_key`: {'images_per_s' (median over rounds), 'rounds' (each round's images/s),
+      'bytes_per_image', 'dtypes'}}.
     """
     for kind in ("train", "eval"):
         measure(data_dir, kind, True, batch_size, warmup=1, batches=1)
     out: dict[str, dict] = {}
     for r in range(rounds):
-        for kind, deterministic in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-            key = f"{kind}/{'deterministic' if deterministic else 'nondeterministic'}"
-            m = measure(data_dir, kind, deterministic, batch_size, warmup, batches)
+        for kind, deterministic, normalize in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+            key = variant_key(kind, deterministic, normalize)
+            m = measure(data_dir, kind, deterministic, batch_size, warmup, batches, normalize)
             entry = out.setdefault(key, {"rounds": []})
             entry["rounds"].append(m["images"] / m["seconds"])
             entry.update(bytes_per_image=m["bytes_per_image"], dtypes=m["dtypes"])
@@ -289,22 +303,35 @@ def render(by_cores: dict[int, dict], dataset: dict, settings: dict) -> str:
             f"| {rate:,} images/s | {cores_needed(rate, per_core):.0f} | "
             f"{cores_needed(rate, eval_per_core):.0f} |"
         )
-    train_bytes = one["train/deterministic"]["bytes_per_image"]
-    eval_bytes = one["eval/deterministic"]["bytes_per_image"]
-    pixels = IMAGE_SIZE * IMAGE_SIZE * 3
-    uint8_bytes = train_bytes - 3 * pixels  # The same batch with uint8 pixels.
-    dtypes = ", ".join(f"{k} {v}" for k, v in one["eval/deterministic"]["dtypes"].items())
     top = max(TARGET_RATES)
     lines += [
         "",
-        f"Bytes per image that reach the device: {train_bytes:,.0f} for training and "
-        f"{eval_bytes:,.0f} for evaluation ({dtypes}; no float64, and the batch goes from "
-        "tf.data to `jax.make_array_from_process_local_data` without a copy on the host). The "
-        f"float32 pixels are {4 * pixels:,} of them: sending uint8 pixels and normalising on the "
-        f"device would cut a training image to {uint8_bytes:,.0f} bytes "
-        f"({train_bytes / uint8_bytes:.1f}x less; at {top:,} images/s "
-        f"{top * train_bytes / 1e9:.2f} GB/s instead of {top * uint8_bytes / 1e9:.2f} GB/s per "
-        "accelerator). The train step expects normalised float32 images today.",
+        "Before and after uint8: the same pipelines sending float32 images normalised on the host "
+        "(before) and uint8 pixels that the jitted step normalises (after), measured in the same "
+        "rounds:",
+        "",
+        "| host cores | images as | train bytes/image | train images/s/core | "
+        "eval bytes/image | eval images/s/core |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for cores, variants in sorted(by_cores.items()):
+        for form, suffix in (("float32 (before)", "float32"), ("uint8 (after)", "deterministic")):
+            train, evaluation = variants[f"train/{suffix}"], variants[f"eval/{suffix}"]
+            lines.append(
+                f"| {cores} | {form} | {train['bytes_per_image']:,.0f} | "
+                f"{train['images_per_s'] / cores:.0f} | {evaluation['bytes_per_image']:,.0f} | "
+                f"{evaluation['images_per_s'] / cores:.0f} |"
+            )
+    before = one["train/float32"]["bytes_per_image"]
+    after = one["train/deterministic"]["bytes_per_image"]
+    dtypes = ", ".join(f"{k} {v}" for k, v in one["eval/deterministic"]["dtypes"].items())
+    lines += [
+        "",
+        f"Bytes per training image that reach the device: {after:,.0f} ({dtypes}) instead of "
+        f"{before:,.0f} with float32 pixels, {before / after:.1f}x fewer: at {top:,} images/s "
+        f"{top * after / 1e9:.2f} GB/s instead of {top * before / 1e9:.2f} GB/s per accelerator. "
+        "The batch goes from tf.data to `jax.make_array_from_process_local_data` without a copy "
+        "on the host, and no float64 crosses.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -356,8 +383,8 @@ def determinism_note(by_cores: dict[int, dict]) -> str:
         f"Determinism: {verdict}. The pipelines stay deterministic by default: with them a run is "
         "repeatable and a resumed run bitwise equal to an uninterrupted one, which the tests "
         "check; `train.py` keeps them so. Where a host measures a real gain, a program of one's "
-        "own can take it with `train_iterator(..., deterministic=False)` and `eval_iterator` "
-        "(the same examples per epoch, in an order that depends on thread timing)."
+        "own can take it with `data.Options(deterministic=False)` in `train_iterator` and "
+        "`eval_iterator` (the same examples per epoch, in an order that depends on thread timing)."
     )
 
 
@@ -379,7 +406,7 @@ def main(argv=None) -> None:
     batch_size, warmup = 32, 2
     num_images, batches, rounds = (192, 3, 2) if args.quick else (640, 16, 3)
     settings = dict(batch_size=batch_size, warmup=warmup, batches=batches, rounds=rounds)
-    settings.update(cpu=_cpu_name(), load=os.getloadavg()[0])
+    settings.update(cpu=cpu_name(), load=os.getloadavg()[0])
     with tempfile.TemporaryDirectory(prefix="input_pipeline_") as data_dir:
         start = time.perf_counter()
         dataset = write_dataset(data_dir, num_images)
@@ -397,17 +424,6 @@ def main(argv=None) -> None:
         f.write(text + "\nEvery measurement (images/s of each round):\n\n```json\n")
         f.write(json.dumps(by_cores, indent=1) + "\n```\n")
     update_section(args.benchmarks_md, "input_pipeline", text)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

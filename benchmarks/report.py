@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 from optg_jax.train import files
 
@@ -60,3 +61,15 @@ def update_section(path: str, section: str, body: str) -> None:
     else:
         text = "# Benchmarks\n\n" + block + "\n"
     files.write_text_atomic(path, text)
+
+
+def cpu_name() -> str:
+    """The host CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

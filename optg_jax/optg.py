@@ -803,7 +803,9 @@ def ranking(settings: OptGSettings, scores: list, weights: list, masks: list, no
 
     Args:
       settings: a resolved record.
-      scores, weights, masks: per masked leaf (`Criterion.rank`'s arguments).
+      scores: per masked leaf, the accumulated scores (`Criterion.rank`'s arguments).
+      weights: per masked leaf, the dense weights.
+      masks: per masked leaf, the current masks.
       noise: per masked leaf, the accumulated noise (`OptGState.score_noise`); empty without a
         bonus.
 

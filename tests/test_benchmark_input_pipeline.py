@@ -43,16 +43,20 @@ def test_measurement_and_report(bench, written, tmp_path):
     variants = bench.run_variants(data_dir, batch_size=2, warmup=1, batches=2, rounds=1)
     assert sorted(variants) == [
         "eval/deterministic",
+        "eval/float32",
         "eval/nondeterministic",
         "train/deterministic",
+        "train/float32",
         "train/nondeterministic",
     ]
     for key, entry in variants.items():
         assert entry["images_per_s"] > 0 and len(entry["rounds"]) == 1
         assert "float64" not in entry["dtypes"].values()
-        # float32 pixels, int32 label, and for eval a float32 mask.
+        # uint8 pixels (float32 before), an int32 label, and for eval a float32 mask.
         extra = 8 if key.startswith("eval") else 4
-        assert entry["bytes_per_image"] == 4 * PIXELS + extra
+        pixel_bytes = 4 if key.endswith("float32") else 1
+        assert entry["bytes_per_image"] == pixel_bytes * PIXELS + extra
+        assert entry["dtypes"]["image"] == ("float32" if pixel_bytes == 4 else "uint8")
 
     settings = dict(batch_size=2, warmup=1, batches=2, rounds=1, cpu="test CPU", load=0.5)
     text = bench.render({1: variants}, dataset, settings)
@@ -63,7 +67,11 @@ def test_measurement_and_report(bench, written, tmp_path):
     assert f"{nondeterministic:.2f}, " in text
     assert f"| 2,500 images/s | {2500 / train:.0f} | {2500 / evaluation:.0f} |" in text
     assert f"| 5,000 images/s | {5000 / train:.0f} | {5000 / evaluation:.0f} |" in text
-    assert f"{PIXELS + 4:,} bytes (4.0x less" in text
+    before = variants["train/float32"]["images_per_s"]
+    assert f"| 1 | float32 (before) | {4 * PIXELS + 4:,} | {before:.0f} |" in text
+    assert f"| 1 | uint8 (after) | {PIXELS + 4:,} | {train:.0f} |" in text
+    assert f"{PIXELS + 4:,} (image uint8, label int32, mask float32) instead of " in text
+    assert f"{4 * PIXELS + 4:,} with float32 pixels, 4.0x fewer" in text
 
     path = tmp_path / "BENCHMARKS.md"
     bench.update_section(str(path), "input_pipeline", text)

@@ -46,12 +46,57 @@ def test_save_and_restore_round_trip_the_latest_step(tmp_path):
     for step in (1, 2, 3):
         checkpoints.save(mngr, step, state_at(step))
     checkpoints.save(mngr, 3, state_at(3, scale=-1.0))  # A saved step is not written again.
+    mngr.wait_until_finished()  # Saves are asynchronous: on disk once this returns.
     assert checkpoints.checkpoint_steps_on_disk(workdir) == [2, 3]  # keep=2
     mngr.close()
     mngr = checkpoints.manager(workdir, keep=2, create=False)
     restored, step = checkpoints.restore_latest(mngr, abstract(state_at(0)), workdir)
     assert step == 3
     assert_states_equal(restored, state_at(3))
+    mngr.close()
+
+
+def test_saves_run_in_the_background_and_keep_their_metadata(tmp_path):
+    workdir = str(tmp_path / "w")
+    mngr = checkpoints.manager(workdir, keep=2)
+    position = {"data_position": {"step": 5, "epoch": 1, "process_count": 2}}
+    state = state_at(5)
+    checkpoints.save(mngr, 5, state, position)
+    # The state is copied off the devices before save returns: changing it now (as a donated
+    # train step does) cannot reach the checkpoint.
+    state.params["fc"]["kernel"].delete()
+    mngr.wait_until_finished()
+    assert checkpoints.checkpoint_steps_on_disk(workdir) == [5]
+    mngr.close()
+    mngr = checkpoints.manager(workdir, keep=2, create=False)
+    assert checkpoints.read_metadata(mngr, 5) == position
+    restored, step = checkpoints.restore_latest(mngr, abstract(state_at(0)), workdir)
+    assert step == 5
+    assert_states_equal(restored, state_at(5))
+    mngr.close()
+    sync = checkpoints.manager(str(tmp_path / "s"), keep=2, asynchronous=False)
+    checkpoints.save(sync, 1, state_at(1))  # No metadata.
+    assert checkpoints.checkpoint_steps_on_disk(str(tmp_path / "s")) == [1]
+    assert checkpoints.read_metadata(sync, 1) == {}
+    sync.close()
+
+
+def test_a_save_cut_short_leaves_the_last_complete_checkpoint(tmp_path):
+    """A process killed during a save (a second SIGTERM, the end of a grace period) leaves the
+    checkpoint under orbax's temporary name; the complete one before it is the latest."""
+    workdir = str(tmp_path / "w")
+    mngr = checkpoints.manager(workdir, keep=3)
+    for step in (1, 2):
+        checkpoints.save(mngr, step, state_at(step))
+    mngr.close()
+    root = tmp_path / "w" / checkpoints.CHECKPOINT_DIR
+    os.rename(root / "2", root / "2.orbax-checkpoint-tmp-1234")  # As a save killed midway.
+    _truncate(root / "2.orbax-checkpoint-tmp-1234")
+    assert checkpoints.checkpoint_steps_on_disk(workdir) == [1]
+    mngr = checkpoints.manager(workdir, keep=3, create=False)
+    restored, step = checkpoints.restore_latest(mngr, abstract(state_at(0)), workdir)
+    assert step == 1
+    assert_states_equal(restored, state_at(1))
     mngr.close()
 
 

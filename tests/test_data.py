@@ -25,6 +25,8 @@ needs_debian = pytest.mark.skipif(
 
 # Under mock_data the data_dir is ignored; a missing directory shows nothing is read from it.
 MOCK_DIR = "/nonexistent/tfds"
+NORMALISED = data.Options(normalize=True)  # float32 normalised on the host, as before uint8.
+AT_16 = data.Options(image_size=16)
 
 
 def _gzip_bytes(content: bytes, name: str, mtime: int) -> bytes:
@@ -127,8 +129,12 @@ def test_prepare_and_load_real_fashion_mnist(tmp_path):
     assert len(labels) == 10_000 and sum(b["mask"].sum() for b in batches) == 10_000
     assert set(np.unique(labels)) == set(range(10))
     batch = next(data.train_iterator("fashion_mnist", data_dir, 128, seed=0))
-    assert batch["image"].shape == (128, 28, 28, 1) and batch["image"].dtype == np.float32
-    assert abs(batch["image"].mean()) < 0.3 and 0.7 < batch["image"].std() < 1.3
+    assert batch["image"].shape == (128, 28, 28, 1) and batch["image"].dtype == np.uint8
+    spec = data.dataset_spec("fashion_mnist")
+    normalised = data.normalize(batch["image"], spec)
+    assert abs(normalised.mean()) < 0.3 and 0.7 < normalised.std() < 1.3
+    host = next(data.train_iterator("fashion_mnist", data_dir, 128, 0, options=NORMALISED))
+    np.testing.assert_array_equal(host["image"], normalised)
 
 
 # ---------------------------------------------------------------------- in-memory data sets
@@ -147,13 +153,12 @@ def mock_small():
 )
 def test_resume_yields_the_uninterrupted_batches(mock_small, name, augment, cache):
     # 50 examples, batch 8: 6 steps per epoch, so 14 steps cross two epoch boundaries.
-    full = _take(data.train_iterator(name, MOCK_DIR, 8, seed=3, augment=augment, cache=cache), 14)
+    options = data.Options(augment=augment, cache=cache)
+    full = _take(data.train_iterator(name, MOCK_DIR, 8, seed=3, options=options), 14)
     assert not np.array_equal(full[0]["image"], full[6]["image"])
     for start in (1, 6, 9):
         resumed = _take(
-            data.train_iterator(
-                name, MOCK_DIR, 8, seed=3, start_step=start, augment=augment, cache=cache
-            ),
+            data.train_iterator(name, MOCK_DIR, 8, seed=3, start_step=start, options=options),
             14 - start,
         )
         _assert_batches_equal(resumed, full[start:])
@@ -177,7 +182,8 @@ def test_epochs_are_seeded_permutations(mock_small):
 
 @pytest.mark.parametrize("name,cache", [("fashion_mnist", True), ("cifar10", True)])
 def test_processes_slice_the_global_batch(mock_small, name, cache):
-    single = _take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4, cache=cache), 4)
+    options = data.Options(cache=cache)
+    single = _take(data.train_iterator(name, MOCK_DIR, 8, seed=0, start_step=4, options=options), 4)
     for count in (2, 4):
         parts = [
             _take(
@@ -187,7 +193,7 @@ def test_processes_slice_the_global_batch(mock_small, name, cache):
                     8,
                     seed=0,
                     start_step=4,
-                    cache=cache,
+                    options=options,
                     process_index=i,
                     process_count=count,
                 ),
@@ -245,17 +251,16 @@ def test_validation_split_holds_out_the_last_training_examples(mock_small):
     info = data.dataset_info("fashion_mnist", MOCK_DIR, validation_examples=12)
     assert (info.num_train_examples, info.num_eval_examples) == (38, 12)
     assert (info.train_split, info.eval_split) == ("train[:-12]", "train[-12:]")
-    (held,) = data.eval_iterator("fashion_mnist", MOCK_DIR, 16, validation_examples=12)
+    held_out = data.Options(validation_examples=12)
+    (held,) = data.eval_iterator("fashion_mnist", MOCK_DIR, 16, options=held_out)
     assert held["mask"].sum() == 12 and len(held["label"]) == 16
     full = in_memory.load_split("fashion_mnist", data.resolve_data_dir(MOCK_DIR), "train", 28)
     np.testing.assert_array_equal(held["label"][:12], full[1][-12:])
-    np.testing.assert_allclose(
-        held["image"][:12], data.normalize(full[0][-12:], data.dataset_spec("fashion_mnist"))
-    )
+    np.testing.assert_array_equal(held["image"][:12], full[0][-12:])
     # One epoch of the training iterator (batch 19: 2 steps) covers only rows 0..37.
-    it = data.train_iterator("fashion_mnist", MOCK_DIR, 19, seed=3, validation_examples=12)
+    it = data.train_iterator("fashion_mnist", MOCK_DIR, 19, seed=3, options=held_out)
     seen = np.concatenate([next(it)["image"] for _ in range(2)])
-    flat = data.normalize(full[0], data.dataset_spec("fashion_mnist")).reshape(50, -1)
+    flat = full[0].reshape(50, -1)
     rows = [int(np.flatnonzero((flat == x.reshape(-1)).all(axis=1))[0]) for x in seen]
     assert len(set(rows)) == 38 and max(rows) < 38
     for bad in (-1, 60_000, 1.5):
@@ -285,15 +290,16 @@ def test_imagenet_under_mock_data(mock_imagenet):
     info = data.dataset_info("imagenet2012", MOCK_DIR, image_size=32)
     assert info.image_shape == (32, 32, 3) and info.num_train_examples == 20
     # 20 examples, batch 6: 3 steps per epoch; 5 steps cross an epoch boundary.
-    full = _take(data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, image_size=32), 5)
+    at_32 = data.Options(image_size=32)
+    full = _take(data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, options=at_32), 5)
     for batch in full:
-        assert batch["image"].shape == (6, 32, 32, 3) and batch["image"].dtype == np.float32
-        assert batch["label"].dtype == np.int32 and np.isfinite(batch["image"]).all()
+        assert batch["image"].shape == (6, 32, 32, 3) and batch["image"].dtype == np.uint8
+        assert batch["label"].dtype == np.int32
     resumed = _take(
-        data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, start_step=2, image_size=32), 3
+        data.train_iterator("imagenet2012", MOCK_DIR, 6, seed=5, start_step=2, options=at_32), 3
     )
     _assert_batches_equal(resumed, full[2:])
-    evals = list(data.eval_iterator("imagenet2012", MOCK_DIR, 8, image_size=32))
+    evals = list(data.eval_iterator("imagenet2012", MOCK_DIR, 8, options=at_32))
     assert [b["mask"].sum() for b in evals] == [8, 8, 4]
     assert evals[-1]["image"].shape == (8, 32, 32, 3)
 
@@ -398,7 +404,7 @@ def test_each_process_reads_only_its_share_and_the_shares_make_the_epoch(
             tiny_imagenet,
             global_batch,
             seed=7,
-            image_size=16,
+            options=AT_16,
             process_index=i,
             process_count=count,
         )
@@ -430,7 +436,7 @@ def test_streamed_order_is_a_function_of_seed_step_and_process_count(tiny_imagen
             8,
             seed=seed,
             start_step=start_step,
-            image_size=16,
+            options=AT_16,
             process_index=index,
             process_count=count,
         )
@@ -448,6 +454,55 @@ def test_streamed_order_is_a_function_of_seed_step_and_process_count(tiny_imagen
     assert not np.array_equal(batches(2, 0, seed=8, n=1)[0]["label"], two[0][0]["label"])
 
 
+def _global_batches(data_dir, count, start, n, start_count=None):
+    """The global batches of `count` processes from `start` (with the process count that began
+    its epoch), each the processes' local batches joined."""
+    parts = [
+        _take(
+            data.train_iterator(
+                "imagenet2012",
+                data_dir,
+                8,
+                7,
+                data.Position(start, start_count),
+                i,
+                count,
+                AT_16,
+            ),
+            n,
+        )
+        for i in range(count)
+    ]
+    return [{k: np.concatenate([p[s][k] for p in parts]) for k in parts[0][s]} for s in range(n)]
+
+
+# One resize in the default run (about 5 s); the others, 10-17 s each, with the slow tests.
+@pytest.mark.parametrize(
+    "old,new",
+    [(2, 1), *(pytest.param(*p, marks=pytest.mark.slow) for p in [(1, 2), (2, 4), (4, 1)])],
+)
+def test_streamed_resize_mid_epoch_finishes_the_epoch_in_the_old_order(tiny_imagenet, old, new):
+    """What a resize of a streamed run keeps: resumed at step 2 of epoch 0 (6 steps of 8 of the
+    50 examples) on another process count, the processes read the old count's shares that cover
+    their rows, so the rest of the epoch is bitwise the old count's batches (augmentation
+    included): every example of the epoch once, none twice. The next epoch is the new count's
+    own, again every example once."""
+    steps = NUM_TRAIN // 8
+    uninterrupted = _global_batches(tiny_imagenet, old, 0, steps)
+    resized = _global_batches(tiny_imagenet, new, 2, 2 * steps - 2, start_count=old)
+    _assert_batches_equal(resized[: steps - 2], uninterrupted[2:])
+    epoch = np.concatenate([b["label"] for b in uninterrupted[:2] + resized[: steps - 2]])
+    assert len(epoch) == len(set(epoch)) == steps * 8
+    _assert_batches_equal(resized[steps - 2 :], _global_batches(tiny_imagenet, new, steps, steps))
+    labels = np.concatenate([b["label"] for b in resized[steps - 2 :]])
+    assert len(labels) == len(set(labels)) == steps * 8
+    # Without the old count, another order: examples of the epoch would be seen twice.
+    plain = _global_batches(tiny_imagenet, new, 2, steps - 2)
+    assert not all(np.array_equal(a["label"], b["label"]) for a, b in zip(plain, resized))
+    with pytest.raises(ValueError, match="process_count=3"):
+        _global_batches(tiny_imagenet, new, 2, 1, start_count=3)  # 8 rows, 3 processes.
+
+
 @pytest.mark.parametrize("count", [1, 2, 4])
 def test_streamed_eval_reads_each_share_once_and_counts_every_example(
     tiny_imagenet, monkeypatch, count
@@ -461,7 +516,7 @@ def test_streamed_eval_reads_each_share_once_and_counts_every_example(
             "imagenet2012",
             tiny_imagenet,
             global_batch,
-            image_size=16,
+            options=AT_16,
             process_index=i,
             process_count=count,
         )
@@ -481,7 +536,7 @@ def test_streamed_eval_reads_each_share_once_and_counts_every_example(
 
 
 def test_tensorflow_sees_no_gpu_after_the_pipeline_starts(tiny_imagenet):
-    next(data.train_iterator("imagenet2012", tiny_imagenet, 8, seed=0, image_size=16))
+    next(data.train_iterator("imagenet2012", tiny_imagenet, 8, seed=0, options=AT_16))
     assert tf.config.get_visible_devices("GPU") == []
     assert all(d.device_type != "GPU" for d in tf.config.list_logical_devices())
     data.hide_gpus_from_tensorflow()  # Once TF runs: harmless, no error.

@@ -28,6 +28,7 @@ from optg_jax import export as export_lib
 from optg_jax.train import checkpoints, models, pretrained, steps, training
 from optg_jax.train import config as config_lib
 from optg_jax.train.config import ConfigError
+from tests.test_train import mock_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIFIER = {"fmnist_cnn": "fc2", "vit_tiny": "head"}  # every other zoo model: "fc"
@@ -56,7 +57,7 @@ def load_config(name, **overrides):
 
 
 def run(config, workdir):
-    with tfds.testing.mock_data(num_examples=32):
+    with mock_data():  # Synchronous saves while TFDS's mock swaps the file system (test_train).
         return training.train_and_evaluate(config, str(workdir))
 
 

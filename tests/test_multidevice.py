@@ -23,16 +23,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax
-    import tensorflow_datasets as tfds
     sys.path.insert(0, {root!r})
-    from tests.test_train import imagenet_test_config
+    from tests.test_train import imagenet_test_config, mock_data
     from optg_jax.train import training
     from optg_jax.train.config import ConfigError
 
     workdir, overrides = sys.argv[1], json.loads(sys.argv[2])
     config = imagenet_test_config(**overrides)
     try:
-      with tfds.testing.mock_data(num_examples=32):
+      with mock_data():
         results = training.train_and_evaluate(config, workdir)
     except ConfigError as e:
       print("CONFIG_ERROR", e)

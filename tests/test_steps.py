@@ -210,9 +210,9 @@ def test_jitted_steps_over_a_mesh_keep_the_shardings():
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    shardings = dict(state_sharding=replicated, batch_sharding=rows, metrics_sharding=replicated)
-    train = steps.jit_train_step(model, tx, NUM_CLASSES, sparse=True, **shardings)
-    evaluate = steps.jit_eval_step(model, NUM_CLASSES, sparse=True, **shardings)
+    shardings = steps.Shardings(state=replicated, batch=rows, metrics=replicated)
+    train = steps.jit_train_step(model, tx, NUM_CLASSES, sparse=True, shardings=shardings)
+    evaluate = steps.jit_eval_step(model, NUM_CLASSES, sparse=True, shardings=shardings)
     new, metrics = train(state, batch())
     assert new.params["Dense_0"]["kernel"].sharding == replicated
     assert metrics["loss"].sharding == replicated
@@ -257,3 +257,56 @@ def test_config_fields_reach_optg_optax(monkeypatch):
     assert seen["update_masks_after_pruning"] is True
     want = [0.9 / (1 + math.exp(-(step // 3 - 2))) for step in range(12)] + [0.9]
     assert [float(seen["schedule"](step)) for step in range(13)] == pytest.approx(want, rel=1e-6)
+
+
+class TinyConv(nn.Module):
+    """A 3x3 convolution to 4 channels, BatchNorm, ReLU, global mean, 10 logits."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(4, (3, 3), use_bias=False)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        return nn.Dense(10)(nn.relu(x).mean(axis=(1, 2)))
+
+
+def test_uint8_pixels_normalised_in_the_step_give_the_host_normalised_logits():
+    """The same batch both ways: uint8 pixels normalised inside the jitted steps (what the
+    pipelines send) and float32 normalised on the host (`data.Options(normalize=True)`, what
+    they sent before) give the same logits, loss and updated state to float32 rounding."""
+    from optg_jax.train import data
+
+    spec = data.dataset_spec("cifar10")
+    norm = steps.Normalization.create(spec.mean, spec.std)
+    model = TinyConv()
+    tx = make_tx(sparse=False)
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    labels = jnp.arange(8, dtype=jnp.int32) % 10
+    host = data.normalize(pixels, spec)
+    assert host.dtype == np.float32 and pixels.nbytes * 4 == host.nbytes
+
+    # The "rbg" key: an eager init compiles in a second where threefry takes ~15 s.
+    state = steps.create_train_state(jax.random.key(1, impl="rbg"), model, tx, (8, 8, 3))
+    variables = steps.model_variables(state.params, state.batch_stats)
+
+    @jax.jit
+    def logits(images, normalization):
+        return model.apply(variables, steps.model_input(images, normalization), train=False)
+
+    on_device = np.asarray(logits(jnp.asarray(pixels), norm))
+    on_host = np.asarray(logits(jnp.asarray(host), norm))  # float images pass through as given.
+    np.testing.assert_allclose(on_device, on_host, rtol=1e-5, atol=1e-5)
+    # Pixels not normalised give other logits: the comparison can tell the two apart.
+    raw = np.asarray(logits(jnp.asarray(pixels), None))
+    assert np.abs(raw - on_host).max() > 100 * np.abs(on_device - on_host).max() + 1e-3
+
+    train = steps.jit_train_step(model, tx, 10, sparse=False, normalization=norm)
+    evaluate = steps.jit_eval_step(model, 10, sparse=False, normalization=norm)
+    out = {}
+    for name, images in (("device", pixels), ("host", host)):
+        copy = jax.tree.map(jnp.copy, state)  # The train step donates its state.
+        new, metrics = train(copy, {"image": jnp.asarray(images), "label": labels})
+        sums = evaluate(new, {"image": jnp.asarray(images), "label": labels, "mask": jnp.ones(8)})
+        out[name] = (new.params, metrics, sums)
+    assert_trees_close(out["device"][0], out["host"][0], rtol=1e-4, atol=1e-5)
+    assert_trees_close(out["device"][1], out["host"][1], rtol=1e-4, atol=1e-6)
+    assert_trees_close(out["device"][2], out["host"][2], rtol=1e-4, atol=1e-5)

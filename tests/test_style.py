@@ -199,3 +199,56 @@ def test_public_functions_have_args_returns_raises(module):
     """Google sections on every public function of optg_jax (names without a leading `_`)."""
     problems = docstring_problems(ROOT / module)
     assert not problems, "\n".join(problems)
+
+
+MAX_LINES, MAX_PARAMS = 80, 8
+# The library's public entry point takes every OptG setting as a keyword (its signature is the
+# documented API); everything else groups arguments in records (e.g. `OptGSettings`, `Shard`).
+SIZE_EXEMPT = {"optg_jax/optg.py:optg_optax"}
+
+
+def oversized_functions(root: Path) -> list[str]:
+    """Functions (nested ones and methods included) longer than `MAX_LINES` lines, decorators
+    and docstring included, or with more than `MAX_PARAMS` parameters (self/cls not counted)."""
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root.parent).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if f"{relative}:{node.name}" in SIZE_EXEMPT:
+                continue
+            args = node.args
+            params = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+            names = [a.arg for a in params if a is not None and a.arg not in ("self", "cls")]
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            lines = node.end_lineno - first + 1
+            if lines > MAX_LINES:
+                problems.append(f"{relative}:{node.lineno} {node.name}: {lines} lines")
+            if len(names) > MAX_PARAMS:
+                problems.append(f"{relative}:{node.lineno} {node.name}: {len(names)} parameters")
+    return problems
+
+
+def test_size_checker_counts_lines_and_parameters(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_LINES - 1))
+    many = ", ".join(f"a{i}" for i in range(MAX_PARAMS)) + ", *rest"
+    (package / "m.py").write_text(
+        f"def fits(self, {', '.join(f'a{i}' for i in range(MAX_PARAMS))}):\n{body}\n\n\n"
+        f"def too_long():\n{body}\n    return 0\n\n\n"
+        f"def too_many({many}):\n    return 0\n\n\n"
+        "class C:\n    def method(self, *, a, b, c, d, e, f, g, h, i):\n        return a\n"
+    )
+    assert oversized_functions(package) == [
+        f"pkg/m.py:{MAX_LINES + 3} too_long: {MAX_LINES + 1} lines",
+        f"pkg/m.py:{2 * MAX_LINES + 6} too_many: {MAX_PARAMS + 1} parameters",
+        f"pkg/m.py:{2 * MAX_LINES + 11} method: {MAX_PARAMS + 1} parameters",
+    ]
+
+
+def test_functions_are_short_and_take_few_parameters():
+    """No function in optg_jax is longer than 80 lines or takes more than 8 parameters."""
+    problems = oversized_functions(ROOT / "optg_jax")
+    assert not problems, "\n".join(problems)

@@ -2,6 +2,8 @@
 sparsity, checkpoints, resume (after completion, and from a corrupt latest checkpoint), eval-only,
 refusal of another run's workdir, and a diverging run."""
 
+import contextlib
+import functools
 import importlib.util
 import itertools
 import json
@@ -9,6 +11,7 @@ import math
 import os
 import re
 import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -48,8 +51,22 @@ def imagenet_test_config(**overrides):
     return config
 
 
+@contextlib.contextmanager
+def mock_data(num_examples=32):
+    """`tfds.testing.mock_data`, with checkpoints saved synchronously while it is active.
+
+    While the mock builds a data set it swaps the file system under every thread (TFDS's
+    `MockFs`), so orbax's background thread would find its own directories missing; real TFDS
+    swaps nothing. The tests on real Fashion-MNIST (test_reliability.py) save asynchronously.
+    """
+    synchronous = functools.partial(checkpoints.manager, asynchronous=False)
+    with tfds.testing.mock_data(num_examples=num_examples):
+        with mock.patch.object(checkpoints, "manager", synchronous):
+            yield
+
+
 def run(config, workdir):
-    with tfds.testing.mock_data(num_examples=32):
+    with mock_data():
         return training.train_and_evaluate(config, str(workdir))
 
 
@@ -249,6 +266,34 @@ def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(finished, tmp_
         np.testing.assert_array_equal(want[k], got[k], err_msg=k)
 
 
+def test_a_changed_global_batch_resumes_only_with_allow_reshard(finished, tmp_path, capsys):
+    """Another batch_size cannot continue the saved run exactly (another data order and epoch):
+    one line that names the fix and writes nothing; with allow_reshard it resumes from the
+    latest checkpoint (step 4, mid-epoch) and records the new batch."""
+    workdir, _ = finished
+    copy = tmp_path / "w"
+    shutil.copytree(workdir, copy)
+    os.remove(copy / "results.json")
+    shutil.rmtree(copy / "checkpoints" / "6")
+    before = snapshot(copy)
+    with pytest.raises(ConfigError) as e:
+        run(imagenet_test_config(batch_size=16), copy)
+    message = str(e.value)
+    assert "\n" not in message and "batch_size=8 (this config: 16)" in message
+    assert "--config.allow_reshard=True" in message
+    assert snapshot(copy) == before
+    with pytest.raises(ConfigError, match="sparsity=0.9"):  # Other fields are still checked.
+        run(imagenet_test_config(batch_size=16, sparsity=0.8, allow_reshard=True), copy)
+    capsys.readouterr()
+    results = run(imagenet_test_config(batch_size=16, allow_reshard=True), copy)
+    out = capsys.readouterr().out
+    assert "resuming from the checkpoint at step 4" in out
+    assert "written with batch_size=8 (this run: 16); resuming anyway" in out
+    assert (results["steps"], results["batch_size"]) == (NUM_STEPS, 16)
+    stored = json.loads((copy / "config.json").read_text())
+    assert stored["identity"]["batch_size"] == 16
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     workdir = tmp_path / "w"
     config = imagenet_test_config(
@@ -284,9 +329,10 @@ def test_train_py_end_to_end_and_rerun(tmp_path):
 
     wrapper = tmp_path / "mock_train.py"
     wrapper.write_text(
-        "import runpy, sys, tensorflow_datasets as tfds\n"
+        "import runpy, sys\n"
+        "from tests.test_train import mock_data\n"
         f"sys.argv[0] = {os.path.join(ROOT, 'train.py')!r}\n"
-        "with tfds.testing.mock_data(num_examples=32):\n"
+        "with mock_data():\n"
         "  runpy.run_path(sys.argv[0], run_name='__main__')\n"
     )
     args = [
@@ -333,7 +379,7 @@ def test_data_fields_select_the_streamed_augmented_pipeline(tmp_path, monkeypatc
     original = data.train_iterator
 
     def spy(*args, **kwargs):
-        calls.append(kwargs)
+        calls.append(dict(kwargs, args=args))
         batches = original(*args, **kwargs)
         first_batches.append(next(batches))
         return itertools.chain(first_batches[-1:], batches)
@@ -343,12 +389,14 @@ def test_data_fields_select_the_streamed_augmented_pipeline(tmp_path, monkeypatc
     config = imagenet_test_config(data_in_memory=False, augment="on", **fields)
     results = run(config, tmp_path / "w")
     assert results["steps"] == 3 and 0 <= results["top1"] <= 1
-    assert (calls[0]["cache"], calls[0]["augment"]) == (False, True)
+    options = calls[0]["args"][-1]
+    assert (options.cache, options.augment) == (False, True)
     # The batches the run trained on are the streamed, augmented ones: the in-memory pipeline
     # without augmentation yields other images for the same step.
     with tfds.testing.mock_data(num_examples=32):
-        plain = next(original("fashion_mnist", None, 8, seed=0, cache=True, augment=False))
-        streamed = next(original("fashion_mnist", None, 8, seed=0, cache=False, augment=True))
+        plain = next(original("fashion_mnist", None, 8, 0, options=data.Options(augment=False)))
+        streamed_options = data.Options(cache=False, augment=True)
+        streamed = next(original("fashion_mnist", None, 8, 0, options=streamed_options))
     np.testing.assert_array_equal(first_batches[0]["image"], streamed["image"])
     assert not np.array_equal(first_batches[0]["image"], plain["image"])
 

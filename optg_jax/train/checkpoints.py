@@ -5,8 +5,10 @@ The workdir layout:
                              parameter shapes (checked on every rerun: another experiment's
                              workdir is refused instead of overwritten)
   workdir/checkpoints/<step> orbax checkpoints of the train state (params, batch_stats, the whole
-                             optimiser state with OptG scores and masks, step); the data position
-                             is the step, because the input order is a function of (seed, step)
+                             optimiser state with OptG scores and masks, step), written in the
+                             background; the data position is the step, because the input order
+                             is a function of (seed, step), and the metadata of each checkpoint
+                             records the layout it was written with (`read_metadata`)
   workdir/export/            the masked weights (zeros in place) and batch statistics as .npz,
                              and the same in the compact sparse format of `optg_jax.export`
 
@@ -183,23 +185,27 @@ def write_workdir_config(
 # --------------------------------------------------------------------------- train state
 
 
-def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager:
+def manager(
+    workdir: str, keep: int, create: bool = True, asynchronous: bool = True
+) -> ocp.CheckpointManager:
     """An orbax checkpoint manager over workdir/checkpoints.
 
     Args:
       workdir: the run's directory.
       keep: how many of the latest checkpoints to keep.
       create: whether to create workdir/checkpoints if it is missing.
+      asynchronous: whether `save` returns once the state is copied off the devices, with the
+        files written by a background thread (orbax's asynchronous checkpointing), or only
+        once they are on disk.
 
     Returns:
-      The `ocp.CheckpointManager`; its saves are synchronous.
+      The `ocp.CheckpointManager`. A checkpoint is complete only once it has its final name
+      (orbax writes it under a temporary one and renames it last), so a process killed during
+      a save leaves the previous checkpoint as the latest readable one. Call
+      `wait_until_finished()` (or `close()`) before relying on the last save being on disk.
     """
-    # Synchronous saves: a checkpoint is on disk when `save` returns (the "last good checkpoint"
-    # of a diverged run is real), and no background thread writes while the input pipeline runs
-    # (tfds.testing.mock_data swaps the file system under every thread while it builds a
-    # dataset). A save costs a few seconds every `checkpoint_every_steps` steps at most.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=create, enable_async_checkpointing=False
+        max_to_keep=keep, create=create, enable_async_checkpointing=asynchronous
     )
     return ocp.CheckpointManager(
         workdir_path(workdir) / CHECKPOINT_DIR,
@@ -208,17 +214,36 @@ def manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManag
     )
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, state, metadata: dict | None = None) -> None:
     """Saves `state` at `step` (a no-op when that step is already saved).
 
     Args:
       mngr: the workdir's checkpoint manager.
       step: the step count of `state`.
       state: the train state (a pytree of arrays).
+      metadata: JSON-friendly facts kept with the checkpoint (`read_metadata`), e.g. the input
+        pipeline's position.
     """
     if step in mngr.all_steps():
         return
-    mngr.save(step, args=ocp.args.StandardSave(state))
+    mngr.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata)
+
+
+def read_metadata(mngr: ocp.CheckpointManager, step: int) -> dict:
+    """The `metadata` that `save` kept with the checkpoint at `step`.
+
+    Args:
+      mngr: the workdir's checkpoint manager.
+      step: a saved step.
+
+    Returns:
+      The dict given to `save`; empty for a checkpoint written without one.
+    """
+    try:
+        custom = mngr.metadata(step).custom_metadata
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return dict(custom) if isinstance(custom, dict) else {}
 
 
 def _metadata_shapes(mngr, step) -> dict:
@@ -258,6 +283,7 @@ def restore_latest(
       ConfigError: the checkpoint's parameters do not fit the model (another experiment).
       CheckpointError: checkpoints exist but none can be read.
     """
+    mngr.wait_until_finished()  # A save still in flight is not yet readable.
     steps = sorted(mngr.all_steps(), reverse=True)
     want = shapes(abstract_state)
     for i, step in enumerate(steps):

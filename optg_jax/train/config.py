@@ -152,7 +152,12 @@ def base_config() -> ml_collections.ConfigDict:
     # default and 0 in the paper's form).
     c.uncertainty_bonus = config_dict.placeholder(float)
 
-    # Bookkeeping.
+    _add_bookkeeping_fields(c)
+    return c
+
+
+def _add_bookkeeping_fields(c: ml_collections.ConfigDict) -> None:
+    """The fields of `base_config` that say how a run is kept: seed, checkpoints, logs, devices."""
     c.seed = 0
     c.eval_only = False  # Evaluate (and export) the latest checkpoint instead of training.
     c.checkpoint_every_steps = 1000
@@ -163,7 +168,10 @@ def base_config() -> ml_collections.ConfigDict:
     # devices (`optg_jax.sharding`). Not an identity field: it changes where the state lives,
     # not the results (beyond float rounding), and a checkpoint restores either way.
     c.param_sharding = "replicated"
-    return c
+    # Resume where the run cannot go on exactly as it would have (a changed batch_size, streamed
+    # data on another process count: docs/training.md, "Preemption and resizing"). Not an
+    # identity field.
+    c.allow_reshard = False
 
 
 def paper_config(
@@ -293,7 +301,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field in ("num_train_steps", "steps_per_epoch", "steps_per_eval"):
         if config[field] == 0 or config[field] < -1:
             _fail(field, config[field], "must be > 0, or -1 for the default")
-    for field in ("update_masks_after_pruning", "data_in_memory", "reference_schedules"):
+    bools = ("update_masks_after_pruning", "data_in_memory", "reference_schedules", "allow_reshard")
+    for field in bools:
         if not isinstance(config[field], bool) and not (
             field == "update_masks_after_pruning" and config[field] is None
         ):

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 import optg_jax
@@ -48,6 +49,65 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: Any
+
+
+class Normalization(NamedTuple):
+    """The per-channel mean and std that turn uint8 pixels into the model's input.
+
+    Attributes:
+      mean: float32 `[C]`, the data set's mean on the 0-255 scale.
+      std: float32 `[C]`, its standard deviation on the 0-255 scale.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def create(cls, mean: Sequence[float], std: Sequence[float]) -> Normalization:
+        """The normalisation of a data set whose mean and std are given on the [0, 1] scale.
+
+        Args:
+          mean: per channel, e.g. a data `Spec`'s `mean`.
+          std: per channel, likewise.
+
+        Returns:
+          The `Normalization`, its constants computed in float32 as the host's
+          `optg_jax.train.data.normalize` computes them.
+        """
+        return cls(np.asarray(mean, np.float32) * 255, np.asarray(std, np.float32) * 255)
+
+
+def model_input(images: jax.Array, normalization: Normalization | None) -> jax.Array:
+    """The model's input from a batch's images: uint8 pixels normalised, float images as given.
+
+    Args:
+      images: uint8 pixels `[B, H, W, C]`, or float images already normalised (the host's
+        `optg_jax.train.data.Options(normalize=True)`, or a program of one's own).
+      normalization: the data set's mean and std; None passes uint8 pixels on as float32.
+
+    Returns:
+      float32 `(pixels - mean) / std` for uint8 images, the images unchanged otherwise.
+    """
+    if images.dtype != jnp.uint8:
+        return images
+    x = images.astype(jnp.float32)
+    if normalization is None:
+        return x
+    return (x - normalization.mean) / normalization.std
+
+
+class Shardings(NamedTuple):
+    """Where a jitted step's arguments and results live on a device mesh.
+
+    Attributes:
+      state: the train state's sharding (a sharding or a pytree of them).
+      batch: the global batch's sharding (leading axis over the mesh).
+      metrics: the sharding of the returned scalars (replicated).
+    """
+
+    state: Any
+    batch: Any
+    metrics: Any
 
 
 def reference_epochs(num_steps: int, steps_per_epoch: int) -> int:
@@ -297,29 +357,33 @@ def train_step(
     num_classes: int,
     label_smoothing: float,
     sparse: bool,
+    normalization: Normalization | None = None,
 ) -> tuple[TrainState, dict]:
     """One SGD step on the (global) batch.
 
     Args:
       state: the train state before the step.
-      batch: `{'image': float [B, H, W, C], 'label': int32 [B]}` (sharded on B when jitted over
-        a mesh; the loss is the mean over the whole batch).
+      batch: `{'image': uint8 or float [B, H, W, C], 'label': int32 [B]}` (sharded on B when
+        jitted over a mesh; the loss is the mean over the whole batch); uint8 pixels are
+        normalised here (`model_input`), float images are taken as normalised.
       model: the Flax module.
       tx: the optimizer whose state is `state.opt_state`.
       num_classes: number of classes (the one-hot width).
       label_smoothing: label smoothing of the cross-entropy (0 for none).
       sparse: whether `tx` holds an OptG link (masked forward pass, sparsity metrics).
+      normalization: the data set's mean and std, for uint8 pixels.
 
     Returns:
       `(new state, metrics)`: metrics are float32 scalars `loss`, `accuracy`, `grad_norm` and,
       for sparse runs, the scheduled `sparsity` and `score_lr` after this step.
     """
     mparams = masked_params(state.params, state.opt_state, sparse)
+    images = model_input(batch["image"], normalization)
 
     def loss_fn(mp):
         logits, new_vars = model.apply(
             model_variables(mp, state.batch_stats),
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
         )
@@ -348,24 +412,32 @@ def train_step(
 
 
 def eval_step(
-    state: TrainState, batch: dict, *, model: nn.Module, num_classes: int, sparse: bool
+    state: TrainState,
+    batch: dict,
+    *,
+    model: nn.Module,
+    num_classes: int,
+    sparse: bool,
+    normalization: Normalization | None = None,
 ) -> dict:
     """Sums of the eval figures over one (padded) batch of the masked model.
 
     Args:
       state: the train state.
-      batch: `{'image': float [B, H, W, C], 'label': int32 [B], 'mask': float32 [B]}`, mask 0 on
-        padding rows.
+      batch: `{'image': uint8 or float [B, H, W, C], 'label': int32 [B], 'mask': float32 [B]}`,
+        mask 0 on padding rows; uint8 pixels are normalised here, as in `train_step`.
       model: the Flax module.
       num_classes: number of classes (top-5 becomes top-`num_classes` below 5 classes).
       sparse: whether `state.opt_state` holds masks to apply.
+      normalization: the data set's mean and std, for uint8 pixels.
 
     Returns:
       float32 scalars: `correct1` and `correct5` (correct top-1/top-5 predictions), `loss` (summed
       cross-entropy) and `count` (real examples), each summed over the non-padding rows.
     """
     mparams = masked_params(state.params, state.opt_state, sparse)
-    logits = model.apply(model_variables(mparams, state.batch_stats), batch["image"], train=False)
+    images = model_input(batch["image"], normalization)
+    logits = model.apply(model_variables(mparams, state.batch_stats), images, train=False)
     weight = batch["mask"].astype(jnp.float32)
     labels = batch["label"]
     top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
@@ -380,12 +452,11 @@ def eval_step(
     }
 
 
-def _jit(fn: Callable, shardings: tuple | None, donate: bool) -> Callable:
+def _jit(fn: Callable, shardings: Shardings | None, out_sharding: Any, donate: bool) -> Callable:
     """`jax.jit(fn)` with `(state, batch) -> out` shardings when given, donating the state."""
     kwargs = {"donate_argnums": (0,)} if donate else {}
     if shardings is not None:
-        state_sharding, batch_sharding, out_sharding = shardings
-        kwargs.update(in_shardings=(state_sharding, batch_sharding), out_shardings=out_sharding)
+        kwargs.update(in_shardings=(shardings.state, shardings.batch), out_shardings=out_sharding)
     return jax.jit(fn, **kwargs)
 
 
@@ -396,9 +467,8 @@ def jit_train_step(
     *,
     sparse: bool,
     label_smoothing: float = 0.0,
-    state_sharding: Any = None,
-    batch_sharding: Any = None,
-    metrics_sharding: Any = None,
+    normalization: Normalization | None = None,
+    shardings: Shardings | None = None,
 ) -> Callable:
     """`train_step` jitted, over a device mesh when the shardings are given; donates the state.
 
@@ -408,10 +478,9 @@ def jit_train_step(
       num_classes: the number of classes.
       sparse: whether `tx` holds an OptG link (the run's one answer, e.g. `Run.sparse`).
       label_smoothing: label smoothing of the cross-entropy (0 for none).
-      state_sharding: the train state's sharding (a sharding or a pytree of them); None (with
-        the other two) jits without sharding constraints.
-      batch_sharding: the global batch's sharding (leading axis over the mesh).
-      metrics_sharding: the sharding of the returned scalar metrics (replicated).
+      normalization: the data set's mean and std: uint8 pixels are normalised inside the step.
+      shardings: the state's, the batch's and the metrics' shardings; None jits without
+        sharding constraints.
 
     Returns:
       The jitted `(state, batch) -> (state, metrics)`.
@@ -423,11 +492,10 @@ def jit_train_step(
         num_classes=num_classes,
         label_smoothing=float(label_smoothing),
         sparse=sparse,
+        normalization=normalization,
     )
-    shardings = None
-    if state_sharding is not None:
-        shardings = (state_sharding, batch_sharding, (state_sharding, metrics_sharding))
-    return _jit(step, shardings, donate=True)
+    out = None if shardings is None else (shardings.state, shardings.metrics)
+    return _jit(step, shardings, out, donate=True)
 
 
 def jit_eval_step(
@@ -435,9 +503,8 @@ def jit_eval_step(
     num_classes: int,
     *,
     sparse: bool,
-    state_sharding: Any = None,
-    batch_sharding: Any = None,
-    metrics_sharding: Any = None,
+    normalization: Normalization | None = None,
+    shardings: Shardings | None = None,
 ) -> Callable:
     """`eval_step` jitted, over a device mesh when the shardings are given.
 
@@ -445,16 +512,19 @@ def jit_eval_step(
       model: the Flax module.
       num_classes: the number of classes.
       sparse: whether the state's optimizer holds masks to apply (as for `jit_train_step`).
-      state_sharding: the train state's sharding; None (with the other two) jits without
-        sharding constraints.
-      batch_sharding: the global batch's sharding (leading axis over the mesh).
-      metrics_sharding: the sharding of the returned sums (replicated).
+      normalization: the data set's mean and std: uint8 pixels are normalised inside the step.
+      shardings: the state's, the batch's and the sums' shardings; None jits without sharding
+        constraints.
 
     Returns:
       The jitted `(state, batch) -> sums` (see `eval_step`).
     """
-    step = functools.partial(eval_step, model=model, num_classes=num_classes, sparse=sparse)
-    shardings = None
-    if state_sharding is not None:
-        shardings = (state_sharding, batch_sharding, metrics_sharding)
-    return _jit(step, shardings, donate=False)
+    step = functools.partial(
+        eval_step,
+        model=model,
+        num_classes=num_classes,
+        sparse=sparse,
+        normalization=normalization,
+    )
+    out = None if shardings is None else shardings.metrics
+    return _jit(step, shardings, out, donate=False)

@@ -43,7 +43,7 @@ from jax.sharding import PartitionSpec as P
 import optg_jax
 from optg_jax import macs as macs_lib
 from optg_jax import sharding
-from optg_jax.train import checkpoints, data, models, pretrained, steps
+from optg_jax.train import checkpoints, data, models, preemption, pretrained, steps
 from optg_jax.train import config as config_lib
 from optg_jax.train import metrics as metrics_lib
 from optg_jax.train.config import ConfigError
@@ -214,20 +214,22 @@ class Run:
             jax.random.key(0),
         )
         state_sharding = sharding.state_shardings(state_shapes, mesh, config.param_sharding)
-        shardings = dict(
-            state_sharding=state_sharding,
-            batch_sharding=batch_sharding,
-            metrics_sharding=replicated,
-        )
+        shardings = steps.Shardings(state_sharding, batch_sharding, replicated)
+        # The batches carry uint8 pixels; the steps normalise them on the devices.
+        spec = data.dataset_spec(config.dataset)
+        normalization = steps.Normalization.create(spec.mean, spec.std)
         train_step = steps.jit_train_step(
             model,
             tx,
             info.num_classes,
             sparse=sparse,
             label_smoothing=float(config.label_smoothing),
-            **shardings,
+            normalization=normalization,
+            shardings=shardings,
         )
-        eval_step = steps.jit_eval_step(model, info.num_classes, sparse=sparse, **shardings)
+        eval_step = steps.jit_eval_step(
+            model, info.num_classes, sparse=sparse, normalization=normalization, shardings=shardings
+        )
         return cls(
             config=config,
             workdir=workdir,
@@ -261,44 +263,90 @@ class Run:
         """
         return steps.create_train_state(rng, self.model, self.tx, self.info.image_shape)
 
-    def _iterator_args(self) -> dict:
-        """The keyword arguments `data.train_iterator` and `data.eval_iterator` share."""
+    @property
+    def streamed(self) -> bool:
+        """Whether the training batches stream through tf.data (each process reads its share)."""
+        spec = data.dataset_spec(self.config.dataset)
+        return not (self.config.data_in_memory and spec.fits_in_memory)
+
+    def _data_options(self) -> data.Options:
+        """The `data.Options` of the training and eval iterators."""
         c = self.config
-        return dict(
-            name=c.dataset,
-            data_dir=c.data_dir or None,
-            global_batch_size=c.batch_size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+        return data.Options(
             image_size=c.image_size or None,
+            cache=c.data_in_memory,
+            augment=config_lib.AUGMENT[c.augment],
             validation_examples=int(c.validation_examples),
         )
 
-    def train_batches(self, start_step: int) -> Iterator[dict]:
-        """The global training batches from step `start_step` on, forever.
+    def _shard_args(self) -> tuple:
+        """`(global batch, process index, process count)` of this process."""
+        return self.config.batch_size, jax.process_index(), jax.process_count()
+
+    def train_batches(self, start: data.Position) -> Iterator[dict]:
+        """The global training batches from `start` on, forever.
 
         Args:
-          start_step: the first step's index (a resumed run continues the same order).
+          start: the first step (a resumed run continues the same order) and the process count
+            that began its epoch.
 
         Returns:
-          An iterator of `{'image', 'label'}` global arrays sharded by `batch_sharding`.
+          An iterator of `{'image' (uint8), 'label'}` global arrays sharded by
+          `batch_sharding`.
         """
+        batch, index, count = self._shard_args()
         local = data.train_iterator(
-            seed=self.config.seed,
-            start_step=start_step,
-            cache=self.config.data_in_memory,
-            augment=config_lib.AUGMENT[self.config.augment],
-            **self._iterator_args(),
+            self.config.dataset,
+            self.config.data_dir or None,
+            batch,
+            self.config.seed,
+            start,
+            index,
+            count,
+            self._data_options(),
         )
         return (self._global_batch(b, ("image", "label")) for b in local)
+
+    def data_position(self, step: int, epoch_process_count: int) -> dict:
+        """The input pipeline's position at `step`, as a checkpoint keeps it.
+
+        Args:
+          step: the steps done.
+          epoch_process_count: the process count that began the epoch of `step`.
+
+        Returns:
+          A JSON-friendly dict: `step`, `epoch`, `step_in_epoch`, `global_batch`,
+          `process_count`, `epoch_process_count` (this run's count at an epoch's start),
+          `num_devices` and `pipeline` (`in_memory` or `streamed`).
+        """
+        epoch, within = divmod(step, self.steps_per_epoch)
+        return {
+            "step": step,
+            "epoch": epoch,
+            "step_in_epoch": within,
+            "global_batch": self.config.batch_size,
+            "process_count": jax.process_count(),
+            "epoch_process_count": epoch_process_count if within else jax.process_count(),
+            "num_devices": jax.device_count(),
+            "pipeline": "streamed" if self.streamed else "in_memory",
+        }
 
     def eval_batches(self) -> Iterator[dict]:
         """One pass over the eval split (at most `config.steps_per_eval` batches when > 0).
 
         Yields:
-          An iterator of `{'image', 'label', 'mask'}` global arrays sharded by `batch_sharding`.
+          An iterator of `{'image' (uint8), 'label', 'mask'}` global arrays sharded by
+          `batch_sharding`.
         """
-        local = data.eval_iterator(**self._iterator_args())
+        batch, index, count = self._shard_args()
+        local = data.eval_iterator(
+            self.config.dataset,
+            self.config.data_dir or None,
+            batch,
+            index,
+            count,
+            self._data_options(),
+        )
         for i, batch in enumerate(local):
             if 0 < self.config.steps_per_eval <= i:
                 return
@@ -362,12 +410,7 @@ def _check_workdir(run: Run, param_shapes: dict) -> tuple[dict | None, bool]:
       and this one has nothing to do).
     """
     config, workdir = run.config, run.workdir
-    checkpoints.check_workdir(
-        workdir,
-        config_lib.identity(config),
-        param_shapes,
-        config_lib.identity(config_lib.base_config()),
-    )
+    _check_identity(config, workdir, param_shapes)
     has_checkpoints = bool(checkpoints.checkpoint_steps_on_disk(workdir))
     if config.eval_only and not has_checkpoints:
         raise ConfigError(
@@ -383,13 +426,43 @@ def _check_workdir(run: Run, param_shapes: dict) -> tuple[dict | None, bool]:
     return previous, finished
 
 
+def _stored_batch_size(workdir: str) -> int | None:
+    """The batch_size in the identity of workdir/config.json, or None."""
+    stored = checkpoints.read_json(checkpoints.workdir_path(workdir) / checkpoints.CONFIG_FILE)
+    identity = stored.get("identity") if isinstance(stored, dict) else None
+    return identity.get("batch_size") if isinstance(identity, dict) else None
+
+
+def _check_identity(config: ml_collections.ConfigDict, workdir: str, param_shapes: dict) -> None:
+    """Refuses a workdir of another experiment; a changed global batch alone (the data order and
+    the step count of an epoch change with it, so the run cannot go on as it would have) only
+    with `config.allow_reshard` (`_create_workdir` then records the new batch)."""
+    identity = config_lib.identity(config)
+    defaults = config_lib.identity(config_lib.base_config())
+    stored_batch = _stored_batch_size(workdir)
+    if stored_batch is None or stored_batch == config.batch_size:
+        checkpoints.check_workdir(workdir, identity, param_shapes, defaults)
+        return
+    checkpoints.check_workdir(
+        workdir, dict(identity, batch_size=stored_batch), param_shapes, defaults
+    )
+    if not config.allow_reshard:
+        raise ConfigError(
+            f"workdir {workdir} holds a run with batch_size={stored_batch} (this config: "
+            f"{config.batch_size}), which cannot resume exactly; set --config.allow_reshard=True "
+            "to resume it with the new batch anyway, or use another --workdir"
+        )
+
+
 def _create_workdir(run: Run, param_shapes: dict) -> None:
-    """Makes the workdir and, on the first run, its config.json (process 0 only)."""
+    """Makes the workdir and, on the first run (or a change of batch that `allow_reshard`
+    lets through), its config.json (process 0 only)."""
     if not run.is_main:
         return
     path = checkpoints.workdir_path(run.workdir)
     path.mkdir(parents=True, exist_ok=True)
-    if not (path / checkpoints.CONFIG_FILE).exists():
+    stored_batch = _stored_batch_size(run.workdir)
+    if stored_batch is None or stored_batch != run.config.batch_size:
         checkpoints.write_workdir_config(
             run.workdir, run.config.to_dict(), config_lib.identity(run.config), param_shapes
         )
@@ -439,6 +512,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       FileNotFoundError: the data set is not prepared; nothing is written.
       TrainingError: a non-finite loss; the last good checkpoint is kept.
       checkpoints.CheckpointError: checkpoints exist but none is readable.
+      preemption.Preempted: SIGTERM; the state was saved at the step it reached.
     """
     wall_start = time.time()
     config_lib.validate(config)
@@ -459,18 +533,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _create_workdir(run, param_shapes)
 
     mngr = checkpoints.manager(workdir, config.keep_checkpoints)
-    state, start_step = _restore_or_init(run, mngr, abstract_state, rng, source)
-    # The best eval top-1 of the epochs up to the checkpoint survives a restart in metrics.jsonl
-    # (an earlier process evaluated them); it is read once, here.
-    best = metrics_lib.best_top1(metrics_lib.read_records(workdir), up_to_step=start_step)
+    # From here on SIGTERM saves the state at a step boundary instead of ending the process.
+    with preemption.Watch(mngr) as watch:
+        state, start_step = _restore_or_init(run, mngr, abstract_state, rng, source)
+        start, epoch_sums = _resume(run, mngr, start_step)
+        # The best eval top-1 of the epochs up to the checkpoint survives a restart in
+        # metrics.jsonl (an earlier process evaluated them); it is read once, here.
+        best = metrics_lib.best_top1(metrics_lib.read_records(workdir), up_to_step=start_step)
 
-    train_time = 0.0
-    if not config.eval_only and start_step < run.num_steps:
-        t0 = time.time()
-        outcome = train_loop(run, state, mngr, best)
-        train_time = time.time() - t0
-    else:
-        outcome = assess(run, state, start_step, best)
+        train_time = 0.0
+        if not config.eval_only and start_step < run.num_steps:
+            t0 = time.time()
+            outcome = train_loop(
+                run, state, mngr, best, start=start, epoch_sums=epoch_sums, watch=watch
+            )
+            train_time = time.time() - t0
+        else:
+            outcome = assess(run, state, start_step, best)
 
     results = _final_results(run, outcome, train_time, wall_start, previous)
     _write_outputs(run, outcome.state, results)
@@ -511,15 +590,124 @@ def _restore_or_init(
     return state, step
 
 
+class _Progress:
+    """The loop's host-side work: each step's checks and logs, the epoch's sums, the saves."""
+
+    def __init__(self, run: Run, mngr, start_step: int, sums: dict | None):
+        self.run, self.mngr = run, mngr
+        self.bar = metrics_lib.ProgressBar(run.num_steps, start_step, enabled=run.is_main)
+        self.writer = metrics_lib.MetricWriter(run.workdir, enabled=run.is_main)
+        self.sums: dict[str, float] = dict(sums or {})  # The epoch's so far (a resumed one's).
+        self.last_saved = max(mngr.all_steps(), default=None)
+
+    def step_done(self, step: int, step_metrics: dict) -> None:
+        """Checks, sums and logs the metrics of the finished step `step` (0-based)."""
+        m = {k: float(to_host(v)) for k, v in step_metrics.items()}
+        bad = next((k for k in ("loss", "grad_norm") if not math.isfinite(m[k])), None)
+        if bad is not None:
+            self.bar.close()
+            self.mngr.wait_until_finished()
+            what = "loss" if bad == "loss" else "gradient norm"
+            kept = f"the last good checkpoint is step {self.last_saved} in {self.mngr.directory}"
+            raise TrainingError(
+                f"{what} became {m[bad]} at step {step + 1}; training stopped, {kept}"
+            )
+        for k, v in m.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.sums["n"] = self.sums.get("n", 0.0) + 1
+        postfix = {"loss": m["loss"]}
+        if "sparsity" in m:
+            postfix["sparsity"] = max(0.0, m["sparsity"])
+        self.bar.update(1, **postfix)
+        if (step + 1) % self.run.config.log_every_steps == 0:
+            lr = float(self.run.lr_schedule(step))
+            self.writer.write(
+                step + 1, {f"train/{k}_step": v for k, v in m.items()} | {"train/lr": lr}
+            )
+
+    def save(self, step: int, state: steps.TrainState, epoch_process_count: int) -> None:
+        """Starts saving `state` at `step` (in the background) with the input pipeline's
+        position and the epoch's train sums so far (a run resumed mid-epoch logs the same
+        epoch means as an uninterrupted one)."""
+        metadata = {
+            "data_position": self.run.data_position(step, epoch_process_count),
+            "epoch_sums": dict(self.sums),
+        }
+        checkpoints.save(self.mngr, step, state, metadata)
+        self.last_saved = step
+
+    def epoch_done(self, outcome: Outcome) -> None:
+        """Logs an epoch's end (the train means over its steps and `outcome`) and resets the sums."""
+        n = max(self.sums.pop("n", 1.0), 1.0)
+        train_means = {k: v / n for k, v in self.sums.items()}
+        self.sums.clear()
+        _log_epoch(self.run, outcome, train_means, self.writer, self.bar)
+
+    def preempted(self, step: int) -> preemption.Preempted:
+        """The `Preempted` error of a run that saved at `step` on SIGTERM."""
+        self.bar.close()
+        epoch, within = divmod(step, self.run.steps_per_epoch)
+        return preemption.Preempted(
+            f"SIGTERM at step {step} of {self.run.num_steps} (epoch {epoch}, step {within} of "
+            f"{self.run.steps_per_epoch}); saved the checkpoint at step {step} in "
+            f"{self.mngr.directory}; rerun the same command to resume",
+            step,
+        )
+
+
+def _resume(run: Run, mngr, step: int) -> tuple[data.Position, dict]:
+    """Where the input pipeline resumes at the restored `step`, and the epoch's train sums so
+    far, from what the checkpoint recorded.
+
+    Refuses (one line) a resume that cannot continue as the saved run would have, unless
+    `config.allow_reshard`: another global batch, or a streamed data set on another process
+    count. An in-memory data set gives every process count the same batches, and a change of
+    devices alone changes nothing in the data.
+    """
+    metadata = checkpoints.read_metadata(mngr, step) if step else {}
+    saved = metadata.get("data_position")
+    sums = metadata.get("epoch_sums") if step % run.steps_per_epoch else None
+    if not isinstance(saved, dict):
+        return data.Position(step), sums
+    config, count = run.config, jax.process_count()
+    old_batch, old_count = saved.get("global_batch"), saved.get("process_count")
+    problem = None
+    if old_batch is not None and old_batch != config.batch_size:
+        problem = f"with batch_size={old_batch} (this run: {config.batch_size})"
+    elif run.streamed and old_count is not None and old_count != count:
+        problem = (
+            f"by {old_count} process(es), each reading its own share of {config.dataset} through "
+            f"tf.data (this run: {count}; later epochs would take another order)"
+        )
+    if problem is None:
+        return data.Position(step, saved.get("epoch_process_count")), sums
+    where = f"the checkpoint at step {step} in {mngr.directory} was written {problem}"
+    if not config.allow_reshard:
+        raise ConfigError(f"{where}; set --config.allow_reshard=True to resume from it anyway")
+    _say(f"{where}; resuming anyway (config.allow_reshard=True)")
+    if old_batch not in (None, config.batch_size):  # The old epoch's order cannot be kept.
+        return data.Position(step), None
+    return data.Position(step, saved.get("epoch_process_count")), sums
+
+
 def train_loop(
-    run: Run, state: steps.TrainState, mngr, best: tuple[float, float] | None = None
+    run: Run,
+    state: steps.TrainState,
+    mngr,
+    best: tuple[float, float] | None = None,
+    *,
+    start: data.Position | None = None,
+    epoch_sums: dict | None = None,
+    watch: preemption.Watch | None = None,
 ) -> Outcome:
     """Runs the steps from `state.step` to `run.num_steps`, evaluating at every epoch's end.
 
     Saves a checkpoint every `config.checkpoint_every_steps` steps and at the end (and the
-    initial state of a fresh run), and logs train metrics every `config.log_every_steps` steps
-    and eval/sparsity figures every epoch. The last step ends an epoch, so the returned
-    `Outcome` holds the evaluation of the final state.
+    initial state of a fresh run), in the background (the saves overlap the next steps), and
+    logs train metrics every `config.log_every_steps` steps and eval/sparsity figures every
+    epoch. The last step ends an epoch, so the returned `Outcome` holds the evaluation of the
+    final state. When `watch` asks to stop after a step (SIGTERM), the loop finishes that step
+    (and the evaluation, at an epoch's end), saves it, waits for the save and raises.
 
     Args:
       run: the run.
@@ -527,82 +715,54 @@ def train_loop(
       mngr: the orbax checkpoint manager of the workdir.
       best: `(top1, epoch)` of the best evaluation up to `state.step` (a resumed run's, from
         metrics.jsonl), or None.
+      start: the input pipeline's position at `state.step` (None: this run's own order).
+      epoch_sums: the train metrics' sums over the steps of `state.step`'s epoch done before it
+        (a run resumed mid-epoch; None: none).
+      watch: asked after every step whether to save and stop (None: never).
 
     Returns:
       The `Outcome` of the last step.
 
     Raises:
       TrainingError: the loss or the gradient norm became non-finite.
+      preemption.Preempted: `watch` asked to stop; the checkpoint at that step is on disk.
     """
-    config = run.config
     start_step = int(to_host(state.step))
-    bar = metrics_lib.ProgressBar(run.num_steps, start_step, enabled=run.is_main)
-    writer = metrics_lib.MetricWriter(run.workdir, enabled=run.is_main)
-    epoch_sums: dict[str, float] = {}
-    last_saved = max(mngr.all_steps(), default=None)
-    outcome = None
-
-    def finish(step: int, step_metrics: dict) -> None:
-        """Host-side work for the finished step `step` (0-based): checks, sums, logs."""
-        m = {k: float(to_host(v)) for k, v in step_metrics.items()}
-        bad = next((k for k in ("loss", "grad_norm") if not math.isfinite(m[k])), None)
-        if bad is not None:
-            bar.close()
-            mngr.wait_until_finished()
-            what = "loss" if bad == "loss" else "gradient norm"
-            kept = f"the last good checkpoint is step {last_saved} in {mngr.directory}"
-            raise TrainingError(
-                f"{what} became {m[bad]} at step {step + 1}; training stopped, {kept}"
-            )
-        for k, v in m.items():
-            epoch_sums[k] = epoch_sums.get(k, 0.0) + v
-        epoch_sums["n"] = epoch_sums.get("n", 0.0) + 1
-        postfix = {"loss": m["loss"]}
-        if "sparsity" in m:
-            postfix["sparsity"] = max(0.0, m["sparsity"])
-        bar.update(1, **postfix)
-        if (step + 1) % config.log_every_steps == 0:
-            writer.write(
-                step + 1,
-                {f"train/{k}_step": v for k, v in m.items()}
-                | {"train/lr": float(run.lr_schedule(step))},
-            )
-
+    start = start or data.Position(start_step)
+    epoch_count = start.epoch_process_count or jax.process_count()
+    progress = _Progress(run, mngr, start_step, epoch_sums)
+    outcome, pending = None, None
     try:
-        if (
-            last_saved is None
-        ):  # A fresh run: keep the initial state, so there is always a good one.
-            checkpoints.save(mngr, start_step, state)
-            last_saved = start_step
-        batches = run.train_batches(start_step)
-        pending = None  # (step, metrics) of the step launched before the current one.
+        if progress.last_saved is None:  # A fresh run: keep the initial state, a good one.
+            progress.save(start_step, state, epoch_count)
+        batches = run.train_batches(start)
         for step in range(start_step, run.num_steps):
             state, step_metrics = run.train_step(state, next(batches))
             # At most two steps in flight: wait for the previous one (a long queue of
             # all-reduces can deadlock XLA's CPU collectives, and its loss must be checked anyway).
             if pending is not None:
-                finish(*pending)
-            pending = (step, step_metrics)
-            done = step + 1
+                progress.step_done(*pending)
+            pending, done = (step, step_metrics), step + 1
+            if done % run.steps_per_epoch == 0:  # The next epoch follows this run's count.
+                epoch_count = jax.process_count()
             end_of_epoch = done % run.steps_per_epoch == 0 or done == run.num_steps
-            save_now = done % config.checkpoint_every_steps == 0 or done == run.num_steps
-            if end_of_epoch or save_now:
-                finish(*pending)
+            save_now = done % run.config.checkpoint_every_steps == 0 or done == run.num_steps
+            stop = watch is not None and watch.requested(done) and done < run.num_steps
+            if end_of_epoch or save_now or stop:
+                progress.step_done(*pending)
                 pending = None
-            if save_now:
-                checkpoints.save(mngr, done, state)
-                last_saved = done
+            if save_now or stop:
+                progress.save(done, state, epoch_count)
             if end_of_epoch:
-                n = max(epoch_sums.pop("n", 1.0), 1.0)
-                train_means = {k: v / n for k, v in epoch_sums.items()}
-                epoch_sums.clear()
                 outcome = assess(run, state, done, best)
                 best = (outcome.best_top1, outcome.best_top1_epoch)
-                _log_epoch(run, outcome, train_means, writer, bar)
-        bar.close()
+                progress.epoch_done(outcome)
+            if stop:
+                raise progress.preempted(done)
+        progress.bar.close()
     finally:
         mngr.wait_until_finished()
-        writer.close()
+        progress.writer.close()
     return outcome
 
 

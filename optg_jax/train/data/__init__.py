@@ -1,9 +1,11 @@
 """Input pipeline: TFDS data sets as deterministic, resumable, per-process numpy batches.
 
 One batch's path: `train_iterator` yields this process's `local` rows of every global batch as
-`{'image': float32 [local, H, W, C] normalised, 'label': int32 [local]}`. Order and augmentation
-depend only on `(seed, epoch, position in epoch)` and, for streamed data, the process count, so
-`start_step=s` yields exactly what the uninterrupted iterator yields from step `s` on. The
+`{'image': uint8 [local, H, W, C] pixels, 'label': int32 [local]}` (the train and eval steps
+normalise the pixels on the device; `Options(normalize=True)` gives normalised float32 instead,
+4x the bytes). Order and augmentation depend only on `(seed, epoch, position in epoch)` and, for
+streamed data, the process count that began the epoch, so `start_step=s` yields exactly what the
+uninterrupted iterator yields from step `s` on. The
 iterators check their arguments once, make this process's `Shard` of every global batch, and hand
 it to one of two pipelines:
 
@@ -32,7 +34,11 @@ from optg_jax.train.data import fashion_mnist, in_memory, streamed
 from optg_jax.train.data.datasets import (
     Batch,
     DatasetInfo,
+    Options,
+    Order,
+    Position,
     Shard,
+    Source,
     Spec,
     base_split,
     check_enough_examples,
@@ -153,19 +159,22 @@ def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
     return info.num_train_examples // global_batch_size
 
 
+def _source(name: str, data_dir: str | None, options: Options) -> Source:
+    """The `Source` of data set `name` for `options` (checked: name, size, held-out split)."""
+    spec = dataset_spec(name, options.validation_examples)
+    size = input_size(spec, options.image_size)
+    return Source(name, resolve_data_dir(data_dir), spec, size, bool(options.normalize))
+
+
 def train_iterator(
     name: str,
     data_dir: str | None,
     global_batch_size: int,
     seed: int,
-    start_step: int = 0,
+    start_step: int | Position = 0,
     process_index: int = 0,
     process_count: int = 1,
-    image_size: int | None = None,
-    cache: bool = True,
-    augment: bool | None = None,
-    validation_examples: int = 0,
-    deterministic: bool = True,
+    options: Options | None = None,
 ) -> Iterator[Batch]:
     """Yields this process's training batches forever, from global step `start_step` on.
 
@@ -174,69 +183,50 @@ def train_iterator(
     (default per data set: ImageNet random-resized crop + flip, CIFAR-10 pad-4 crop + flip,
     Fashion-MNIST none) is seeded by (seed, epoch, position), so resuming is bitwise exact.
 
-    With `cache` (the default) Fashion-MNIST and CIFAR-10 are loaded into memory once (a few
-    seconds) and batched with numpy: epoch e is a permutation that depends only on (seed, e), and
-    process i takes rows [i*local:(i+1)*local] of each global batch, so any process count sees the
-    same global batches. ImageNet, and the small data sets with `cache=False`, stream through
-    tf.data: process i reads only its own share of the split (a TFDS even split, about
-    num_train_examples / process_count records per epoch), shuffled per epoch with seeds of
-    (seed, epoch, i). Every global batch then holds `local` examples of each share: the order is a
-    function of (seed, step, process_count), and a run resumed with another process count still
-    sees every example once per epoch, in another order.
+    With `options.cache` (the default) Fashion-MNIST and CIFAR-10 are loaded into memory once
+    (a few seconds) and batched with numpy: epoch e is a permutation that depends only on
+    (seed, e), and process i takes rows [i*local:(i+1)*local] of each global batch, so any
+    process count sees the same global batches. ImageNet, and the small data sets with
+    `cache=False`, stream through tf.data: process i reads only its own share of the split (a
+    TFDS even split, about num_train_examples / process_count records per epoch), shuffled per
+    epoch with seeds of (seed, epoch, i). Every global batch then holds `local` examples of each
+    share: the order is a function of (seed, step, process_count). An epoch keeps the order of
+    the count that began it (`Position.epoch_process_count`), so a run resumed mid-epoch on
+    another count still sees every example of that epoch once, in the uninterrupted order, and
+    the later epochs every example once, in its own count's order.
 
     Args:
       name: `fashion_mnist`, `cifar10` or `imagenet2012`.
       data_dir: TFDS data directory (None: TFDS's default, see `resolve_data_dir`).
       global_batch_size: examples per step over all processes; divisible by `process_count`.
       seed: non-negative seed of the order and of the augmentation.
-      start_step: global step of the first batch (a resumed run's step).
+      start_step: global step of the first batch (a resumed run's step), or a `Position` that
+        also names the process count that began its epoch.
       process_index: this process, in [0, process_count).
       process_count: processes that share each global batch.
-      image_size: model-input side in pixels (None or 0: the data set's own).
-      cache: hold the small data sets in memory (ImageNet always streams).
-      augment: random crops and flips (None: the data set's default).
-      validation_examples: n > 0 leaves out the last n training examples (see `eval_iterator`).
-      deterministic: streamed data only; False lets tf.data hand out examples in the order they
-        finish, so batches differ from run to run and resuming is no longer exact (see
-        BENCHMARKS.md for what it saves).
+      options: image size, caching, augmentation, held-out examples, determinism and the
+        images' form (`Options`; None: the defaults).
 
     Returns:
-      An endless iterator of {'image': float32 [local, H, W, C] normalised per channel, 'label':
-      int32 [local]}, local = global_batch_size // process_count.
+      An endless iterator of {'image': uint8 [local, H, W, C] pixels (float32 normalised per
+      channel with `options.normalize`), 'label': int32 [local]}, local = global_batch_size //
+      process_count.
 
     Raises:
       ValueError: a bad argument, or more examples per batch than the split holds.
       FileNotFoundError: the data set is not prepared under `data_dir`.
     """
     hide_gpus_from_tensorflow()
-    spec = dataset_spec(name, validation_examples)
+    options = options or Options()
+    source = _source(name, data_dir, options)
     shard = Shard.create(global_batch_size, process_index, process_count)
-    check_seed_and_step(seed, start_step)
-    size = input_size(spec, image_size)
-    augment = spec.augment if augment is None else augment
-    data_dir = resolve_data_dir(data_dir)
-    if cache and spec.fits_in_memory:
-        return in_memory.train_batches(
-            name,
-            data_dir,
-            spec,
-            shard,
-            seed=seed,
-            start_step=start_step,
-            image_size=size,
-            augment=augment,
-        )
-    return streamed.train_batches(
-        name,
-        data_dir,
-        spec,
-        shard,
-        seed=seed,
-        start_step=start_step,
-        image_size=size,
-        augment=augment,
-        deterministic=deterministic,
-    )
+    start = start_step if isinstance(start_step, Position) else Position(start_step)
+    check_seed_and_step(seed, start.step)
+    augment = source.spec.augment if options.augment is None else bool(options.augment)
+    order = Order(seed, start, augment, bool(options.deterministic))
+    if options.cache and source.spec.fits_in_memory:
+        return in_memory.train_batches(source, shard, order)
+    return streamed.train_batches(source, shard, order)
 
 
 def eval_iterator(
@@ -245,15 +235,13 @@ def eval_iterator(
     global_batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
-    image_size: int | None = None,
-    validation_examples: int = 0,
-    deterministic: bool = True,
+    options: Options | None = None,
 ) -> Iterator[Batch]:
     """Yields one pass over the eval split, padded to whole global batches.
 
     The eval split is the data set's test split (ImageNet: validation), or with
-    `validation_examples` = n > 0 the last n examples of the training split, which
-    `train_iterator(validation_examples=n)` never yields. In-memory data sets give process i
+    `options.validation_examples` = n > 0 the last n examples of the training split, which
+    `train_iterator` with the same option never yields. In-memory data sets give process i
     rows [i*local:(i+1)*local] of each global batch of the stored order; streamed ones give
     process i its own share of the split (a TFDS even split), read by it alone. Either way every
     process yields ceil(num_eval_examples / global_batch_size) batches, and summing masked
@@ -265,34 +253,33 @@ def eval_iterator(
       global_batch_size: examples per step over all processes; divisible by `process_count`.
       process_index: this process, in [0, process_count).
       process_count: processes that share each global batch.
-      image_size: model-input side in pixels (None or 0: the data set's own).
-      validation_examples: n > 0 evaluates on the last n examples of the training split.
-      deterministic: streamed data only; False lets tf.data hand out examples in the order they
-        finish (the same examples, so the same metrics, in another order).
+      options: image size, held-out examples, determinism (streamed data: False hands out the
+        same examples in another order) and the images' form; `cache` and `augment` play no
+        part (None: the defaults).
 
     Returns:
-      An iterator of {'image': float32 [local, H, W, C], 'label': int32 [local], 'mask': float32
-      [local]}: mask is 1 for real examples and 0 for padding.
+      An iterator of {'image': uint8 [local, H, W, C] pixels (float32 normalised with
+      `options.normalize`), 'label': int32 [local], 'mask': float32 [local]}: mask is 1 for
+      real examples and 0 for padding.
 
     Raises:
       ValueError: a bad argument.
       FileNotFoundError: the data set is not prepared under `data_dir`.
     """
     hide_gpus_from_tensorflow()
-    spec = dataset_spec(name, validation_examples)
+    options = options or Options()
+    source = _source(name, data_dir, options)
     shard = Shard.create(global_batch_size, process_index, process_count)
-    size = input_size(spec, image_size)
-    data_dir = resolve_data_dir(data_dir)
-    if spec.fits_in_memory:
-        return in_memory.eval_batches(name, data_dir, spec, shard, image_size=size)
-    return streamed.eval_batches(
-        name, data_dir, spec, shard, image_size=size, deterministic=deterministic
-    )
+    if source.spec.fits_in_memory:
+        return in_memory.eval_batches(source, shard)
+    return streamed.eval_batches(source, shard, bool(options.deterministic))
 
 
 __all__ = [
     "Batch",
     "DatasetInfo",
+    "Options",
+    "Position",
     "Shard",
     "Spec",
     "dataset_info",

@@ -382,6 +382,79 @@ class Shard(NamedTuple):
         return slice(start, start + self.local_batch)
 
 
+class Options(NamedTuple):
+    """How a caller wants its batches made (`train_iterator`, `eval_iterator`).
+
+    Attributes:
+      image_size: the model input's side in pixels (None or 0: the data set's own).
+      cache: hold the small data sets in memory (training only; ImageNet always streams).
+      augment: random crops and flips (training only; None: the data set's default).
+      validation_examples: n > 0 trains on all but the last n training examples and evaluates
+        on those n.
+      deterministic: streamed data only; False lets tf.data hand out examples in the order they
+        finish (batches then differ from run to run, and resuming is no longer exact).
+      normalize: float32 images normalised on the host (`normalize`), the form the device
+        received before; by default the images stay uint8 pixels, 4x fewer bytes to send, and
+        the train and eval steps normalise them (`optg_jax.train.steps.Normalization`).
+    """
+
+    image_size: int | None = None
+    cache: bool = True
+    augment: bool | None = None
+    validation_examples: int = 0
+    deterministic: bool = True
+    normalize: bool = False
+
+
+class Position(NamedTuple):
+    """Where a training iterator starts: a global step, and whose order its epoch follows.
+
+    Attributes:
+      step: the global step of the first batch.
+      epoch_process_count: the process count that began the epoch of `step` (None: the
+        iterator's own). A streamed data set gives each process count its own order; a run
+        resumed mid-epoch on another count finishes that epoch in the order of the count that
+        began it (in-memory data sets have one order for every count and ignore it).
+    """
+
+    step: int
+    epoch_process_count: int | None = None
+
+
+class Source(NamedTuple):
+    """Where one pipeline reads, and the form of the images it yields.
+
+    Attributes:
+      name: the data set.
+      data_dir: the TFDS data directory (resolved).
+      spec: its spec.
+      image_size: the images' side in pixels.
+      normalize: float32 images normalised on the host instead of uint8 pixels.
+    """
+
+    name: str
+    data_dir: str
+    spec: Spec
+    image_size: int
+    normalize: bool = False
+
+
+class Order(NamedTuple):
+    """What fixes the training batches of a `Source`: the seed, the start and the augmentation.
+
+    Attributes:
+      seed: the seed of the order and of the augmentation.
+      start: the `Position` of the first batch (its `epoch_process_count` filled in).
+      augment: random crops and flips.
+      deterministic: streamed data only; False lets tf.data hand out examples as they finish.
+    """
+
+    seed: int
+    start: Position
+    augment: bool
+    deterministic: bool = True
+
+
 # ------------------------------------------------------------------------ shared by both pipelines
 
 

@@ -5,7 +5,9 @@ host gives thousands of batches/s). Epoch e is a permutation that depends only o
 every process builds the same global batch order and takes its rows of each global batch
 (`Shard.rows`), so N processes together see exactly the batches one process sees. CIFAR-style
 augmentation (pad-4 crop, horizontal flip) draws for the whole global batch from
-`(seed, epoch, step)`, so every process count sees the same augmented batches.
+`(seed, epoch, step)`, so every process count sees the same augmented batches. Images stay
+uint8 pixels (normalised by the train and eval steps on the device) unless the `Source` asks for
+normalised float32.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from optg_jax.train.data.datasets import (
     CIFAR_PAD,
     SHUFFLE_DOMAIN,
     Batch,
+    Order,
     Shard,
+    Source,
     Spec,
     base_split,
     check_enough_examples,
@@ -113,84 +117,72 @@ def pad_crop_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) ->
     return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def train_batches(
-    name: str,
-    data_dir: str,
-    spec: Spec,
-    shard: Shard,
-    *,
-    seed: int,
-    start_step: int,
-    image_size: int,
-    augment: bool,
-) -> Iterator[Batch]:
-    """This process's training batches from global step `start_step` on, forever.
+def _pixels(images: np.ndarray, source: Source) -> np.ndarray:
+    """The images as the batches carry them: uint8 pixels, or normalised float32 on request."""
+    return normalize(images, source.spec) if source.normalize else images
 
-    The split is loaded here (errors are raised at once); the batches come lazily.
+
+def train_batches(source: Source, shard: Shard, order: Order) -> Iterator[Batch]:
+    """This process's training batches from global step `order.start.step` on, forever.
+
+    The split is loaded here (errors are raised at once); the batches come lazily. The order
+    does not depend on the process count, so `order.start.epoch_process_count` plays no part.
 
     Args:
-      name: the data set.
-      data_dir: the TFDS data directory (resolved).
-      spec: its spec.
+      source: the data set, its directory and spec, the images' side and form.
       shard: this process's part of every global batch.
-      seed: the seed of the order and of the augmentation.
-      start_step: the global step of the first batch.
-      image_size: the images' side in pixels.
-      augment: pad-4 crops and horizontal flips.
+      order: the seed, the first step and whether to augment (pad-4 crops, horizontal flips).
 
     Returns:
-      An endless iterator of `{'image': float32 normalised, 'label': int32}` of `local_batch`
-      rows.
+      An endless iterator of `{'image': uint8 (float32 normalised with `source.normalize`),
+      'label': int32}` of `local_batch` rows.
     """
-    images, labels = load_rows(name, data_dir, spec, True, image_size)
+    images, labels = load_rows(source.name, source.data_dir, source.spec, True, source.image_size)
     check_enough_examples(len(labels), shard.global_batch)
     n = len(labels)
     steps = n // shard.global_batch
     rows = shard.rows
+    seed = order.seed
 
     def batches() -> Iterator[Batch]:
-        epoch, first_step = divmod(start_step, steps)
+        epoch, first_step = divmod(order.start.step, steps)
         while True:
             shuffle = derive_seed(seed, SHUFFLE_DOMAIN, epoch)
-            order = np.random.default_rng(shuffle).permutation(n)
+            permutation = np.random.default_rng(shuffle).permutation(n)
             for step in range(first_step, steps):
-                index = order[step * shard.global_batch : (step + 1) * shard.global_batch][rows]
+                index = permutation[step * shard.global_batch : (step + 1) * shard.global_batch]
+                index = index[rows]
                 batch = images[index]
-                if augment:
+                if order.augment:
                     # Draws cover the whole global batch, so every process count sees the same.
                     rng = np.random.default_rng(derive_seed(seed, AUGMENT_DOMAIN, epoch, step))
                     offsets = rng.integers(0, 2 * CIFAR_PAD + 1, size=(shard.global_batch, 2))
                     flips = rng.random(shard.global_batch) < 0.5
                     batch = pad_crop_flip(batch, offsets[rows], flips[rows])
-                yield {"image": normalize(batch, spec), "label": labels[index]}
+                yield {"image": _pixels(batch, source), "label": labels[index]}
             epoch, first_step = epoch + 1, 0
 
     return batches()
 
 
-def eval_batches(
-    name: str, data_dir: str, spec: Spec, shard: Shard, *, image_size: int
-) -> Iterator[Batch]:
+def eval_batches(source: Source, shard: Shard) -> Iterator[Batch]:
     """One pass over the eval rows, this process's rows of each global batch, padded.
 
     Args:
-      name: the data set.
-      data_dir: the TFDS data directory (resolved).
-      spec: its spec.
+      source: the data set, its directory and spec, the images' side and form.
       shard: this process's part of every global batch.
-      image_size: the images' side in pixels.
 
     Returns:
       An iterator of `ceil(N / global_batch)` batches `{'image', 'label', 'mask'}` of
       `local_batch` rows (`pad_eval_batch`).
     """
-    images, labels = load_rows(name, data_dir, spec, False, image_size)
+    images, labels = load_rows(source.name, source.data_dir, source.spec, False, source.image_size)
     n = len(labels)
 
     def batches() -> Iterator[Batch]:
         for start in range(0, n, shard.global_batch):
             lo = min(n, start + shard.rows.start)
             hi = min(n, lo + shard.local_batch)
-            yield pad_eval_batch(normalize(images[lo:hi], spec), labels[lo:hi], shard.local_batch)
+            yield pad_eval_batch(_pixels(images[lo:hi], source), labels[lo:hi], shard.local_batch)
 
     return batches()

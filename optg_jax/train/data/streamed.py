@@ -6,13 +6,17 @@ records), shuffled per epoch at file level and through a seeded buffer, and fill
 every global batch from it; evaluation reads the same way. Augmentation uses stateless TF random
 ops seeded by the example's position in the global batch order, so the order and the images are a
 pure function of `(seed, step, H)`: a run resumed with the same number of processes is bitwise
-exact.
+exact. An epoch keeps the order of the process count that began it: a run resumed mid-epoch on
+another count finishes that epoch with exactly the batches the old count would have made (each
+process reads the old shares that cover its rows), so no example of it is seen twice or missed;
+the next epoch follows the new count's order. Images leave as uint8 pixels (a resized image
+rounded to whole grey levels) unless the `Source` asks for normalised float32.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -23,7 +27,9 @@ from optg_jax.train.data.datasets import (
     CIFAR_PAD,
     SHUFFLE_DOMAIN,
     Batch,
+    Order,
     Shard,
+    Source,
     Spec,
     check_enough_examples,
     derive_seed,
@@ -138,114 +144,149 @@ def _open(name: str, data_dir: str, split: str) -> tuple[tfds.core.DatasetBuilde
     return builder, n
 
 
-def train_batches(
-    name: str,
-    data_dir: str,
-    spec: Spec,
-    shard: Shard,
-    *,
-    seed: int,
-    start_step: int,
-    image_size: int,
-    augment: bool,
-    deterministic: bool,
-) -> Iterator[Batch]:
-    """This process's training batches from global step `start_step` on, forever.
+def _output_image(image: tf.Tensor, source: Source) -> tf.Tensor:
+    """The image as the batches carry it: uint8 pixels (a resized image rounded to whole grey
+    levels), or normalised float32 when `source.normalize` asks for the host to do it."""
+    if source.normalize:
+        return _tf_normalize(image, source.spec)
+    if image.dtype == tf.uint8:
+        return image
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
-    The data set is opened and checked here (errors are raised at once); the batches come
-    lazily, one tf.data pipeline per epoch.
 
-    Args:
-      name: the data set.
-      data_dir: the TFDS data directory (resolved).
-      spec: its spec.
-      shard: this process's part of every global batch (and of the split it reads).
-      seed: the seed of the order and of the augmentation.
-      start_step: the global step of the first batch.
-      image_size: the images' side in pixels.
-      augment: random crops and flips (ImageNet: Inception-style crops; else pad-4 crops).
-      deterministic: False lets tf.data hand out examples in the order they finish.
+class _Epochs(NamedTuple):
+    """What the epochs of one `train_batches` iterator share."""
+
+    builder: tfds.core.DatasetBuilder
+    source: Source
+    order: Order
+    shard: Shard
+    steps: int  # Steps per epoch.
+    num_examples: int  # In the training split.
+
+
+def _stream_rows(shard: Shard, count: int) -> list[tuple[Shard, slice]]:
+    """The process shares of `count` processes that fill `shard`'s rows of a global batch.
 
     Returns:
-      An endless iterator of `{'image': float32 normalised, 'label': int32}` of `local_batch`
-      rows.
+      `[(share, rows)]`: each share as the `Shard` of the process that reads it among `count`,
+      and the rows of that process's local batch that fall into `shard`'s rows. With
+      `count == shard.process_count` that is `shard` itself and all of its rows.
+    """
+    local = shard.global_batch // count
+    first, last = shard.rows.start, shard.rows.stop
+    out = []
+    for j in range(first // local, (last - 1) // local + 1):
+        share = Shard.create(shard.global_batch, j, count)
+        lo, hi = max(first, share.rows.start), min(last, share.rows.stop)
+        out.append((share, slice(lo - share.rows.start, hi - share.rows.start)))
+    return out
+
+
+def _stream(epochs: _Epochs, epoch: int, first_step: int, share: Shard, rows: slice):
+    """Epoch `epoch` of the share that `share`'s process reads, from `first_step` on, as that
+    process would read it: the examples of `rows` of its local batches, preprocessed, one batch
+    of them per step."""
+    source, order, local = epochs.source, epochs.order, share.local_batch
+    # Per process: equal seeds would shuffle every share alike and keep the examples at equal
+    # positions of the shares in the same global batch, epoch after epoch.
+    shuffle_seed = derive_seed(order.seed, SHUFFLE_DOMAIN, epoch, share.process_index)
+    augment_seed = tf.constant(derive_seed(order.seed, AUGMENT_DOMAIN, epoch), tf.int64)
+    # No autocache: each epoch builds a fresh pipeline, so TFDS's cache would never be reused.
+    read_config = tfds.ReadConfig(
+        shuffle_seed=shuffle_seed,
+        try_autocache=False,
+        options=_pipeline_options(order.deterministic),
+    )
+    ds = epochs.builder.as_dataset(
+        split=_process_split(source.spec.train_split, share),
+        shuffle_files=True,
+        read_config=read_config,
+        decoders=_decoders(source.name),
+    )
+    # 16 steps of the process's data; encoded ImageNet records are about 110 kB each.
+    buffer = min(epochs.num_examples, 16 * local)
+    ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    # Every share holds at least steps * local examples (num_examples // count of them).
+    ds = ds.take(epochs.steps * local).enumerate().skip(first_step * local)
+    if rows.stop - rows.start < local:  # Another process count's share: only our rows.
+        ds = ds.filter(lambda index, _: (index % local >= rows.start) & (index % local < rows.stop))
+    train_image = _streamed_train_image(source.name, source.image_size, order.augment)
+
+    def preprocess(index, example):
+        # The example's position in the global batch order seeds its augmentation, so no two
+        # examples of an epoch share a seed, whatever the process count.
+        row = share.rows.start + index % local
+        position = (index // local) * share.global_batch + row
+        image = train_image(example["image"], tf.stack([augment_seed, position]))
+        return {"image": _output_image(image, source), "label": tf.cast(example["label"], tf.int32)}
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=order.deterministic)
+    return ds.batch(rows.stop - rows.start, drop_remainder=True)
+
+
+def _epoch_dataset(epochs: _Epochs, epoch: int, first_step: int, count: int) -> tf.data.Dataset:
+    """This process's batches of epoch `epoch` from `first_step` on, in the order of `count`
+    processes (the count that began the epoch)."""
+    parts = [
+        _stream(epochs, epoch, first_step, share, rows)
+        for share, rows in _stream_rows(epochs.shard, count)
+    ]
+    ds = parts[0]
+    if len(parts) > 1:
+        ds = tf.data.Dataset.zip(tuple(parts)).map(
+            lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
+        )
+    return ds.prefetch(2).with_options(_pipeline_options(epochs.order.deterministic))
+
+
+def train_batches(source: Source, shard: Shard, order: Order) -> Iterator[Batch]:
+    """This process's training batches from `order.start` on, forever.
+
+    The data set is opened and checked here (errors are raised at once); the batches come
+    lazily, one tf.data pipeline per epoch. The order of an epoch is that of the process count
+    that began it: a run resumed mid-epoch on another count (`order.start.epoch_process_count`)
+    reads, for the rest of that epoch, the shares of the old count that cover its rows, and so
+    yields exactly the batches the old processes would have; later epochs follow its own count.
+
+    Args:
+      source: the data set, its directory and spec, the images' side and form.
+      shard: this process's part of every global batch (and of the split it reads).
+      order: the seed, the start, the augmentation (ImageNet: Inception-style crops; else pad-4
+        crops) and whether tf.data must keep the order.
+
+    Returns:
+      An endless iterator of `{'image': uint8 (float32 normalised with `source.normalize`),
+      'label': int32}` of `local_batch` rows.
 
     Raises:
       FileNotFoundError: the data set is not prepared under `data_dir`.
+      ValueError: the global batch does not split over `order.start.epoch_process_count`.
     """
-    builder, n = _open(name, data_dir, spec.train_split)
+    builder, n = _open(source.name, source.data_dir, source.spec.train_split)
     check_enough_examples(n, shard.global_batch)
-    local_batch = shard.local_batch
-    steps = n // shard.global_batch
-    split = _process_split(spec.train_split, shard)
-    # 16 steps of this process's data; encoded ImageNet records are about 110 kB each.
-    buffer = min(n, 16 * local_batch)
-    train_image = _streamed_train_image(name, image_size, augment)
-    row_offset = shard.rows.start
-
-    def epoch_dataset(epoch: int, first_step: int) -> tf.data.Dataset:
-        # Per process: equal seeds would shuffle every share alike and keep the examples at equal
-        # positions of the shares in the same global batch, epoch after epoch.
-        shuffle_seed = derive_seed(seed, SHUFFLE_DOMAIN, epoch, shard.process_index)
-        augment_seed = tf.constant(derive_seed(seed, AUGMENT_DOMAIN, epoch), tf.int64)
-        # No autocache: each epoch builds a fresh pipeline, so TFDS's cache would never be reused.
-        read_config = tfds.ReadConfig(
-            shuffle_seed=shuffle_seed,
-            try_autocache=False,
-            options=_pipeline_options(deterministic),
-        )
-        ds = builder.as_dataset(
-            split=split,
-            shuffle_files=True,
-            read_config=read_config,
-            decoders=_decoders(name),
-        )
-        ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-        # Every share holds at least steps * local_batch examples (n // process_count of them).
-        ds = ds.take(steps * local_batch).enumerate().skip(first_step * local_batch)
-
-        def preprocess(index, example):
-            # The example's position in the global batch order seeds its augmentation, so no two
-            # examples of an epoch share a seed, whatever the process count.
-            position = (
-                (index // local_batch) * shard.global_batch + row_offset + index % local_batch
-            )
-            image = train_image(example["image"], tf.stack([augment_seed, position]))
-            return {
-                "image": _tf_normalize(image, spec),
-                "label": tf.cast(example["label"], tf.int32),
-            }
-
-        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-        ds = ds.batch(local_batch, drop_remainder=True).prefetch(2)
-        return ds.with_options(_pipeline_options(deterministic))
+    epochs = _Epochs(builder, source, order, shard, n // shard.global_batch, n)
+    epoch, first_step = divmod(order.start.step, epochs.steps)
+    count = order.start.epoch_process_count or shard.process_count
+    if first_step == 0:  # A whole epoch: this process count begins it.
+        count = shard.process_count
+    Shard.create(shard.global_batch, 0, count)  # Checks that the batch splits over `count`.
 
     def batches() -> Iterator[Batch]:
-        epoch, first_step = divmod(start_step, steps)
+        nonlocal epoch, first_step, count
         while True:
-            yield from tfds.as_numpy(epoch_dataset(epoch, first_step))
-            epoch, first_step = epoch + 1, 0
+            yield from tfds.as_numpy(_epoch_dataset(epochs, epoch, first_step, count))
+            epoch, first_step, count = epoch + 1, 0, shard.process_count
 
     return batches()
 
 
-def eval_batches(
-    name: str,
-    data_dir: str,
-    spec: Spec,
-    shard: Shard,
-    *,
-    image_size: int,
-    deterministic: bool,
-) -> Iterator[Batch]:
+def eval_batches(source: Source, shard: Shard, deterministic: bool = True) -> Iterator[Batch]:
     """One pass over this process's share of the eval split, padded to whole global batches.
 
     Args:
-      name: the data set.
-      data_dir: the TFDS data directory (resolved).
-      spec: its spec.
+      source: the data set, its directory and spec, the images' side and form.
       shard: this process's part of every global batch (and of the split it reads).
-      image_size: the images' side in pixels.
       deterministic: False lets tf.data hand out examples in the order they finish.
 
     Returns:
@@ -256,22 +297,22 @@ def eval_batches(
     Raises:
       FileNotFoundError: the data set is not prepared under `data_dir`.
     """
-    builder, n = _open(name, data_dir, spec.eval_split)
+    builder, n = _open(source.name, source.data_dir, source.spec.eval_split)
     local_batch = shard.local_batch
-    eval_image = _streamed_eval_image(name, image_size)
+    eval_image = _streamed_eval_image(source.name, source.image_size)
 
     def preprocess(example):
         return {
-            "image": _tf_normalize(eval_image(example["image"]), spec),
+            "image": _output_image(eval_image(example["image"]), source),
             "label": tf.cast(example["label"], tf.int32),
         }
 
     def batches() -> Iterator[Batch]:
         ds = builder.as_dataset(
-            split=_process_split(spec.eval_split, shard),
+            split=_process_split(source.spec.eval_split, shard),
             shuffle_files=False,
             read_config=tfds.ReadConfig(try_autocache=False),
-            decoders=_decoders(name),
+            decoders=_decoders(source.name),
         )
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
         ds = ds.batch(local_batch).prefetch(2).with_options(_pipeline_options(deterministic))
@@ -282,7 +323,9 @@ def eval_batches(
             produced += 1
             yield pad_eval_batch(batch["image"], batch["label"], local_batch)
         # Processes with fewer examples pad with empty batches, so that all take every step.
-        empty_image = np.zeros((0, image_size, image_size, spec.channels), np.float32)
+        dtype = np.float32 if source.normalize else np.uint8
+        size, channels = source.image_size, source.spec.channels
+        empty_image = np.zeros((0, size, size, channels), dtype)
         for _ in range(produced, num_batches):
             yield pad_eval_batch(empty_image, np.zeros(0, np.int32), local_batch)
 
