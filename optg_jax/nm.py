@@ -204,6 +204,39 @@ def nm_plan(
     return plan
 
 
+def nm_report(
+    masks: Any, pattern: str | NMPattern, axis_fn: Callable = group_axis
+) -> dict[str, dict[str, Any]]:
+    """Per masked leaf, whether it holds an N:M pattern: host figures for a run's report.
+
+    Args:
+      masks: a masks pytree (`OptGState.masks`: arrays on masked leaves, `None` elsewhere), on
+        the host or on device.
+      pattern: the pattern the masks should hold, `"N:M"` or an `NMPattern`.
+      axis_fn: the group-axis rule, `(path, leaf) -> axis` (default `group_axis`).
+
+    Returns:
+      `{'/'-joined path: {'covered', 'axis', 'groups', 'valid_fraction'}}` in leaf order:
+      `covered` whether the leaf can hold the pattern (`nm_applicable`; a leaf that cannot stays
+      dense), `axis` its group axis (`None` when not covered), `groups` its number of groups of
+      M (0 when not covered) and `valid_fraction` the fraction of them that keep exactly N
+      (Python types; `None` when not covered).
+    """
+    n, m = parse_pattern(pattern)
+    report = {}
+    for path, mask in jax.tree_util.tree_leaves_with_path(masks):
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        covered = nm_applicable(path, mask, m, axis_fn)
+        axis = axis_fn(path, mask) if covered else None
+        report[name] = {
+            "covered": covered,
+            "axis": axis,
+            "groups": mask.size // m if covered else 0,
+            "valid_fraction": float(nm_fraction_valid(mask, n, m, axis)) if covered else None,
+        }
+    return report
+
+
 def _grouped(x: jax.Array, m: int, axis: int) -> tuple[jax.Array, int]:
     """`x` with `axis` split into `(size // m, m)`, and the index of the new length-m axis."""
     if type(m) is not int or m < 2:
@@ -345,6 +378,7 @@ __all__ = [
     "nm_group_counts",
     "nm_masks",
     "nm_plan",
+    "nm_report",
     "nm_valid",
     "parse_pattern",
     "path_names",

@@ -185,6 +185,8 @@ def optg_settings(
         score_momentum=None if config.score_momentum is None else float(config.score_momentum),
         score_lr_floor=float(config.score_lr_floor),
         update_masks_after_pruning=config.update_masks_after_pruning,
+        pattern=config.pattern,
+        nm_ramp=config.nm_ramp,
     )
     if config.reference_schedules:
         settings = dataclasses.replace(
