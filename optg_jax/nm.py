@@ -216,11 +216,11 @@ def nm_report(
       axis_fn: the group-axis rule, `(path, leaf) -> axis` (default `group_axis`).
 
     Returns:
-      `{'/'-joined path: {'covered', 'axis', 'groups', 'valid_fraction'}}` in leaf order:
-      `covered` whether the leaf can hold the pattern (`nm_applicable`; a leaf that cannot stays
-      dense), `axis` its group axis (`None` when not covered), `groups` its number of groups of
-      M (0 when not covered) and `valid_fraction` the fraction of them that keep exactly N
-      (Python types; `None` when not covered).
+      `{'/'-joined path: {'covered', 'axis', 'groups', 'valid_groups', 'valid_fraction'}}` in
+      leaf order: `covered` whether the leaf can hold the pattern (`nm_applicable`; a leaf that
+      cannot stays dense), `axis` its group axis (`None` when not covered), `groups` its number
+      of groups of M and `valid_groups` how many of them keep exactly N (0 when not covered),
+      `valid_fraction` their ratio (`None` when not covered). Python types.
     """
     n, m = parse_pattern(pattern)
     report = {}
@@ -228,11 +228,14 @@ def nm_report(
         name = jax.tree_util.keystr(path, simple=True, separator="/")
         covered = nm_applicable(path, mask, m, axis_fn)
         axis = axis_fn(path, mask) if covered else None
+        groups = mask.size // m if covered else 0
+        valid = int(jnp.sum(nm_group_counts(mask, m, axis) == n)) if covered else 0
         report[name] = {
             "covered": covered,
             "axis": axis,
-            "groups": mask.size // m if covered else 0,
-            "valid_fraction": float(nm_fraction_valid(mask, n, m, axis)) if covered else None,
+            "groups": groups,
+            "valid_groups": valid,
+            "valid_fraction": valid / groups if groups else (1.0 if covered else None),
         }
     return report
 

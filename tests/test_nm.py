@@ -342,9 +342,27 @@ def test_report_per_leaf_by_hand():
     }
     report = nm.nm_report(masks, "2:4")
     assert report == {
-        "attn/query/kernel": {"covered": True, "axis": 0, "groups": 16, "valid_fraction": 0.0},
-        "fc/kernel": {"covered": True, "axis": 0, "groups": 4, "valid_fraction": 0.5},
-        "stem/kernel": {"covered": False, "axis": None, "groups": 0, "valid_fraction": None},
+        "attn/query/kernel": {
+            "covered": True,
+            "axis": 0,
+            "groups": 16,
+            "valid_groups": 0,
+            "valid_fraction": 0.0,
+        },
+        "fc/kernel": {
+            "covered": True,
+            "axis": 0,
+            "groups": 4,
+            "valid_groups": 2,
+            "valid_fraction": 0.5,
+        },
+        "stem/kernel": {
+            "covered": False,
+            "axis": None,
+            "groups": 0,
+            "valid_groups": 0,
+            "valid_fraction": None,
+        },
     }
     assert nm.nm_report(masks, nm.NMPattern(4, 8))["fc/kernel"]["valid_fraction"] == 1.0
 

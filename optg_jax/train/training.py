@@ -770,7 +770,7 @@ def nm_figures(pattern: str, masks: Any, dense_by_layer: dict, by_layer: dict) -
         for name, leaf in report.items()
     }
     groups = sum(leaf["groups"] for leaf in report.values())
-    valid = sum(leaf["groups"] * (leaf["valid_fraction"] or 0.0) for leaf in report.values())
+    valid = sum(leaf["valid_groups"] for leaf in report.values())
     return {
         "pattern": pattern,
         "nm_layers": layers,
