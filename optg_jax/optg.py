@@ -803,7 +803,9 @@ def ranking(settings: OptGSettings, scores: list, weights: list, masks: list, no
 
     Args:
       settings: a resolved record.
-      scores, weights, masks: per masked leaf (`Criterion.rank`'s arguments).
+      scores: the criterion's scores per masked leaf (`Criterion.rank`'s first argument).
+      weights: the dense weights per masked leaf.
+      masks: the current masks per masked leaf.
       noise: per masked leaf, the accumulated noise (`OptGState.score_noise`); empty without a
         bonus.
 
