@@ -78,6 +78,9 @@ def main(argv):
     # before `training` (which imports TensorFlow) so that a bad value fails within seconds.
     from optg_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
 
+    # With an N:M pattern the sparsity is the pattern's, unless given here too (then both must agree).
+    given = "sparsity" in config_flags.get_override_values(flags.FLAGS["config"])
+    config_lib.pattern_sparsity(config, sparsity_given=given)
     try:
         config_lib.validate(config)
     except config_lib.ConfigError as e:

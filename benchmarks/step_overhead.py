@@ -4,7 +4,7 @@ Builds, in one process, the dense train step and the sparse train steps (optg, m
 of the training program (`optg_jax.train.steps.train_step`) for the same model and batch, warms them
 up, then times them interleaved (round-robin, one step of each per round) so that machine noise
 hits every variant alike, and prints median step-time ratios sparse/dense for ordinary steps and for
-mask-refresh steps. Also: compile count after refresh steps (must stay 1), bytes of OptG state per
+mask-refresh steps, also under a 2:4 pattern. Also: compile count after refresh steps (must stay 1), bytes of OptG state per
 masked weight, the compiled step's memory analysis (donated buffers, temporaries against the size of
 the params), and the exact global threshold over ResNet-50's 25.6M kernel weights.
 
@@ -45,8 +45,10 @@ def build_step(
     dtype="float32",
     mask_update_every=10**6,
     total_steps=10**7,
+    pattern=None,
 ):
-    """The training program's train step for one benchmark variant.
+    """The training program's train step for one benchmark variant (`pattern`: an N:M pattern,
+    the sparsity then 1 - N/M as train.py takes it).
 
     Returns:
       (`steps.jit_train_step`, donating its state argument; the initial `TrainState`).
@@ -56,6 +58,8 @@ def build_step(
     config.sparsity = 0.0 if criterion == "dense" else 0.9
     config.schedule = "constant"  # sparse from the first step: the masks really cut weights
     config.mask_update_every = mask_update_every
+    config.pattern = pattern
+    config_lib.pattern_sparsity(config, sparsity_given=False)
     config.label_smoothing = 0.0
     model = models.create(model_name, num_classes, dtype=jnp.dtype(dtype))
     sparse = not config_lib.is_dense(config)
@@ -115,6 +119,8 @@ def bench_model(model_name, image_shape, num_classes, batch_size, rounds, lines)
         "magnitude": dict(criterion="magnitude"),
         "taylor": dict(criterion="taylor"),
         "optg refresh": dict(criterion="optg", mask_update_every=1),
+        "optg 2:4": dict(criterion="optg", pattern="2:4"),
+        "optg 2:4 refresh": dict(criterion="optg", pattern="2:4", mask_update_every=1),
         "dense bf16": dict(criterion="dense", dtype="bfloat16"),
         "optg bf16": dict(criterion="optg", dtype="bfloat16"),
     }
@@ -224,6 +230,15 @@ def bench_threshold(lines, repeats=5):
     return results
 
 
+def previous_threshold_section() -> str:
+    """The threshold table of the last full run (`OUT`), kept when `--skip-threshold`."""
+    marker = "\n### Exact global threshold"
+    text = open(OUT).read() if os.path.exists(OUT) else ""
+    if marker not in text:
+        return ""
+    return text[text.index(marker) :].rstrip("\n") + " (from an earlier run)"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -241,6 +256,8 @@ def main():
         bench_model("resnet50", (224, 224, 3), 1000, 128, args.rounds, lines)
     if not args.skip_threshold:
         bench_threshold(lines)
+    else:
+        lines.append(previous_threshold_section())
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)

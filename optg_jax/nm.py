@@ -204,6 +204,42 @@ def nm_plan(
     return plan
 
 
+def nm_report(
+    masks: Any, pattern: str | NMPattern, axis_fn: Callable = group_axis
+) -> dict[str, dict[str, Any]]:
+    """Per masked leaf, whether it holds an N:M pattern: host figures for a run's report.
+
+    Args:
+      masks: a masks pytree (`OptGState.masks`: arrays on masked leaves, `None` elsewhere), on
+        the host or on device.
+      pattern: the pattern the masks should hold, `"N:M"` or an `NMPattern`.
+      axis_fn: the group-axis rule, `(path, leaf) -> axis` (default `group_axis`).
+
+    Returns:
+      `{'/'-joined path: {'covered', 'axis', 'groups', 'valid_groups', 'valid_fraction'}}` in
+      leaf order: `covered` whether the leaf can hold the pattern (`nm_applicable`; a leaf that
+      cannot stays dense), `axis` its group axis (`None` when not covered), `groups` its number
+      of groups of M and `valid_groups` how many of them keep exactly N (0 when not covered),
+      `valid_fraction` their ratio (`None` when not covered). Python types.
+    """
+    n, m = parse_pattern(pattern)
+    report = {}
+    for path, mask in jax.tree_util.tree_leaves_with_path(masks):
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        covered = nm_applicable(path, mask, m, axis_fn)
+        axis = axis_fn(path, mask) if covered else None
+        groups = mask.size // m if covered else 0
+        valid = int(jnp.sum(nm_group_counts(mask, m, axis) == n)) if covered else 0
+        report[name] = {
+            "covered": covered,
+            "axis": axis,
+            "groups": groups,
+            "valid_groups": valid,
+            "valid_fraction": valid / groups if groups else (1.0 if covered else None),
+        }
+    return report
+
+
 def _grouped(x: jax.Array, m: int, axis: int) -> tuple[jax.Array, int]:
     """`x` with `axis` split into `(size // m, m)`, and the index of the new length-m axis."""
     if type(m) is not int or m < 2:
@@ -345,6 +381,7 @@ __all__ = [
     "nm_group_counts",
     "nm_masks",
     "nm_plan",
+    "nm_report",
     "nm_valid",
     "parse_pattern",
     "path_names",

@@ -33,6 +33,7 @@ NUM_DEVICES = 8
 NUM_STEPS = 12
 REFRESH_EVERY = 2  # refreshes at the updates with counts 2, 4, 6 and 8 (the ramp's end)
 TARGET = 0.9
+PATTERN = "2:4"  # the N:M runs (`_pattern_runs`)
 SAMPLE_SIZE = 1 << 18  # optg_jax.topk's default sample size
 IMAGE = (8, 8, 8)
 BATCH = 16
@@ -109,13 +110,16 @@ def loss_fn(params, images, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def _optimizer():
+def _optimizer(pattern=None):
     import optax
 
     import optg_jax
 
+    target = TARGET if pattern is None else 0.5  # PATTERN removes half of every group
     return optax.chain(
-        optg_jax.optg_optax(TARGET, NUM_STEPS, 0.05, mask_update_every=REFRESH_EVERY),
+        optg_jax.optg_optax(
+            target, NUM_STEPS, 0.05, mask_update_every=REFRESH_EVERY, pattern=pattern
+        ),
         optax.add_decayed_weights(1e-4),
         optax.sgd(0.05, momentum=0.9),
     )
@@ -251,33 +255,7 @@ def worker(out_path: str) -> None:
         if name != "large":
             continue
 
-        # One replicated gradient function for both runs: the same params give bitwise the same
-        # gradients, which each run then lays out as its update expects.
-        grad_fn = jax.jit(
-            lambda p, masks, x, y: jax.grad(loss_fn)(optg_jax.apply_masks(p, masks), x, y),
-            out_shardings=replicate(params),
-        )
-        batches = [
-            (
-                rng.normal(size=(BATCH, *IMAGE)).astype(np.float32),
-                rng.integers(0, CLASSES, size=BATCH).astype(np.int32),
-            )
-            for _ in range(NUM_STEPS)
-        ]
-        history = {}
-        for layout, (compiled, p, state) in runs.items():
-            history[layout] = [jax.device_get(optg_jax.get_optg_state(state))]
-            for images, labels in batches:
-                masks = optg_jax.get_masks(state)
-                grads = grad_fn(
-                    jax.device_put(p, replicate(p)),
-                    jax.device_put(masks, replicate(masks)),
-                    images,
-                    labels,
-                )
-                p, state = compiled["step"](jax.device_put(grads, layouts[layout][0]), state, p)
-                history[layout].append(jax.device_get(optg_jax.get_optg_state(state)))
-            runs[layout] = (compiled, jax.device_get(p), state)
+        history = _train_both(runs, layouts, params, rng, mesh)
 
         # Where the sharded run's state lives: each leaf's shard on one device.
         optg_state = optg_jax.get_optg_state(runs["fsdp"][2])
@@ -299,8 +277,86 @@ def worker(out_path: str) -> None:
                 jax.tree.leaves(runs["replicated"][1]), jax.tree.leaves(runs["fsdp"][1])
             )
         )
+    report["pattern"] = _pattern_runs(mesh, rng)
     with open(out_path, "w") as f:
         json.dump(report, f)
+
+
+def _train_both(runs: dict, layouts: dict, params, rng, mesh) -> dict:
+    """NUM_STEPS updates of each layout's compiled step on the same batches; `runs[layout]`
+    becomes (compiled, host params, state). Returns each layout's host OptG states, the initial
+    one first."""
+    import jax
+    from jax.sharding import NamedSharding
+
+    import optg_jax
+
+    replicate = lambda tree: jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
+    # One replicated gradient function for both runs: the same params give bitwise the same
+    # gradients, which each run then lays out as its update expects.
+    grad_fn = jax.jit(
+        lambda p, masks, x, y: jax.grad(loss_fn)(optg_jax.apply_masks(p, masks), x, y),
+        out_shardings=replicate(params),
+    )
+    batches = [
+        (
+            rng.normal(size=(BATCH, *IMAGE)).astype(np.float32),
+            rng.integers(0, CLASSES, size=BATCH).astype(np.int32),
+        )
+        for _ in range(NUM_STEPS)
+    ]
+    history = {}
+    for layout, (compiled, p, state) in runs.items():
+        history[layout] = [jax.device_get(optg_jax.get_optg_state(state))]
+        for images, labels in batches:
+            masks = optg_jax.get_masks(state)
+            grads = grad_fn(
+                jax.device_put(p, replicate(p)),
+                jax.device_put(masks, replicate(masks)),
+                images,
+                labels,
+            )
+            p, state = compiled["step"](jax.device_put(grads, layouts[layout][0]), state, p)
+            history[layout].append(jax.device_get(optg_jax.get_optg_state(state)))
+        runs[layout] = (compiled, jax.device_get(p), state)
+    return history
+
+
+def _pattern_runs(mesh, rng) -> dict:
+    """The `small` network under PATTERN, FSDP and replicated: per update how their states
+    compare, and how many groups of the final masks keep exactly N. fc1's kernel is split on
+    its group axis (256 of the 2048 inputs per device); fc2's (24, 10) on its group axis too,
+    3 rows per device, so its groups of 4 straddle devices."""
+    import jax
+    from jax.sharding import NamedSharding
+
+    from optg_jax import nm
+
+    params = params_of(WIDTHS["small"])
+    tx = _optimizer(PATTERN)
+    abstract_state = jax.eval_shape(tx.init, params)
+    replicate = lambda tree: jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
+    layouts = {
+        "fsdp": (
+            sharding.fsdp_shardings(params, mesh),
+            sharding.fsdp_shardings(abstract_state, mesh),
+        ),
+        "replicated": (replicate(params), replicate(abstract_state)),
+    }
+    runs = {layout: _compile(tx, params, *layouts[layout]) for layout in layouts}
+    history = _train_both(runs, layouts, params, rng, mesh)
+    final = jax.device_get(history["fsdp"][-1].masks)
+    return {
+        "specs": {
+            key: str(sharding.fsdp_spec(shape, NUM_DEVICES))
+            for key, shape in (
+                ("fc1", params["fc1"]["kernel"].shape),
+                ("fc2", params["fc2"]["kernel"].shape),
+            )
+        },
+        "steps": [_step_record(r, f) for r, f in zip(history["replicated"], history["fsdp"])],
+        "report": nm.nm_report(final, PATTERN),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -481,6 +537,25 @@ def test_ties_at_the_threshold_keep_the_same_first_positions(measured):
     ties = measured["ties"]
     assert ties["kept"] == ties["ks"]
     assert ties["differences"] == {"replicated": [0, 0], "numpy": [0, 0]}
+
+
+def test_pattern_masks_equal_the_replicated_run_and_hold_it(measured):
+    """2:4 with FSDP: the same masks as replicated after every update, and exact 2:4 at the end
+    on every kernel, fc2's groups across devices included."""
+    report = measured["pattern"]
+    assert report["specs"] == {"fc1": str(P("data", None)), "fc2": str(P("data", None))}
+    steps = report["steps"]
+    for t, step in enumerate(steps):
+        assert step["mask_differences"] == 0, t
+        assert step["max_score_difference"] <= 1e-6 * max(step["max_score"], 1.0), t
+    num_masked = 3 * 3 * 8 * 32 + 2048 * 24 + 24 * 10
+    assert steps[0]["kept"] == num_masked  # the ramp starts at 0
+    assert steps[-1]["kept"] == num_masked // 2
+    assert {k: (v["covered"], v["valid_fraction"]) for k, v in report["report"].items()} == {
+        "conv/kernel": (True, 1.0),
+        "fc1/kernel": (True, 1.0),
+        "fc2/kernel": (True, 1.0),
+    }
 
 
 if __name__ == "__main__":

@@ -331,6 +331,42 @@ def test_group_counts_and_validity_by_hand():
     assert float(nm.nm_fraction_valid(np.zeros((0, 3)), 2, 4, 0)) == 1.0
 
 
+def test_report_per_leaf_by_hand():
+    """A Dense [16, 1] holding the mask above (2 of 4 groups at 2:4), an attention query
+    [8, 2, 4] (axis 0, all kept: no group at 2:4), a stem conv on 3 channels, an unmasked bias."""
+    mask = np.array([1, 1, 0, 0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 1], np.uint8).reshape(16, 1)
+    masks = {
+        "fc": {"kernel": mask, "bias": None},
+        "attn": {"query": {"kernel": np.ones((8, 2, 4), np.uint8)}},
+        "stem": {"kernel": np.ones((3, 3, 3, 8), np.uint8)},
+    }
+    report = nm.nm_report(masks, "2:4")
+    assert report == {
+        "attn/query/kernel": {
+            "covered": True,
+            "axis": 0,
+            "groups": 16,
+            "valid_groups": 0,
+            "valid_fraction": 0.0,
+        },
+        "fc/kernel": {
+            "covered": True,
+            "axis": 0,
+            "groups": 4,
+            "valid_groups": 2,
+            "valid_fraction": 0.5,
+        },
+        "stem/kernel": {
+            "covered": False,
+            "axis": None,
+            "groups": 0,
+            "valid_groups": 0,
+            "valid_fraction": None,
+        },
+    }
+    assert nm.nm_report(masks, nm.NMPattern(4, 8))["fc/kernel"]["valid_fraction"] == 1.0
+
+
 # -- sharded leaves ---------------------------------------------------------------------------
 
 _SHARDED = textwrap.dedent(

@@ -82,15 +82,16 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_tx(num_steps: int):
+def make_tx(num_steps: int, pattern: str | None = None):
     lr = optax.cosine_decay_schedule(0.1, num_steps)
     return optax.chain(
         optg_jax.optg_optax(
-            TARGET,
+            TARGET if pattern is None else 0.5,  # 2:4 removes half of every group
             num_steps,
             lr,
             mask_update_every=REFRESH,
             pruning_end_step=num_steps * 2 // 3,
+            pattern=pattern,
         ),
         optax.add_decayed_weights(5e-4),
         optax.sgd(lr, momentum=0.9),
@@ -108,14 +109,14 @@ def nnx_from_linen(variables) -> NnxCNN:
     return nnx.merge(graphdef, state)
 
 
-def run_both(num_steps: int):
+def run_both(num_steps: int, pattern: str | None = None):
     """Trains the Linen and the NNX network side by side; checks them after each refresh."""
     images, labels = fashion_mnist_batches(num_steps)
     linen = LinenCNN()
     variables = jax.jit(lambda x: linen.init(jax.random.key(0, impl="rbg"), x, train=False))(
         images[0]
     )
-    tx = make_tx(num_steps)
+    tx = make_tx(num_steps, pattern)
 
     @jax.jit
     def linen_step(params, batch_stats, opt_state, x, y):
@@ -208,3 +209,23 @@ def test_nnx_matches_linen_and_reaches_the_target_sparsity(num_steps):
     logits = nnx.jit(lambda m, x: m(x))(masked, images.reshape(-1, 28, 28, 1))
     accuracy = float(np.mean(np.argmax(logits, -1) == labels.reshape(-1)))
     assert accuracy > 0.6
+
+
+def test_nnx_matches_linen_under_a_two_four_pattern():
+    """2:4 on both: the same masks after every refresh (NNX paths give the same group axes), and
+    at the end conv2 and fc keep exactly 2 of each 4 inputs; conv1 (1 input channel) stays
+    dense."""
+    _, optimizer, _, opt_state, checked = run_both(50, pattern="2:4")
+    assert checked == 2
+    want = {
+        "conv1/kernel": (False, None),
+        "conv2/kernel": (True, 1.0),
+        "fc/kernel": (True, 1.0),
+    }
+    for state in (opt_state, nnx.as_pure(optimizer.opt_state)):
+        masks = optg_jax.get_masks(state)
+        masks = nnx.to_pure_dict(masks) if isinstance(masks, nnx.State) else masks
+        report = optg_jax.nm.nm_report(masks, "2:4")
+        assert {k: (v["covered"], v["valid_fraction"]) for k, v in report.items()} == want
+    summary = optg_jax.sparsity_summary(opt_state)
+    assert summary["num_kept"] == 3 * 3 * 1 * 8 + (3 * 3 * 8 * 16 + 7 * 7 * 16 * 10) // 2

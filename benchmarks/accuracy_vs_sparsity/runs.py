@@ -124,7 +124,15 @@ PER_RUN_FIELDS = (
 
 # Identity fields added after grids had run: left out of the digest while at their defaults, so
 # that the workdirs of those grids keep their names.
-LATER_FIELDS = ("data_in_memory", "augment", "reference_schedules", "init_from", "reinit")
+LATER_FIELDS = (
+    "data_in_memory",
+    "augment",
+    "reference_schedules",
+    "init_from",
+    "reinit",
+    "pattern",
+    "nm_ramp",
+)
 
 
 def protocol_tag(config) -> str:

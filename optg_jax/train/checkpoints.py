@@ -324,7 +324,7 @@ def restore_latest(
 # --------------------------------------------------------------------------- export
 
 
-def export(workdir: str, masked_params, batch_stats, info: dict) -> str:
+def export(workdir: str, masked_params, batch_stats, info: dict, pattern: str | None = None) -> str:
     """Writes the masked parameters (zeros in place) and BN statistics as a plain .npz.
 
     Args:
@@ -332,6 +332,8 @@ def export(workdir: str, masked_params, batch_stats, info: dict) -> str:
       masked_params: the weights `W * M` (host arrays).
       batch_stats: the BatchNorm statistics (host arrays; `{}` or None for none).
       info: what the export is (model, sparsity, figures), written to export/info.json.
+      pattern: the run's N:M pattern (`"2:4"`) or None: with one, the kernels that hold it are
+        written in the N:M encoding of `optg_jax.export` (kept values and their positions).
 
     Returns:
       The path of export/model.npz, whose keys are 'params/<module path>' and
@@ -345,6 +347,6 @@ def export(workdir: str, masked_params, batch_stats, info: dict) -> str:
     np.savez(buffer, **export_lib.flatten(variables))
     path = out / "model.npz"
     path.write_bytes(buffer.getvalue())
-    export_lib.write_sparse(out / export_lib.SPARSE_FILE, variables)
+    export_lib.write_sparse(out / export_lib.SPARSE_FILE, variables, pattern)
     write_json(out / "info.json", info)
     return str(path)

@@ -21,7 +21,7 @@ import ml_collections
 from ml_collections import config_dict
 
 import optg_jax
-from optg_jax import schedules, sharding
+from optg_jax import nm, schedules, sharding
 from optg_jax.train import models
 
 DTYPES = ("float32", "bfloat16")
@@ -59,6 +59,8 @@ IDENTITY_FIELDS = (
     "score_lr_floor",
     "update_masks_after_pruning",
     "uncertainty_bonus",
+    "pattern",
+    "nm_ramp",
     "validation_examples",
     "data_in_memory",
     "augment",
@@ -123,7 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # OptG sparsity.
     c.sparsity = 0.9  # Target fraction of removed weights, in [0, 1); 0 = dense training.
-    c.criterion = "optg"  # optg | supermask | taylor | magnitude | dense.
+    c.criterion = "optg"  # optg | supermask | taylor | magnitude | sr_ste | dense.
     # The values of the OptG fields below that are left None (docs/library.md, "Library defaults"):
     # "default" (budget-safe: cubic ramp ending at 2/3 of the run, masks frozen after it, score
     # momentum 0.99) or "paper" (the reference code's settings).
@@ -151,6 +153,11 @@ def base_config() -> ml_collections.ConfigDict:
     # optg/supermask: rank by score + this many standard errors of it (None: the recipe's, 4 by
     # default and 0 in the paper's form).
     c.uncertainty_bonus = config_dict.placeholder(float)
+    # N:M sparsity (`optg_jax.nm`, docs/training.md): "2:4" keeps 2 of every 4 consecutive
+    # weights along each kernel's reduction axis; None = unstructured. With a pattern the target
+    # sparsity is 1 - N/M: train.py takes it from the pattern unless --config.sparsity is given.
+    c.pattern = config_dict.placeholder(str)
+    c.nm_ramp = optg_jax.OptGSettings.nm_ramp  # groups | n: how the ramp reaches the pattern.
 
     _add_bookkeeping_fields(c)
     return c
@@ -315,12 +322,62 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail(
             "reinit", config.reinit, "needs config.init_from (it names modules not taken from it)"
         )
+    _check_optg_settings(config)
     # Last: the data set names come from `optg_jax.train.data`, whose TensorFlow import takes seconds,
     # so every other mistake is reported before it.
     from optg_jax.train import data  # pylint: disable=import-outside-toplevel
 
     if config.dataset not in data.names():
         _fail("dataset", config.dataset, f"is not one of {', '.join(data.names())}")
+
+
+# The library's names for the config fields its messages name differently.
+_LIBRARY_FIELDS = {"target_sparsity": "sparsity"}
+
+
+def _check_optg_settings(config: ml_collections.ConfigDict) -> None:
+    """The OptG fields through the library's own checks (`OptGSettings.resolved`): the pattern
+    string, `nm_ramp`, and the sparsity a pattern implies, with the library's message."""
+    if config.pattern is not None:
+        try:
+            nm.parse_pattern(config.pattern)
+        except ValueError as e:
+            raise ConfigError(f"config.pattern={config.pattern!r}: {e}") from None
+        if config.criterion == "dense":
+            _fail(
+                "pattern", config.pattern, "needs a sparse criterion, not config.criterion='dense'"
+            )
+    if config.criterion == "dense":
+        return
+    from optg_jax.train import steps  # pylint: disable=import-outside-toplevel  # (it imports this)
+
+    try:  # The run's length is not known yet; any length checks the fields above.
+        steps.optg_settings(config, num_steps=100, steps_per_epoch=1).resolved()
+    except ValueError as e:
+        field, _, rest = str(e).partition(" ")
+        raise ConfigError(f"config.{_LIBRARY_FIELDS.get(field, field)} {rest}") from None
+
+
+def pattern_sparsity(config: ml_collections.ConfigDict, sparsity_given: bool) -> None:
+    """Sets `config.sparsity` to `1 - N/M` of `config.pattern`, unless the sparsity was given.
+
+    train.py calls it with whether `--config.sparsity` is on the command line: a config file's
+    own sparsity (e.g. 0.95) gives way to the pattern's, and a sparsity given with the pattern is
+    left for `validate` to refuse when the two disagree.
+
+    Args:
+      config: the run's config (changed in place); nothing happens without a pattern or when the
+        pattern is not a valid "N:M" (`validate` reports it).
+      sparsity_given: whether the user gave `sparsity` explicitly.
+    """
+    pattern = config.get("pattern")
+    if pattern is None or sparsity_given or config.get("criterion") == "dense":
+        return
+    try:
+        n, m = nm.parse_pattern(pattern)
+    except (TypeError, ValueError):
+        return
+    config.sparsity = 1.0 - n / m
 
 
 def _check_reference_schedules(config: ml_collections.ConfigDict) -> None:

@@ -253,6 +253,17 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _nm_row(results: Mapping[str, Any]) -> str:
+    """'2:4, 100.00% of groups exact; 1 leaf left dense (conv1/kernel)'."""
+    dense = [k for k, v in results.get("nm_layers", {}).items() if not v["covered"]]
+    names = ", ".join(dense[:3]) + (", ..." if len(dense) > 3 else "")
+    leaves = f"{len(dense)} leaf" if len(dense) == 1 else f"{len(dense)} leaves"
+    return (
+        f"{results['pattern']}, {100 * results['nm_valid_fraction']:.2f}% of groups exact; "
+        f"{leaves} left dense" + (f" ({names})" if dense else "")
+    )
+
+
 def summary_table(results: Mapping[str, Any]) -> str:
     """A one-screen table of a run's results.
 
@@ -287,6 +298,8 @@ def summary_table(results: Mapping[str, Any]) -> str:
             f"{results['dense_macs'] / max(results['macs'], 1):.1f}x fewer",
         ),
     ]
+    if "pattern" in results:
+        rows.append(("N:M pattern", _nm_row(results)))
     if "train_time_s" in results:
         rows.append(("train time", f"{results['train_time_s']:.1f} s"))
     if "wall_time_s" in results:

@@ -246,6 +246,8 @@ def optg_settings(
         score_lr_floor=float(config.score_lr_floor),
         update_masks_after_pruning=config.update_masks_after_pruning,
         uncertainty_bonus=None if bonus is None else float(bonus),
+        pattern=config.pattern,
+        nm_ramp=config.nm_ramp,
     )
     if config.reference_schedules:
         settings = dataclasses.replace(

@@ -62,6 +62,7 @@ _EXPORT_INFO_KEYS = (
     "top5",
     "macs",
     "dense_macs",
+    "pattern",
 )
 
 
@@ -811,7 +812,8 @@ def _log_epoch(run: Run, outcome: Outcome, train_means: dict, writer, bar) -> No
             "macs/dense": figures["dense_macs"],
             "lr": float(run.lr_schedule(done - 1)),
             "score_lr": figures["score_lr"],
-        },
+        }
+        | _nm_scalars(figures),
     )
     bar.write(
         f"epoch {epoch:.2f} step {done}: train loss {train_means.get('loss', 0):.4f} "
@@ -819,6 +821,17 @@ def _log_epoch(run: Run, outcome: Outcome, train_means: dict, writer, bar) -> No
         f"top-5 {ev['top5']:.4f} | sparsity {figures['sparsity']:.4f} | "
         f"MACs {figures['macs']:,}/{figures['dense_macs']:,}"
     )
+
+
+def _nm_scalars(figures: dict) -> dict:
+    """An N:M run's per-epoch metrics: the valid fraction of all groups and of each leaf's."""
+    if "pattern" not in figures:
+        return {}
+    layers = figures["nm_layers"]
+    return {
+        "nm/valid_fraction": figures["nm_valid_fraction"],
+        "nm/layers": {k: v["valid_fraction"] for k, v in layers.items() if v["covered"]},
+    }
 
 
 # --------------------------------------------------------------------------- figures and results
@@ -862,7 +875,8 @@ def sparsity_figures(run: Run, state: steps.TrainState) -> dict:
     host_params = jax.tree.map(to_host, state.params)
     variables = steps.model_variables(host_params, jax.tree.map(to_host, state.batch_stats))
     input_shape = run.info.image_shape
-    dense = macs_lib.count(run.model, variables, input_shape)
+    dense_by_layer = macs_lib.count_by_layer(run.model, variables, input_shape)
+    dense = sum(dense_by_layer.values())
     if not run.sparse:
         return {
             "sparsity": 0.0,
@@ -874,15 +888,53 @@ def sparsity_figures(run: Run, state: steps.TrainState) -> dict:
         }
     optg_state = jax.tree.map(to_host, optg_jax.get_optg_state(state.opt_state))
     summary = optg_jax.sparsity_summary(optg_state)
-    return {
+    by_layer = macs_lib.count_by_layer(run.model, variables, input_shape, masks=optg_state.masks)
+    figures = {
         "sparsity": summary["global"],
         "target_sparsity": summary["target"],
         "layer_sparsity": summary["layers"],
-        "macs": macs_lib.count(run.model, variables, input_shape, masks=optg_state.masks),
+        "macs": sum(by_layer.values()),
         "dense_macs": dense,
         "score_lr": summary["score_lr"],
         "num_masked": summary["num_masked"],
         "num_kept": summary["num_kept"],
+    }
+    if run.config.pattern is not None:
+        figures.update(nm_figures(run.config.pattern, optg_state.masks, dense_by_layer, by_layer))
+    return figures
+
+
+def nm_figures(pattern: str, masks: Any, dense_by_layer: dict, by_layer: dict) -> dict:
+    """The N:M figures of a run with a pattern: per masked leaf and over the covered ones.
+
+    Args:
+      pattern: the run's `"N:M"`.
+      masks: the masks pytree (host arrays).
+      dense_by_layer: `macs.count_by_layer` of the dense model, by param path.
+      by_layer: the same with the masks (a kernel at `nnz / size` of its dense MACs).
+
+    Returns:
+      `pattern`; `nm_layers`: per masked leaf `nm.nm_report`'s `covered` and `valid_fraction`
+      (the fraction of its groups of M that keep exactly N; `None` for a leaf left dense because
+      its group axis does not divide by M) with its `dense_macs` and `macs`; `nm_valid_fraction`:
+      the fraction of all the covered leaves' groups that keep exactly N (1.0 with none).
+    """
+    report = optg_jax.nm.nm_report(masks, pattern)
+    layers = {
+        name: {
+            "covered": leaf["covered"],
+            "valid_fraction": leaf["valid_fraction"],
+            "dense_macs": dense_by_layer.get(name, 0),
+            "macs": by_layer.get(name, 0),
+        }
+        for name, leaf in report.items()
+    }
+    groups = sum(leaf["groups"] for leaf in report.values())
+    valid = sum(leaf["valid_groups"] for leaf in report.values())
+    return {
+        "pattern": pattern,
+        "nm_layers": layers,
+        "nm_valid_fraction": valid / groups if groups else 1.0,
     }
 
 
@@ -925,6 +977,9 @@ def _final_results(
         "init_from": config_lib.init_from_path(config.init_from),
         "reinit": list(config_lib.reinit_names(config)),
     }
+    if "pattern" in figures:  # N:M: each leaf's validity and MACs (`nm_figures`).
+        for key in ("pattern", "nm_valid_fraction", "nm_layers"):
+            results[key] = figures[key]
     if run.sparse:  # What optg_optax ran with, the recipe's values filled in.
         settings = steps.optg_settings(config, run.num_steps, run.steps_per_epoch).resolved()
         results["optg_settings"] = settings.to_dict()
@@ -943,8 +998,9 @@ def _write_outputs(run: Run, state: steps.TrainState, results: dict) -> None:
     batch_stats = jax.tree.map(to_host, state.batch_stats)
     if not run.is_main:
         return
+    info = {k: results[k] for k in _EXPORT_INFO_KEYS if k in results}
     results["export"] = checkpoints.export(
-        run.workdir, masked, batch_stats, {k: results[k] for k in _EXPORT_INFO_KEYS}
+        run.workdir, masked, batch_stats, info, pattern=results.get("pattern")
     )
     name = EVAL_RESULTS_FILE if run.config.eval_only else RESULTS_FILE
     checkpoints.write_json(checkpoints.workdir_path(run.workdir) / name, results)
