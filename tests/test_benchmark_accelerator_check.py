@@ -48,6 +48,8 @@ def test_tiny_command_measures_every_figure(tmp_path):
     )
     command = [sys.executable, "-m", "benchmarks.accelerator_check", "--tiny"]
     command += ["--out", str(out), "--benchmarks-md", str(md)]
+    # A budget no loaded machine runs out of: --tiny caps the rounds, and every phase must run.
+    command += ["--budget-s", "100000"]
     proc = subprocess.run(
         command,
         cwd=ROOT,
