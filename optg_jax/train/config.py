@@ -123,7 +123,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     c.label_smoothing = 0.1
 
-    # OptG sparsity.
+    _add_optg_fields(c)
+    _add_bookkeeping_fields(c)
+    return c
+
+
+def _add_optg_fields(c: ml_collections.ConfigDict) -> None:
+    """The fields of `base_config` that configure the sparsity: target, criterion, OptG settings."""
     c.sparsity = 0.9  # Target fraction of removed weights, in [0, 1); 0 = dense training.
     c.criterion = "optg"  # optg | supermask | taylor | magnitude | sr_ste | dense.
     # The values of the OptG fields below that are left None (docs/library.md, "Library defaults"):
@@ -158,9 +164,6 @@ def base_config() -> ml_collections.ConfigDict:
     # sparsity is 1 - N/M: train.py takes it from the pattern unless --config.sparsity is given.
     c.pattern = config_dict.placeholder(str)
     c.nm_ramp = optg_jax.OptGSettings.nm_ramp  # groups | n: how the ramp reaches the pattern.
-
-    _add_bookkeeping_fields(c)
-    return c
 
 
 def _add_bookkeeping_fields(c: ml_collections.ConfigDict) -> None:
