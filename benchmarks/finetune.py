@@ -39,7 +39,7 @@ import optax
 
 import optg_jax
 from benchmarks import user_loop
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, read_notes, update_section
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, publish_section
 from optg_jax.train import models
 
 SECTION = "finetune"
@@ -329,16 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = user_loop.table(user_loop.read_rows(out), split)
     print("\n".join(lines))
     title = f"Pruning a pretrained {args.model} while fine-tuning it (benchmarks/finetune.py)"
-    notes = read_notes(args.results_dir, section).strip()
-    text = "\n".join(
-        [f"## {title}" + (f", validation split ({split})" if args.validation else ""), ""]
-        + lines
-        + ([notes] if notes else [])
-    )
-    with open(os.path.join(args.results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    if args.benchmarks_md:
-        update_section(args.benchmarks_md, section, text + "\n")
+    heading = f"## {title}" + (f", validation split ({split})" if args.validation else "")
+    publish_section(args.results_dir, args.benchmarks_md, section, [heading, ""] + lines)
     return 0
 
 

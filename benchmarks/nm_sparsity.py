@@ -36,7 +36,7 @@ import optax
 
 import optg_jax
 from benchmarks import finetune, user_loop
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, mean_std_cell, read_notes, update_section
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, mean_std_cell, publish_section
 from optg_jax import nm
 from optg_jax.train import models
 
@@ -323,18 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, os.path.join(args.results_dir, f"{SECTION}.png"))
     heading = "## N:M sparsity from scratch (benchmarks/nm_sparsity.py)"
     heading += f", validation split ({split})" if args.validation else ""
-    notes = read_notes(args.results_dir, section).strip()
     image = [
         f"![N:M]({os.path.relpath(os.path.join(args.results_dir, SECTION + '.png'), os.path.dirname(args.benchmarks_md or BENCHMARKS_MD))})",
         "",
     ]
-    text = "\n".join(
-        [heading, ""] + lines + ([] if args.validation else image) + ([notes] if notes else [])
-    )
-    with open(os.path.join(args.results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    if args.benchmarks_md:
-        update_section(args.benchmarks_md, section, text + "\n")
+    blocks = [heading, ""] + lines + ([] if args.validation else image)
+    publish_section(args.results_dir, args.benchmarks_md, section, blocks)
     return 0
 
 

@@ -63,6 +63,24 @@ def update_section(path: str, section: str, body: str) -> None:
     files.write_text_atomic(path, text)
 
 
+def publish_section(results_dir: str, benchmarks_md: str, section: str, blocks: list) -> str:
+    """Writes a generated section: `blocks` (lines) then its notes (`read_notes`).
+
+    The text goes to `<results_dir>/<section>.md` and, when `benchmarks_md` is given, between
+    the section's markers there (`update_section`).
+
+    Returns:
+      The section's text.
+    """
+    notes = read_notes(results_dir, section).strip()
+    text = "\n".join(list(blocks) + ([notes] if notes else []))
+    with open(os.path.join(results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    if benchmarks_md:
+        update_section(benchmarks_md, section, text + "\n")
+    return text
+
+
 def cpu_name() -> str:
     """The host CPU's model name (from /proc/cpuinfo where there is one)."""
     try:

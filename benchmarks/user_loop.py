@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 import optg_jax
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, mean_std_cell, read_notes, update_section
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, mean_std_cell, publish_section
 from optg_jax import masking
 from optg_jax.train import models
 from optg_jax.train.data import fashion_mnist
@@ -431,16 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     title = {"lenet": "LeNet-300-100", "vit_tiny": "A Vision Transformer (vit_tiny)"}[args.model]
     heading_split = f", validation split ({split})" if args.validation else ""
-    notes = read_notes(args.results_dir, section).strip()
-    text = "\n".join(
-        [f"## {title} in a user's optax loop (benchmarks/user_loop.py){heading_split}", ""]
-        + lines
-        + ([notes] if notes else [])
-    )
-    with open(os.path.join(args.results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    if args.benchmarks_md:
-        update_section(args.benchmarks_md, section, text + "\n")
+    heading = f"## {title} in a user's optax loop (benchmarks/user_loop.py){heading_split}"
+    publish_section(args.results_dir, args.benchmarks_md, section, [heading, ""] + lines)
     return 0
 
 

@@ -17,3 +17,15 @@ def test_sections_are_created_and_replaced_independently(tmp_path):
         "<!-- b:begin -->\n## B\nsecond\n<!-- b:end -->\n"
     )
     assert not os.path.exists(path + ".tmp")
+
+
+def test_publish_section_writes_the_results_file_and_the_benchmarks_section(tmp_path):
+    (tmp_path / "sec_notes.md").write_text("notes here\n")
+    md = tmp_path / "BENCHMARKS.md"
+    text = report.publish_section(str(tmp_path), str(md), "sec", ["## H", "", "| a |"])
+    assert text == "## H\n\n| a |\nnotes here"
+    assert (tmp_path / "sec.md").read_text() == text + "\n"
+    assert md.read_text() == "# Benchmarks\n\n<!-- sec:begin -->\n" + text + "\n<!-- sec:end -->\n"
+    # Without notes, and without a BENCHMARKS.md to update:
+    assert report.publish_section(str(tmp_path), "", "bare", ["x"]) == "x"
+    assert "bare" not in md.read_text()
