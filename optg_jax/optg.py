@@ -417,9 +417,8 @@ class OptGSettings:
         """The given bonus; else the recipe's for a criterion with a noise estimate, else 0."""
         if self.uncertainty_bonus is not None:
             return self.uncertainty_bonus
-        has_noise = isinstance(self.criterion, Criterion) and self.criterion.noise is not None
-        has_noise |= self.criterion in _CRITERIA and _CRITERIA[self.criterion].noise is not None
-        return rules.uncertainty_bonus if has_noise else 0.0
+        known = isinstance(self.criterion, Criterion) or self.criterion in _CRITERIA
+        return rules.uncertainty_bonus if known and self.rule.noise is not None else 0.0
 
     @property
     def rule(self) -> Criterion:
