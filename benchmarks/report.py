@@ -74,6 +74,7 @@ def publish_section(results_dir: str, benchmarks_md: str, section: str, blocks: 
     """
     notes = read_notes(results_dir, section).strip()
     text = "\n".join(list(blocks) + ([notes] if notes else []))
+    os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, f"{section}.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
     if benchmarks_md:

@@ -29,3 +29,9 @@ def test_publish_section_writes_the_results_file_and_the_benchmarks_section(tmp_
     # Without notes, and without a BENCHMARKS.md to update:
     assert report.publish_section(str(tmp_path), "", "bare", ["x"]) == "x"
     assert "bare" not in md.read_text()
+
+
+def test_publish_section_creates_a_missing_results_directory(tmp_path):
+    results = tmp_path / "new" / "results"
+    assert report.publish_section(str(results), "", "sec", ["## H"]) == "## H"
+    assert (results / "sec.md").read_text() == "## H\n"
