@@ -39,7 +39,14 @@ import optax
 
 import optg_jax
 from benchmarks import user_loop
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, publish_section
+from benchmarks.report import (
+    BENCHMARKS_MD,
+    RESULTS_DIR,
+    ROOT,
+    image_line,
+    plot_panels,
+    publish_section,
+)
 from optg_jax.train import models
 
 SECTION = "finetune"
@@ -326,12 +333,35 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['time_s']:.0f} s)",
             flush=True,
         )
-    lines = user_loop.table(user_loop.read_rows(out), split)
+    rows = user_loop.read_rows(out)
+    lines = user_loop.table(rows, split)
     print("\n".join(lines))
     title = f"Pruning a pretrained {args.model} while fine-tuning it (benchmarks/finetune.py)"
     heading = f"## {title}" + (f", validation split ({split})" if args.validation else "")
-    publish_section(args.results_dir, args.benchmarks_md, section, [heading, ""] + lines)
+    blocks = [heading, ""] + lines
+    if not args.validation and plot(rows, args.model, os.path.join(args.results_dir, section)):
+        blocks += [image_line(args.results_dir, args.benchmarks_md, f"{section}.png", title), ""]
+    publish_section(args.results_dir, args.benchmarks_md, section, blocks)
     return 0
+
+
+def plot(rows: list[dict], model_name: str, stem: str) -> bool:
+    """Top-1 against sparsity per method (test split, error bars one std) to `<stem>.png`.
+
+    Returns:
+      Whether there was anything to plot (sparse test rows).
+    """
+    rows = [r for r in rows if r["split"] == "test" and r["method"] != "dense"]
+    sparsities = sorted({r["sparsity_target"] for r in rows})
+    series: dict[str, dict[int, list[float]]] = {}
+    for r in sorted(rows, key=lambda r: user_loop.method_order(r["method"])):
+        label = user_loop.LABELS.get(r["method"], r["method"]).split(" (")[0]
+        points = series.setdefault(label, {})
+        points.setdefault(sparsities.index(r["sparsity_target"]), []).append(r["top1"])
+    if series:
+        ticks = [f"{100 * s:g}%" for s in sparsities]
+        plot_panels(stem + ".png", [(f"{model_name}, pretrained then pruned", ticks, series)])
+    return bool(series)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,14 @@ import optax
 
 import optg_jax
 from benchmarks import finetune, user_loop
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, mean_std_cell, publish_section
+from benchmarks.report import (
+    BENCHMARKS_MD,
+    RESULTS_DIR,
+    image_line,
+    mean_std_cell,
+    plot_panels,
+    publish_section,
+)
 from optg_jax import nm
 from optg_jax.train import models
 
@@ -219,38 +226,20 @@ def _order(key: tuple) -> tuple:
 
 def plot(rows: list[dict], path: str) -> None:
     """Top-1 against pattern per model and method (test split), error bars one std."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
     rows = [r for r in rows if r["split"] == "test"]
-    names = [m for m in MODELS if any(r["model"] == m for r in rows)]
-    if not names:
-        return
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
-    for ax, model_name in zip(axes[0], names):
-        mine = [r for r in rows if r["model"] == model_name]
-        methods = list(
-            dict.fromkeys(r["method"] for r in sorted(mine, key=lambda r: _order((r["method"],))))
+    panels = []
+    for model_name in (m for m in MODELS if any(r["model"] == m for r in rows)):
+        mine = sorted(
+            (r for r in rows if r["model"] == model_name), key=lambda r: _order((r["method"],))
         )
-        for k, method in enumerate(methods):
-            xs, ys, es = [], [], []
-            for i, p in enumerate(PATTERNS):
-                values = [r["top1"] for r in mine if r["method"] == method and r["pattern"] == p]
-                if values:
-                    xs.append(i + 0.08 * (k - 1))
-                    ys.append(statistics.fmean(values))
-                    es.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=LABELS.get(method, method))
-        ax.set_xticks(range(len(PATTERNS)), PATTERNS)
-        ax.set_title(model_name)
-        ax.set_ylabel("top-1 (%)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        series: dict[str, dict[int, list[float]]] = {}
+        for r in mine:
+            if r["pattern"] in PATTERNS:
+                points = series.setdefault(LABELS.get(r["method"], r["method"]), {})
+                points.setdefault(PATTERNS.index(r["pattern"]), []).append(r["top1"])
+        panels.append((model_name, list(PATTERNS), series))
+    if panels:
+        plot_panels(path, panels)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,10 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, os.path.join(args.results_dir, f"{SECTION}.png"))
     heading = "## N:M sparsity from scratch (benchmarks/nm_sparsity.py)"
     heading += f", validation split ({split})" if args.validation else ""
-    image = [
-        f"![N:M]({os.path.relpath(os.path.join(args.results_dir, SECTION + '.png'), os.path.dirname(args.benchmarks_md or BENCHMARKS_MD))})",
-        "",
-    ]
+    image = [image_line(args.results_dir, args.benchmarks_md, f"{SECTION}.png", "N:M"), ""]
     blocks = [heading, ""] + lines + ([] if args.validation else image)
     publish_section(args.results_dir, args.benchmarks_md, section, blocks)
     return 0

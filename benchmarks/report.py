@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 
 from optg_jax.train import files
 
@@ -80,6 +81,50 @@ def publish_section(results_dir: str, benchmarks_md: str, section: str, blocks: 
     if benchmarks_md:
         update_section(benchmarks_md, section, text + "\n")
     return text
+
+
+def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)") -> None:
+    """Writes a PNG of side-by-side panels, one line per series with one-std error bars.
+
+    Args:
+      path: the PNG file.
+      panels: `[(title, x tick labels, {series label: {tick index: [values]}})]`; a series
+        plots the mean of each tick's values (error bar: their std; 0 for one value), its
+        points shifted a little sideways from the other series' so the bars stay apart.
+      ylabel: the y axis's label.
+    """
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
+    for ax, (title, ticks, series) in zip(axes[0], panels):
+        for k, (name, points) in enumerate(series.items()):
+            xs = sorted(points)
+            shift = 0.06 * (k - (len(series) - 1) / 2)
+            ax.errorbar(
+                [x + shift for x in xs],
+                [statistics.fmean(points[x]) for x in xs],
+                yerr=[statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs],
+                marker="o",
+                capsize=3,
+                label=name,
+            )
+        ax.set_xticks(range(len(ticks)), ticks)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def image_line(results_dir: str, benchmarks_md: str, file_name: str, alt: str) -> str:
+    """A Markdown image of `<results_dir>/<file_name>`, relative to BENCHMARKS.md's folder."""
+    folder = os.path.dirname(os.path.abspath(benchmarks_md or BENCHMARKS_MD))
+    return f"![{alt}]({os.path.relpath(os.path.join(results_dir, file_name), folder)})"
 
 
 def cpu_name() -> str:

@@ -325,7 +325,7 @@ def table(rows: list[dict], split: str) -> list[str]:
             if r["epochs"] == epochs:
                 cells.setdefault((r["method"], r["sparsity_target"]), []).append(r["top1"])
         sparsities = sorted({s for (m, s) in cells if m != "dense"})
-        methods = sorted({m for (m, _) in cells if m != "dense"}, key=_method_order)
+        methods = sorted({m for (m, _) in cells if m != "dense"}, key=method_order)
         best = {
             s: max(statistics.fmean(v) for (m, sp), v in cells.items() if sp == s and m != "dense")
             for s in sparsities
@@ -347,7 +347,7 @@ def table(rows: list[dict], split: str) -> list[str]:
     return lines
 
 
-def _method_order(method: str) -> tuple:
+def method_order(method: str) -> tuple:
     names = list(METHODS)
     return (names.index(method) if method in names else len(names), method)
 

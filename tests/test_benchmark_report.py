@@ -35,3 +35,40 @@ def test_publish_section_creates_a_missing_results_directory(tmp_path):
     results = tmp_path / "new" / "results"
     assert report.publish_section(str(results), "", "sec", ["## H"]) == "## H"
     assert (results / "sec.md").read_text() == "## H\n"
+
+
+def test_plot_panels_writes_a_png_with_one_axis_per_panel(tmp_path):
+    import matplotlib.image
+
+    path = str(tmp_path / "p.png")
+    series = {"a": {0: [90.0, 92.0], 1: [88.0]}, "b": {1: [85.0, 86.0, 87.0]}}
+    report.plot_panels(path, [("one", ["90%", "95%"], series), ("two", ["x"], {"c": {0: [1.0]}})])
+    image = matplotlib.image.imread(path)
+    height, width = image.shape[:2]
+    assert width > 1.8 * height  # Two panels side by side (4.8 in wide, 3.8 in tall each).
+
+
+def test_finetune_plot_groups_rows_by_method_and_sparsity(tmp_path, monkeypatch):
+    from benchmarks import finetune
+
+    seen = []
+    monkeypatch.setattr(finetune, "plot_panels", lambda path, panels: seen.append((path, panels)))
+    rows = [
+        dict(method=m, sparsity_target=s, seed=k, split=split, top1=t)
+        for m, s, k, split, t in [
+            ("taylor", 0.9, 0, "test", 94.0),
+            ("taylor", 0.9, 1, "test", 96.0),
+            ("taylor", 0.98, 0, "test", 90.0),
+            ("optg", 0.98, 0, "test", 91.0),
+            ("optg", 0.9, 0, "train[-10000:]", 50.0),  # Validation rows are left out,
+            ("dense", 0.0, 0, "test", 97.0),  # and so is dense.
+        ]
+    ]
+    assert finetune.plot(rows, "fmnist_cnn", str(tmp_path / "f"))
+    ((path, [(title, ticks, series)]),) = seen
+    assert path == str(tmp_path / "f.png") and ticks == ["90%", "98%"]
+    assert series == {
+        "Taylor": {0: [94.0, 96.0], 1: [90.0]},
+        "OptG, library defaults": {1: [91.0]},
+    }
+    assert not finetune.plot(rows[4:5], "fmnist_cnn", str(tmp_path / "g"))

@@ -286,3 +286,39 @@ def test_train_py_missing_data_names_what_is_needed(tmp_path):
     assert lines[-1].startswith("error:") and "cifar10" in lines[-1], proc.stderr
     assert str(data_dir) in lines[-1] and "Traceback" not in proc.stderr
     assert not workdir.exists()
+
+
+def test_identity_records_the_uncertainty_bonus_the_run_ranks_with():
+    """The identity holds the resolved kappa, so a change of the library's default is seen."""
+    config = load("fashion_mnist")
+    assert config.uncertainty_bonus is None and config.criterion == "optg"
+    assert config_lib.identity(config)["uncertainty_bonus"] == 4.0  # The default recipe's.
+    config.recipe = "paper"
+    assert config_lib.identity(config)["uncertainty_bonus"] == 0.0
+    config.recipe, config.uncertainty_bonus = "default", 2.5
+    assert config_lib.identity(config)["uncertainty_bonus"] == 2.5
+    config.criterion, config.uncertainty_bonus = "taylor", None  # No noise estimate: 0.
+    assert config_lib.identity(config)["uncertainty_bonus"] == 0.0
+    config.criterion = "dense"
+    assert config_lib.identity(config)["uncertainty_bonus"] == 0.0
+
+
+def test_a_workdir_from_before_the_bonus_resumes_only_as_it_began(tmp_path):
+    """A workdir whose config.json predates `uncertainty_bonus` ranked without it (kappa 0): the
+    default config (kappa 4) is refused in one line; `uncertainty_bonus=0` resumes it."""
+    from optg_jax.train import checkpoints, training
+
+    config = load("fashion_mnist")
+    old = {k: v for k, v in config_lib.identity(config).items() if k != "uncertainty_bonus"}
+    shapes = {"w": [2, 2]}
+    checkpoints.write_workdir_config(str(tmp_path), {}, old, shapes)
+    with pytest.raises(config_lib.ConfigError) as e:
+        training._check_identity(config, str(tmp_path), shapes)
+    assert "uncertainty_bonus=0.0 (this config: 4.0)" in str(e.value)
+    assert "\n" not in str(e.value)
+    config.uncertainty_bonus = 0.0
+    training._check_identity(config, str(tmp_path), shapes)  # Resumes.
+    config.criterion, config.uncertainty_bonus = "taylor", None
+    old_taylor = {k: v for k, v in config_lib.identity(config).items() if k != "uncertainty_bonus"}
+    checkpoints.write_workdir_config(str(tmp_path), {}, old_taylor, shapes)
+    training._check_identity(config, str(tmp_path), shapes)  # Taylor never had a bonus.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import types
 
 import ml_collections
 from ml_collections import config_dict
@@ -486,4 +487,34 @@ def identity(config: ml_collections.ConfigDict) -> dict:
     out = {k: config[k] for k in IDENTITY_FIELDS}
     out["init_from"] = init_from_path(config.init_from)
     out["reinit"] = list(reinit_names(config))
+    out["uncertainty_bonus"] = uncertainty_bonus(config)
     return out
+
+
+# The value an identity field stands for in a workdir written before the field existed, where
+# it differs from `base_config`'s: such a run ranked without the bonus (kappa 0).
+LEGACY_IDENTITY = types.MappingProxyType({"uncertainty_bonus": 0.0})
+
+
+def uncertainty_bonus(config: ml_collections.ConfigDict) -> float:
+    """The `kappa` the run ranks with: `config.uncertainty_bonus`, else its recipe's value for
+    its criterion (0 for a criterion without a noise estimate, and for dense runs).
+
+    Args:
+      config: a validated config.
+
+    Returns:
+      `OptGSettings.resolved().uncertainty_bonus` for the config's criterion and recipe.
+    """
+    if config.criterion == "dense":
+        return 0.0
+    bonus = config.get("uncertainty_bonus")
+    settings = optg_jax.OptGSettings(
+        0.5,
+        1,
+        1.0,
+        criterion=config.criterion,
+        recipe=config.recipe,
+        uncertainty_bonus=None if bonus is None else float(bonus),
+    )
+    return float(settings.resolved().uncertainty_bonus)

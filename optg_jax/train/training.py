@@ -439,7 +439,7 @@ def _check_identity(config: ml_collections.ConfigDict, workdir: str, param_shape
     the step count of an epoch change with it, so the run cannot go on as it would have) only
     with `config.allow_reshard` (`_create_workdir` then records the new batch)."""
     identity = config_lib.identity(config)
-    defaults = config_lib.identity(config_lib.base_config())
+    defaults = {**config_lib.identity(config_lib.base_config()), **config_lib.LEGACY_IDENTITY}
     stored_batch = _stored_batch_size(workdir)
     if stored_batch is None or stored_batch == config.batch_size:
         checkpoints.check_workdir(workdir, identity, param_shapes, defaults)
