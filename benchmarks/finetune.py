@@ -111,7 +111,10 @@ def task_split(arrays, classes: tuple[int, ...], image_size: int = 28):
 
 
 class Loop:
-    """The jitted pieces of one model's loop: a scanned epoch and the evaluation.
+    """The jitted pieces of one model's loop: a training step and the evaluation.
+
+    The epoch is a Python loop over the jitted step: on XLA's CPU backend a `lax.scan` over the
+    same step ran the convnet 4.7x slower (0.78 against 0.17 s a step, fmnist_cnn at batch 128).
 
     Args:
       model: the Flax module (`train=` argument; BatchNorm statistics in `batch_stats`).
@@ -122,7 +125,7 @@ class Loop:
 
     def __init__(self, model: nn.Module, tx: optax.GradientTransformation, sparse: bool, batch):
         self.model, self.tx, self.sparse, self.batch = model, tx, sparse, batch
-        self.epoch = jax.jit(self._epoch)
+        self.step = jax.jit(self._step)
         self.predict = jax.jit(self._predict)
 
     def _loss(self, params, batch_stats, images, labels):
@@ -135,20 +138,14 @@ class Loop:
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, batch_stats
 
-    def _epoch(self, params, batch_stats, opt_state, order, images, labels):
-        def step(carry, idx):
-            params, batch_stats, opt_state = carry
-            masked = optg_jax.apply_masks(params, opt_state) if self.sparse else params
-            grads, batch_stats = jax.grad(self._loss, has_aux=True)(
-                masked, batch_stats, images[idx], labels[idx]
-            )
-            updates, opt_state = self.tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), batch_stats, opt_state), None
-
-        steps = order.shape[0] // self.batch
-        carry = (params, batch_stats, opt_state)
-        carry, _ = jax.lax.scan(step, carry, order[: steps * self.batch].reshape(steps, -1))
-        return carry
+    def _step(self, params, batch_stats, opt_state, idx, images, labels):
+        """One update on the examples `idx` (`[batch]` int) of the device arrays."""
+        masked = optg_jax.apply_masks(params, opt_state) if self.sparse else params
+        grads, batch_stats = jax.grad(self._loss, has_aux=True)(
+            masked, batch_stats, images[idx], labels[idx]
+        )
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state
 
     def _predict(self, params, batch_stats, images):
         variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
@@ -158,11 +155,13 @@ class Loop:
         """`epochs` passes over (x, y) in a seeded order; returns the three states."""
         rng = np.random.default_rng(seed)
         xd, yd = jnp.asarray(x), jnp.asarray(y)
+        steps = len(y) // self.batch
         for _ in range(epochs):
-            order = jnp.asarray(rng.permutation(len(y)))
-            params, batch_stats, opt_state = self.epoch(
-                params, batch_stats, opt_state, order, xd, yd
-            )
+            order = rng.permutation(len(y))[: steps * self.batch].reshape(steps, self.batch)
+            for idx in order:
+                params, batch_stats, opt_state = self.step(
+                    params, batch_stats, opt_state, jnp.asarray(idx), xd, yd
+                )
         return params, batch_stats, opt_state
 
     def top1(self, params, batch_stats, x, y) -> float:

@@ -36,8 +36,24 @@ FLAGS = [
 ]
 
 
+# The runs of this file compile the same programs: a rerun (a resume) loads them from a
+# persistent cache (`compile_cache`) instead of compiling them again. A cached program is the same
+# executable, so bitwise comparisons between runs hold.
+_CACHE_DIR: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+    _CACHE_DIR["path"] = str(tmp_path_factory.mktemp("xla_cache"))
+    yield
+    _CACHE_DIR.clear()
+
+
 def env():
     e = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    if "path" in _CACHE_DIR:
+        e["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR["path"]
+        e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     e.pop("XLA_FLAGS", None)
     return e
 
@@ -258,6 +274,7 @@ def launch(script, layout, workdir, overrides=None, sigterm_after=-1):
     procs = []
     for i in range(processes):
         e = env()
+        e.pop("JAX_COMPILATION_CACHE_DIR", None)  # Multi-process runs compile for themselves.
         e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
         args = [str(i), str(processes), str(port), str(workdir)]
         args += [json.dumps(dict(MULTI, **(overrides or {}))), str(sigterm_after)]
