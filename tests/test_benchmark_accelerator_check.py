@@ -40,6 +40,9 @@ def _num_kernel_weights(name, num_classes, size):
     return sum(s.size for s in jax.tree.leaves(shapes) if s.ndim >= 2)
 
 
+# The whole command (every phase, ~1.5 minutes on 2 cores); the default set keeps the refresh
+# check below, the part of the measurement the command relies on.
+@pytest.mark.slow
 def test_tiny_command_measures_every_figure(tmp_path):
     out, md = tmp_path / "accelerator_check.md", tmp_path / "BENCHMARKS.md"
     md.write_text(

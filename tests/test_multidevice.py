@@ -158,6 +158,9 @@ def resumable_copy(workdir, to):
     return to
 
 
+# Two more 8-device runs; the default set keeps FSDP against the replicated run (above) and exact
+# resumes through tests/test_reliability.py and tests/test_train.py.
+@pytest.mark.slow
 def test_fsdp_resumes_from_its_checkpoint_and_from_a_replicated_one(
     tmp_path, fsdp_run, replicated_run, compile_cache
 ):
