@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import textwrap
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -53,6 +55,7 @@ SECTION = "finetune"
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 CACHE_DIR = os.path.join(ROOT, "runs", "finetune_pretrained")
+FAR_BEHIND = 10.0  # Top-1 points under a column's best: the series is left out of the plot.
 
 
 class Setting(NamedTuple):
@@ -357,10 +360,24 @@ def plot(rows: list[dict], model_name: str, stem: str) -> bool:
         label = user_loop.LABELS.get(r["method"], r["method"]).split(" (")[0]
         points = series.setdefault(label, {})
         points.setdefault(sparsities.index(r["sparsity_target"]), []).append(r["top1"])
-    if series:
-        ticks = [f"{100 * s:g}%" for s in sparsities]
-        plot_panels(stem + ".png", [(f"{model_name}, pretrained then pruned", ticks, series)])
-    return bool(series)
+    if not series:
+        return False
+    # A series more than `FAR_BEHIND` points under the best mean of a column would squash the
+    # others into a line: it is left out of the plot (the table keeps it).
+    means = {k: {x: statistics.fmean(v) for x, v in pts.items()} for k, pts in series.items()}
+    best = {x: max(m[x] for m in means.values() if x in m) for x in range(len(sparsities))}
+    shown = {
+        k: pts for k, pts in series.items() if all(means[k][x] >= best[x] - FAR_BEHIND for x in pts)
+    }
+    title = f"{model_name}, pretrained then pruned"
+    if len(shown) < len(series):
+        left_out = ", ".join(k.replace("`", "") for k in series if k not in shown)
+        title += "\n" + textwrap.fill(
+            f"not shown, over {FAR_BEHIND:g} points behind: {left_out}", 60
+        )
+    ticks = [f"{100 * s:g}%" for s in sparsities]
+    plot_panels(stem + ".png", [(title, ticks, shown)])
+    return True
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)") -> None:
                 label=name,
             )
         ax.set_xticks(range(len(ticks)), ticks)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)

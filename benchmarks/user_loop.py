@@ -77,6 +77,7 @@ LABELS = {
     "optg": "OptG, library defaults (required arguments only)",
     "optg-epoch": "OptG, library defaults + `mask_update_every=steps_per_epoch`",
     "optg-paper": "OptG, `recipe='paper'` + `mask_update_every=steps_per_epoch`",
+    "optg:recipe=paper": "OptG, `recipe='paper'` (its refresh interval: 1% of the run)",
 }
 
 

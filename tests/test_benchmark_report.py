@@ -72,3 +72,19 @@ def test_finetune_plot_groups_rows_by_method_and_sparsity(tmp_path, monkeypatch)
         "OptG, library defaults": {1: [91.0]},
     }
     assert not finetune.plot(rows[4:5], "fmnist_cnn", str(tmp_path / "g"))
+
+
+def test_finetune_plot_leaves_out_a_series_far_behind(tmp_path, monkeypatch):
+    from benchmarks import finetune
+
+    seen = []
+    monkeypatch.setattr(finetune, "plot_panels", lambda path, panels: seen.append(panels))
+    rows = [
+        dict(method="taylor", sparsity_target=0.9, seed=0, split="test", top1=95.0),
+        dict(method="magnitude", sparsity_target=0.9, seed=0, split="test", top1=85.5),
+        dict(method="optg-paper", sparsity_target=0.9, seed=0, split="test", top1=84.9),
+    ]
+    assert finetune.plot(rows, "m", str(tmp_path / "f"))
+    ((title, _, series),) = seen[0]
+    assert list(series) == ["GMP", "Taylor"]  # 9.5 points behind stays; 10.1 does not.
+    assert "not shown, over 10 points behind: OptG, recipe='paper'" in title
