@@ -112,6 +112,7 @@ def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)") -> None:
                 label=name,
             )
         ax.set_xticks(range(len(ticks)), ticks)
+        ax.set_xlim(-0.5, len(ticks) - 0.5)  # Every tick shown, measured or not.
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
