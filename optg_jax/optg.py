@@ -328,6 +328,28 @@ def _is_int(x) -> bool:
 # ------------------------------------------------------------------------------------ settings
 
 
+def default_uncertainty_bonus(criterion: str | Criterion, recipe: str = "default") -> float:
+    """The `kappa` a recipe gives a criterion when `uncertainty_bonus` is left `None`.
+
+    Args:
+      criterion: a name in `CRITERIA` or a `Criterion` record.
+      recipe: a name in `RECIPES`.
+
+    Returns:
+      The recipe's bonus for a criterion with a noise estimate (`optg`, `supermask`), else 0
+      (and 0 for a name the library does not know; `OptGSettings.resolved` rejects it).
+
+    Raises:
+      ValueError: an unknown recipe; the message names it.
+    """
+    if recipe not in _RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    rule = criterion if isinstance(criterion, Criterion) else _CRITERIA.get(criterion)
+    return (
+        _RECIPES[recipe].uncertainty_bonus if rule is not None and rule.noise is not None else 0.0
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class OptGSettings:
     """Everything `optg_optax` runs with, in one frozen record.
@@ -407,18 +429,17 @@ class OptGSettings:
             ),
             is_masked=self.is_masked or default_is_masked,
             pattern=None if self.pattern is None else nm.parse_pattern(self.pattern),
-            uncertainty_bonus=self._bonus(rules),
+            uncertainty_bonus=self._bonus(),
             group_axis=self.group_axis or nm.group_axis,
         )
         _validate(settings)
         return settings
 
-    def _bonus(self, rules: Recipe) -> float | None:
-        """The given bonus; else the recipe's for a criterion with a noise estimate, else 0."""
+    def _bonus(self) -> float:
+        """The given bonus, else `default_uncertainty_bonus` of the criterion and recipe."""
         if self.uncertainty_bonus is not None:
             return self.uncertainty_bonus
-        known = isinstance(self.criterion, Criterion) or self.criterion in _CRITERIA
-        return rules.uncertainty_bonus if known and self.rule.noise is not None else 0.0
+        return default_uncertainty_bonus(self.criterion, self.recipe)
 
     @property
     def rule(self) -> Criterion:

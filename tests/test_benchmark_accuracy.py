@@ -84,6 +84,9 @@ def test_parse_method():
         },
     )
     assert methods.parse_method("magnitude-every10") == ("magnitude", {"mask_update_every": 10})
+    assert methods.parse_method("optg-bonus0") == ("optg", {"uncertainty_bonus": 0.0})
+    assert methods.parse_method("supermask-bonus2.5") == ("supermask", {"uncertainty_bonus": 2.5})
+    assert methods.label("optg-bonus0") == "ablation: OptG, uncertainty bonus κ = 0"
     assert "floor 0.5, masks frozen" not in methods.label("optg-floor0.5-frozen")
     assert methods.label("optg-every50-frozen") == (
         "ablation: OptG, masks frozen after the ramp, refresh every 50 steps"
@@ -91,7 +94,14 @@ def test_parse_method():
     assert methods.label("optg") == "OptG (library default)"
     assert methods.label("optg-paper").startswith("OptG, paper form")
     assert methods.label("magnitude-sigmoid") == "ablation: GMP (magnitude), sigmoid ramp"
-    for bad in ("snip", "dense-frozen", "magnitude-floor0.5", "taylor-mom0.5", "optg-fast"):
+    for bad in (
+        "snip",
+        "dense-frozen",
+        "magnitude-floor0.5",
+        "taylor-mom0.5",
+        "taylor-bonus4",
+        "optg-fast",
+    ):
         with pytest.raises(ValueError, match="unknown"):
             methods.parse_method(bad)
     for bad in (
@@ -101,6 +111,7 @@ def test_parse_method():
         "optg-beta-1",
         "optg-allocnone",
         "optg-allocmagnitude",
+        "optg-bonus-1",
     ):
         with pytest.raises(ValueError):
             methods.parse_method(bad)
@@ -289,3 +300,23 @@ def test_command_line_rewrites_the_report_from_records(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| OptG (library default) | **81.25** (1) |" in proc.stdout
     assert "**81.25** (1)" in md.read_text() and (results / "accuracy_vs_sparsity.csv").exists()
+
+
+def test_import_csv_round_trips_the_records_and_renames(tmp_path):
+    rows = [_row("optg", 0.99, 0, 0.8125), _row("taylor", 0.9, 1, 0.875431234, epochs=8)]
+    path = str(tmp_path / "grid.csv")
+    report.write_csv(rows, path)
+    root = str(tmp_path / "root")
+    # A row already recorded is left as it is.
+    runs.write_record(root, runs.Spec("taylor", 0.9, 1, 8), dict(rows[1], top1=0.5))
+    written = runs.import_csv(path, root, {"optg": "optg-bonus0"})
+    assert written == [runs.Spec("optg-bonus0", 0.99, 0, 4)]
+    got = runs.read_record(root, written[0])
+    assert got["method"] == "optg-bonus0" and got["top1"] == 0.8125 and got["seed"] == 0
+    assert got["macs"] == 10000 and isinstance(got["macs"], int) and got["sparsity"] == 0.99
+    assert runs.read_record(root, runs.Spec("taylor", 0.9, 1, 8))["top1"] == 0.5
+    assert runs.import_csv(path, root, {"optg": "optg-bonus0"}) == []
+    # Without renaming, the optg row is a record of its own.
+    assert runs.import_csv(path, root) == [runs.Spec("optg", 0.99, 0, 4)]
+    with pytest.raises(ValueError, match="snip"):
+        runs.import_csv(path, str(tmp_path / "other"), {"optg": "snip"})

@@ -481,3 +481,16 @@ def test_uncertainty_bonus_needs_a_noise_estimate():
         optg_jax.optg_optax(0.5, 10, 0.1, uncertainty_bonus=-1.0)
     # The recipe's value applies only where it can (taylor gets 0).
     assert optg_jax.OptGSettings(0.5, 10, 0.1, criterion="taylor").resolved().uncertainty_bonus == 0
+
+
+def test_default_uncertainty_bonus_is_what_resolved_settings_use():
+    # The default recipe gives kappa 4 to the criteria with a noise estimate, the paper form 0.
+    want = {("optg", "default"): 4.0, ("supermask", "default"): 4.0, ("optg", "paper"): 0.0}
+    for criterion in ("optg", "supermask", "taylor", "magnitude", "sr_ste"):
+        for recipe in optg_jax.RECIPES:
+            got = optg_jax.default_uncertainty_bonus(criterion, recipe)
+            assert got == want.get((criterion, recipe), 0.0), (criterion, recipe)
+            settings = optg_jax.OptGSettings(0.5, 10, 0.1, criterion=criterion, recipe=recipe)
+            assert settings.resolved().uncertainty_bonus == got
+    with pytest.raises(ValueError, match="recipe must be one of default, paper, got 'fast'"):
+        optg_jax.default_uncertainty_bonus("optg", "fast")

@@ -27,6 +27,7 @@ from benchmarks.accuracy_vs_sparsity.runs import (
     budget_specs,
     code_version,
     grid_specs,
+    import_csv,
     protocol_tag,
     read_all_records,
     run_all,
@@ -70,6 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rewrite the report from finished runs; train nothing",
     )
+    parser.add_argument(
+        "--import-csv",
+        default="",
+        metavar="CSV",
+        help="first write a record for each row of this results CSV that has none (the records "
+        "are not committed; the CSV is)",
+    )
+    parser.add_argument(
+        "--import-rename",
+        nargs="+",
+        default=[],
+        metavar="OLD=NEW",
+        help="with --import-csv: record OLD's rows as method NEW (e.g. optg=optg-bonus0 for runs "
+        "trained before a default changed)",
+    )
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "fashion_mnist.py"))
     parser.add_argument("--dataset", default="")
     parser.add_argument("--model", default="")
@@ -92,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for m in args.methods:
         parse_method(m)
+    rename = {}
+    for pair in args.import_rename:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            parser.error(f"--import-rename {pair!r}: expected OLD=NEW")
+        parse_method(new)
+        rename[old] = new
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     code_version()  # The library as imported now, before a long grid.
@@ -114,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         grid_epochs = [int(shared.num_epochs)]
     root = os.path.join(args.workdir_root, protocol_tag(shared))
     os.makedirs(root, exist_ok=True)
+    if args.import_csv:
+        imported = import_csv(args.import_csv, root, rename)
+        print(f"imported {len(imported)} records from {args.import_csv} into {root}")
 
     # Runs of one protocol compile the same steps: reuse them across runs and invocations.
     jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir_root, "jax_cache"))

@@ -8,6 +8,7 @@ A run is a `Spec` (method, sparsity, seed, epochs); its config is the shared pro
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import hashlib
 import importlib.util
@@ -290,6 +291,48 @@ def read_all_records(root: str) -> list[dict]:
 
 def write_record(root: str, spec: Spec, row: dict) -> None:
     files.write_text_atomic(record_path(root, spec), json.dumps(row, indent=1))
+
+
+# The CSV's columns that hold numbers (`report.write_csv` writes floats with 6 significant digits).
+INT_COLUMNS = ("seed", "epochs", "macs", "dense_macs", "steps", "image_size", "batch_size")
+FLOAT_COLUMNS = ("sparsity", "top1", "top5", "final_sparsity", "wall_time_s", "train_time_s")
+
+
+def import_csv(path: str, root: str, rename: dict[str, str] | None = None) -> list[Spec]:
+    """Writes a record under `root` for each row of a results CSV that has none there.
+
+    Records live beside the workdirs, which are not committed; the CSV in benchmarks/results is.
+    Importing it lets a later invocation rerun some methods and rebuild the whole report.
+
+    Args:
+      path: a CSV written by `report.write_csv`.
+      root: the protocol's workdir root (`<workdir root>/<protocol tag>`).
+      rename: `{old method: new method}`, applied before the record is written, e.g.
+        `{"optg": "optg-bonus0"}` for runs trained before a default changed (the new name must
+        say what those runs were, so that a rerun under the old name trains the new default).
+
+    Returns:
+      The specs whose records were written (rows already recorded are left as they are).
+
+    Raises:
+      ValueError: a row's method (after renaming) is not a method name; the message names it.
+    """
+    rename = rename or {}
+    written = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for raw in csv.DictReader(f):
+            row = dict(raw)
+            row["method"] = rename.get(row["method"], row["method"])
+            parse_method(row["method"])
+            for key in INT_COLUMNS:
+                row[key] = int(float(row[key]))
+            for key in FLOAT_COLUMNS:
+                row[key] = float(row[key])
+            spec = Spec(row["method"], row["sparsity"], row["seed"], row["epochs"])
+            if read_record(root, spec) is None:
+                write_record(root, spec, row)
+                written.append(spec)
+    return written
 
 
 def run_all(

@@ -504,17 +504,11 @@ def uncertainty_bonus(config: ml_collections.ConfigDict) -> float:
       config: a validated config.
 
     Returns:
-      `OptGSettings.resolved().uncertainty_bonus` for the config's criterion and recipe.
+      `config.uncertainty_bonus`, else `optg_jax.default_uncertainty_bonus(criterion, recipe)`.
     """
     if config.criterion == "dense":
         return 0.0
     bonus = config.get("uncertainty_bonus")
-    settings = optg_jax.OptGSettings(
-        0.5,
-        1,
-        1.0,
-        criterion=config.criterion,
-        recipe=config.recipe,
-        uncertainty_bonus=None if bonus is None else float(bonus),
-    )
-    return float(settings.resolved().uncertainty_bonus)
+    if bonus is not None:
+        return float(bonus)
+    return optg_jax.default_uncertainty_bonus(config.criterion, config.recipe)
