@@ -88,3 +88,31 @@ def test_finetune_plot_leaves_out_a_series_far_behind(tmp_path, monkeypatch):
     ((title, _, series),) = seen[0]
     assert list(series) == ["GMP", "Taylor"]  # 9.5 points behind stays; 10.1 does not.
     assert "not shown, over 10 points behind: OptG, recipe='paper'" in title
+
+
+def test_finetune_cache_of_other_shapes_is_retrained(tmp_path, monkeypatch):
+    import flax.linen as nn
+    import numpy as np
+
+    from benchmarks import finetune
+
+    def setting(width):
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x, train=False):
+                x = nn.Dense(width, name="body")(x.reshape(x.shape[0], -1))
+                return nn.Dense(10, name="head")(x)
+
+        return finetune.Setting(Net, "head", 1, 0.01, 1, 1e-3, 0.0, 8)
+
+    monkeypatch.setattr(finetune, "CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(0)
+    x, xe = rng.random((32, 28, 28, 1), np.float32), rng.random((16, 28, 28, 1), np.float32)
+    arrays = (x, np.arange(32) % 10, xe, np.arange(16) % 10)
+    for width, want in ((3, 3), (5, 5), (5, 5)):
+        monkeypatch.setitem(finetune.MODELS, "tiny", setting(width))
+        params, _, top1 = finetune.pretrained("tiny", 0, arrays, 0)
+        assert params["body"]["kernel"].shape == (784, want) and 0 <= top1 <= 100
+    with np.load(tmp_path / "tiny_seed0_val0.npz") as f:
+        # The cache now holds the second architecture (body kernel, bias, head kernel, bias).
+        assert [f[f"leaf{i}"].shape for i in range(4)] == [(5,), (784, 5), (10,), (5, 10)]
