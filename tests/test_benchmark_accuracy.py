@@ -320,3 +320,17 @@ def test_import_csv_round_trips_the_records_and_renames(tmp_path):
     assert runs.import_csv(path, root) == [runs.Spec("optg", 0.99, 0, 4)]
     with pytest.raises(ValueError, match="snip"):
         runs.import_csv(path, str(tmp_path / "other"), {"optg": "snip"})
+
+
+def test_command_line_rejects_a_bad_method_or_rename(tmp_path, capsys):
+    from benchmarks.accuracy_vs_sparsity import cli  # pylint: disable=import-outside-toplevel
+
+    for args, says in (
+        (["--import-rename", "optg"], "--import-rename 'optg': expected OLD=NEW"),
+        (["--import-rename", "optg=snip"], "unknown method 'snip'"),
+        (["--methods", "optg-mom2"], "score_momentum=2.0 of method 'optg-mom2' is outside"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["--report-only", f"--workdir-root={tmp_path}", *args])
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err
+    assert not os.listdir(tmp_path)

@@ -106,15 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default=RESULTS_DIR)
     parser.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
     args = parser.parse_args(argv)
-    for m in args.methods:
-        parse_method(m)
     rename = {}
-    for pair in args.import_rename:
-        old, sep, new = pair.partition("=")
-        if not sep or not old or not new:
-            parser.error(f"--import-rename {pair!r}: expected OLD=NEW")
-        parse_method(new)
-        rename[old] = new
+    try:
+        for m in args.methods:
+            parse_method(m)
+        for pair in args.import_rename:
+            old, sep, new = pair.partition("=")
+            if not sep or not old or not new:
+                parser.error(f"--import-rename {pair!r}: expected OLD=NEW")
+            parse_method(new)
+            rename[old] = new
+    except ValueError as e:
+        parser.error(str(e))
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     code_version()  # The library as imported now, before a long grid.
