@@ -68,13 +68,14 @@ class Setting(NamedTuple):
       build: `() -> nn.Module` with 10 outputs.
       head: the name of the classifier module (re-initialised for the target task).
       pretrain_epochs: epochs of dense SGD (momentum 0.9, cosine lr) on the source task.
-      pretrain_lr: its peak learning rate (half an epoch of warm-up for the ViT).
+      pretrain_lr: its peak learning rate.
       finetune_epochs: epochs of AdamW on the target task, pruning included.
       finetune_lr: AdamW's peak learning rate (a tenth of the run's warm-up, then cosine).
       weight_decay: AdamW's decoupled weight decay.
       batch: the batch size of both phases.
       image_size: 28 (Fashion-MNIST's own) or 14 (2x2 means: the CNN's convolutions are slow
         on a CPU at 28x28, as in the from-scratch grid).
+      pretrain_warmup_epochs: linear warm-up of the pretraining lr (half an epoch for the ViT).
     """
 
     build: Callable[[], nn.Module]
@@ -86,6 +87,7 @@ class Setting(NamedTuple):
     weight_decay: float
     batch: int
     image_size: int = 28
+    pretrain_warmup_epochs: float = 0.0
 
 
 MODELS = {
@@ -93,7 +95,15 @@ MODELS = {
         lambda: models.create("fmnist_cnn", 10), "fc2", 4, 0.05, 2, 1e-3, 1e-4, 128, 14
     ),
     "vit_tiny_p7": Setting(
-        lambda: models.create("vit_tiny", 10, patch=7), "head", 4, 0.05, 2, 5e-4, 1e-4, 128
+        lambda: models.create("vit_tiny", 10, patch=7),
+        "head",
+        4,
+        0.05,
+        2,
+        5e-4,
+        1e-4,
+        128,
+        pretrain_warmup_epochs=0.5,
     ),
     "mlp": Setting(user_loop.LeNet300100, "Dense_2", 8, 0.1, 2, 1e-3, 1e-4, 128),
 }
@@ -224,7 +234,7 @@ def pretrained(model_name: str, seed: int, arrays, validation: int) -> tuple[Any
             return params, batch_stats, top1
     x, y, xe, ye = task_split(arrays, SOURCE_CLASSES, setting.image_size)
     steps = setting.pretrain_epochs * (len(y) // setting.batch)
-    warmup = len(y) // setting.batch // 2 if model_name.startswith("vit") else 0
+    warmup = int(setting.pretrain_warmup_epochs * (len(y) // setting.batch))
     lr = cosine_lr(setting.pretrain_lr, steps, warmup)
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, 0.9))
     loop = Loop(model, tx, False, setting.batch)

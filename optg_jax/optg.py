@@ -328,6 +328,13 @@ def _is_int(x) -> bool:
 # ------------------------------------------------------------------------------------ settings
 
 
+def _recipe(name: str) -> Recipe:
+    """The `Recipe` called `name`; a `ValueError` naming it if there is none."""
+    if name not in _RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+    return _RECIPES[name]
+
+
 def default_uncertainty_bonus(criterion: str | Criterion, recipe: str = "default") -> float:
     """The `kappa` a recipe gives a criterion when `uncertainty_bonus` is left `None`.
 
@@ -342,12 +349,9 @@ def default_uncertainty_bonus(criterion: str | Criterion, recipe: str = "default
     Raises:
       ValueError: an unknown recipe; the message names it.
     """
-    if recipe not in _RECIPES:
-        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    rules = _recipe(recipe)
     rule = criterion if isinstance(criterion, Criterion) else _CRITERIA.get(criterion)
-    return (
-        _RECIPES[recipe].uncertainty_bonus if rule is not None and rule.noise is not None else 0.0
-    )
+    return rules.uncertainty_bonus if rule is not None and rule.noise is not None else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,9 +403,7 @@ class OptGSettings:
         Raises:
           ValueError: a field outside its range; the message names the field and the value.
         """
-        if self.recipe not in _RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        rules = _RECIPES[self.recipe]
+        rules = _recipe(self.recipe)
         start, end, total = self.pruning_start_step, self.pruning_end_step, self.total_steps
         if end is None and _is_int(total) and _is_int(start):
             ramp = round(rules.pruning_end_fraction * (total - start))
