@@ -2,8 +2,9 @@
 magnitude N:M and SR-STE, the same budget for every method.
 
 Models (`MODELS`, Fashion-MNIST): `lenet` (LeNet-300-100), `fmnist_cnn` (two conv layers with
-BatchNorm, 14x14 inputs as in the from-scratch grid) and `vit_tiny` (the zoo's ViT), each trained
-with SGD (momentum 0.9, cosine lr, weight decay) from a seeded init, `optg_optax(1 - N/M, T, lr,
+BatchNorm, 14x14 inputs as in the from-scratch grid), `vit_tiny` (the zoo's ViT, 4x4 patches) and
+`vit_tiny_p7` (the same ViT with 7x7 patches: 16 tokens, a step about 4x cheaper on a CPU, as in
+`benchmarks/finetune.py`), each trained with SGD (momentum 0.9, cosine lr, weight decay) from a seeded init, `optg_optax(1 - N/M, T, lr,
 pattern="N:M", ...)` first in the chain. A leaf whose group axis does not divide by M (the
 1-channel stems; LeNet's 300- and 100-input layers under 2:8) stays dense, the same for every
 method; the table's sparsity column says what that leaves.
@@ -13,7 +14,7 @@ N:M on the same ramp: the field's gradual N:M), `sr_ste` (SR-STE as published: t
 the first step, masks of the dense |W| every step, the sparse-refined decay 2e-4), and variants
 `criterion:key=value,...` as in `benchmarks/user_loop.py` (e.g. `optg:nm_ramp="n"`).
 
-  python -m benchmarks.nm_sparsity --models lenet fmnist_cnn vit_tiny --seeds 0 1 2
+  python -m benchmarks.nm_sparsity --models lenet fmnist_cnn vit_tiny_p7 --seeds 0 1 2
   python -m benchmarks.nm_sparsity --models lenet --validation 10000 --methods optg "optg:nm_ramp=\"n\""
 
 Every run appends a JSON line to `benchmarks/results/nm_sparsity.jsonl` (recorded runs skipped);
@@ -87,6 +88,7 @@ MODELS = {
     "lenet": Setting(user_loop.LeNet300100, 10, 0.1, 0.0, 5e-4, 128),
     "fmnist_cnn": Setting(lambda: models.create("fmnist_cnn", 10), 4, 0.1, 0.0, 5e-4, 128, 14),
     "vit_tiny": Setting(lambda: models.create("vit_tiny", 10), 2, 0.05, 0.5, 1e-4, 128),
+    "vit_tiny_p7": Setting(lambda: models.create("vit_tiny", 10, patch=7), 2, 0.05, 0.5, 1e-4, 128),
 }
 
 
