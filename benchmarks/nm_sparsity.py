@@ -4,10 +4,10 @@ magnitude N:M and SR-STE, the same budget for every method.
 Models (`MODELS`, Fashion-MNIST): `lenet` (LeNet-300-100), `fmnist_cnn` (two conv layers with
 BatchNorm, 14x14 inputs as in the from-scratch grid), `vit_tiny` (the zoo's ViT, 4x4 patches) and
 `vit_tiny_p7` (the same ViT with 7x7 patches: 16 tokens, a step about 4x cheaper on a CPU, as in
-`benchmarks/finetune.py`), each trained with SGD (momentum 0.9, cosine lr, weight decay) from a seeded init, `optg_optax(1 - N/M, T, lr,
-pattern="N:M", ...)` first in the chain. A leaf whose group axis does not divide by M (the
-1-channel stems; LeNet's 300- and 100-input layers under 2:8) stays dense, the same for every
-method; the table's sparsity column says what that leaves.
+`benchmarks/finetune.py`), each trained with SGD (momentum 0.9, cosine lr, weight decay) from a
+seeded init, `optg_optax(1 - N/M, T, lr, pattern="N:M", ...)` first in the chain. A leaf whose
+group axis does not divide by M (the 1-channel stems; LeNet's 300- and 100-input layers under
+2:8) stays dense, the same for every method; the table's sparsity column says what that leaves.
 
 Methods (`METHODS`): `optg` (the library's defaults with the pattern), `magnitude` (magnitude
 N:M on the same ramp: the field's gradual N:M), `sr_ste` (SR-STE as published: the pattern from
