@@ -86,11 +86,11 @@ def time_interleaved(steps: dict, states: dict, batch, rounds: int, warmup: int 
 
 
 def optg_state_bytes(state) -> tuple[int, int]:
-    """(bytes of the per-weight OptG state: scores, momentum, score noise (the uncertainty
-    bonus's, when kept) and masks; number of masked weights)."""
+    """(bytes of the per-weight OptG state: every array field of `OptGState` (scores, momentum,
+    the uncertainty bonus's score noise when kept, masks), not its scalars; number of masked
+    weights)."""
     s = optg_jax.get_optg_state(state.opt_state)
-    per_weight = (s.scores, s.momentum, s.score_noise, s.masks)
-    nbytes = sum(x.nbytes for tree in per_weight for x in jax.tree.leaves(tree))
+    nbytes = sum(x.nbytes for x in jax.tree.leaves(s) if x.ndim > 0)
     return nbytes, sum(m.size for m in jax.tree.leaves(s.masks))
 
 
