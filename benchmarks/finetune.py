@@ -45,9 +45,8 @@ import optax
 import optg_jax
 from benchmarks import user_loop
 from benchmarks.report import (
-    BENCHMARKS_MD,
-    RESULTS_DIR,
     ROOT,
+    add_run_grid_args,
     image_line,
     plot_panels,
     publish_section,
@@ -302,16 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
       The exit status, 0.
     """
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=tuple(MODELS), default="fmnist_cnn")
     ap.add_argument("--methods", nargs="+", default=["dense", "magnitude", "taylor", "optg"])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.98])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--validation", type=int, default=0, metavar="N")
-    ap.add_argument("--source", choices=("tfds", "idx"), default="idx")
-    ap.add_argument("--out", default="")
-    ap.add_argument("--results-dir", default=RESULTS_DIR)
-    ap.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
+    add_run_grid_args(ap, source="idx")
     args = ap.parse_args(argv)
     for m in args.methods:
         user_loop.method_kwargs(m, 1)

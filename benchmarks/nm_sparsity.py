@@ -38,8 +38,7 @@ import optax
 import optg_jax
 from benchmarks import finetune, user_loop
 from benchmarks.report import (
-    BENCHMARKS_MD,
-    RESULTS_DIR,
+    add_run_grid_args,
     image_line,
     mean_std_cell,
     plot_panels,
@@ -253,16 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
       The exit status, 0.
     """
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     ap.add_argument("--patterns", nargs="+", default=list(PATTERNS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--validation", type=int, default=0, metavar="N")
-    ap.add_argument("--source", choices=("tfds", "idx"), default="idx")
-    ap.add_argument("--out", default="")
-    ap.add_argument("--results-dir", default=RESULTS_DIR)
-    ap.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
+    add_run_grid_args(ap, source="idx")
     args = ap.parse_args(argv)
     for method in args.methods:
         for pattern in args.patterns:

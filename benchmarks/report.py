@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -11,6 +12,27 @@ from optg_jax.train import files
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
+
+
+def add_run_grid_args(ap: argparse.ArgumentParser, source: str) -> None:
+    """Adds the options every seeded training benchmark shares to `ap`.
+
+    `--seeds`, `--validation N` (evaluate on the last N training examples, never the test
+    split), `--source` (`tfds` or `idx`, default `source`), `--out` (the records' JSON-lines
+    file), `--results-dir` and `--benchmarks-md` (where tables, plots and the section go).
+    """
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--validation",
+        type=int,
+        default=0,
+        metavar="N",
+        help="evaluate on the last N training examples (never the test split)",
+    )
+    ap.add_argument("--source", choices=("tfds", "idx"), default=source)
+    ap.add_argument("--out", default="", help="default: benchmarks/results/<section>.jsonl")
+    ap.add_argument("--results-dir", default=RESULTS_DIR)
+    ap.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
 
 
 def markers(section: str) -> tuple[str, str]:

@@ -240,7 +240,7 @@ def previous_threshold_section() -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--resnet50", action="store_true", help="add ResNet-50 at 224x224")
     parser.add_argument("--skip-threshold", action="store_true")

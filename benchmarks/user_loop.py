@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 import optg_jax
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, mean_std_cell, publish_section
+from benchmarks.report import add_run_grid_args, mean_std_cell, publish_section
 from optg_jax import masking
 from optg_jax.train import models
 from optg_jax.train.data import fashion_mnist
@@ -367,25 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
       The exit status, 0.
     """
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=tuple(MODELS), default="lenet")
-    ap.add_argument("--source", choices=("tfds", "idx"), default="tfds")
     ap.add_argument("--idx-dir", default=IDX_DIR, help="the IDX files (--source idx)")
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.98, 0.99])
     ap.add_argument("--epochs", type=int, nargs="+", default=[10, 30])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="10 epochs, 99%%, seed 0")
-    ap.add_argument(
-        "--validation",
-        type=int,
-        default=0,
-        metavar="N",
-        help="evaluate on the last N training examples (never the test split)",
-    )
-    ap.add_argument("--out", default="", help="default: benchmarks/results/<section>.jsonl")
-    ap.add_argument("--results-dir", default=RESULTS_DIR)
-    ap.add_argument("--benchmarks-md", default=BENCHMARKS_MD)
+    add_run_grid_args(ap, source="tfds")
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.sparsities, args.seeds = [10], [0.99], [0]
