@@ -47,6 +47,7 @@ from benchmarks import user_loop
 from benchmarks.report import (
     ROOT,
     add_run_grid_args,
+    group_series,
     image_line,
     plot_panels,
     publish_section,
@@ -368,11 +369,11 @@ def plot(rows: list[dict], model_name: str, stem: str) -> bool:
     """
     rows = [r for r in rows if r["split"] == "test" and r["method"] != "dense"]
     sparsities = sorted({r["sparsity_target"] for r in rows})
-    series: dict[str, dict[int, list[float]]] = {}
-    for r in sorted(rows, key=lambda r: user_loop.method_order(r["method"])):
-        label = user_loop.LABELS.get(r["method"], r["method"]).split(" (")[0]
-        points = series.setdefault(label, {})
-        points.setdefault(sparsities.index(r["sparsity_target"]), []).append(r["top1"])
+    series = group_series(
+        sorted(rows, key=lambda r: user_loop.method_order(r["method"])),
+        label=lambda r: user_loop.LABELS.get(r["method"], r["method"]).split(" (")[0],
+        tick=lambda r: sparsities.index(r["sparsity_target"]),
+    )
     if not series:
         return False
     # A series more than `FAR_BEHIND` points under the best mean of a column would squash the

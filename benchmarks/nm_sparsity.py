@@ -39,6 +39,7 @@ import optg_jax
 from benchmarks import finetune, user_loop
 from benchmarks.report import (
     add_run_grid_args,
+    group_series,
     image_line,
     mean_std_cell,
     plot_panels,
@@ -233,11 +234,11 @@ def plot(rows: list[dict], path: str) -> None:
         mine = sorted(
             (r for r in rows if r["model"] == model_name), key=lambda r: _order((r["method"],))
         )
-        series: dict[str, dict[int, list[float]]] = {}
-        for r in mine:
-            if r["pattern"] in PATTERNS:
-                points = series.setdefault(LABELS.get(r["method"], r["method"]), {})
-                points.setdefault(PATTERNS.index(r["pattern"]), []).append(r["top1"])
+        series = group_series(
+            mine,
+            label=lambda r: LABELS.get(r["method"], r["method"]),
+            tick=lambda r: PATTERNS.index(r["pattern"]) if r["pattern"] in PATTERNS else None,
+        )
         panels.append((model_name, list(PATTERNS), series))
     if panels:
         plot_panels(path, panels)

@@ -105,6 +105,27 @@ def publish_section(results_dir: str, benchmarks_md: str, section: str, blocks: 
     return text
 
 
+def group_series(rows: list[dict], label, tick, value: str = "top1") -> dict:
+    """Groups result rows into plot series: `{label(r): {tick(r): [r[value], ...]}}`.
+
+    Args:
+      rows: result records, in the order the series should appear (the first row of a label
+        places its series).
+      label: row -> the series' name.
+      tick: row -> the x tick's index, or `None` to leave the row out.
+      value: the record's field to plot.
+
+    Returns:
+      The `series` argument of one `plot_panels` panel.
+    """
+    series: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        x = tick(r)
+        if x is not None:
+            series.setdefault(label(r), {}).setdefault(x, []).append(r[value])
+    return series
+
+
 def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)") -> None:
     """Writes a PNG of side-by-side panels, one line per series with one-std error bars.
 

@@ -116,3 +116,19 @@ def test_finetune_cache_of_other_shapes_is_retrained(tmp_path, monkeypatch):
     with np.load(tmp_path / "tiny_seed0_val0.npz") as f:
         # The cache now holds the second architecture (body kernel, bias, head kernel, bias).
         assert [f[f"leaf{i}"].shape for i in range(4)] == [(5,), (784, 5), (10,), (5, 10)]
+
+
+def test_group_series_keeps_row_order_and_leaves_out_rows_without_a_tick():
+    rows = [
+        {"method": "b", "x": "p", "top1": 1.0},
+        {"method": "a", "x": "q", "top1": 2.0},
+        {"method": "b", "x": "p", "top1": 3.0},
+        {"method": "b", "x": "q", "top1": 4.0},
+        {"method": "a", "x": "r", "top1": 5.0},  # no tick: left out
+    ]
+    ticks = {"p": 0, "q": 1}
+    series = report.group_series(
+        rows, label=lambda r: r["method"].upper(), tick=lambda r: ticks.get(r["x"])
+    )
+    assert series == {"B": {0: [1.0, 3.0], 1: [4.0]}, "A": {1: [2.0]}}
+    assert list(series) == ["B", "A"]
