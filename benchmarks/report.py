@@ -126,7 +126,7 @@ def group_series(rows: list[dict], label, tick, value: str = "top1") -> dict:
     return series
 
 
-def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)") -> None:
+def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)", xlabel: str = "") -> None:
     """Writes a PNG of side-by-side panels, one line per series with one-std error bars.
 
     Args:
@@ -135,6 +135,7 @@ def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)") -> None:
         plots the mean of each tick's values (error bar: their std; 0 for one value), its
         points shifted a little sideways from the other series' so the bars stay apart.
       ylabel: the y axis's label.
+      xlabel: the x axis's label ("" for none).
     """
     import matplotlib  # pylint: disable=import-outside-toplevel
 
@@ -158,6 +159,8 @@ def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)") -> None:
         ax.set_xlim(-0.5, len(ticks) - 0.5)  # Every tick shown, measured or not.
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(ylabel)
+        if xlabel:
+            ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()

@@ -24,7 +24,9 @@ from benchmarks.report import (
     BENCHMARKS_MD,
     RESULTS_DIR,
     ROOT,
+    group_series,
     mean_std_cell,
+    plot_panels,
     read_notes,
     update_section,
 )
@@ -304,32 +306,22 @@ def plot(
     picked = [
         r for r in rows if float(r["sparsity"]) == BUDGET_SPARSITY and r["method"] in BUDGET_METHODS
     ]
-    if budget_path and len({int(r["epochs"]) for r in picked}) >= 2:
-        fig, ax = plt.subplots(figsize=(5.6, 5.0))
-        for m in BUDGET_METHODS:
-            by_epochs: dict[int, list[float]] = {}
-            for r in picked:
-                if r["method"] == m:
-                    by_epochs.setdefault(int(r["epochs"]), []).append(100 * float(r["top1"]))
-            if by_epochs:
-                xs = sorted(by_epochs)
-                ax.errorbar(
-                    xs,
-                    [statistics.fmean(by_epochs[e]) for e in xs],
-                    yerr=[cell_stats(by_epochs[e])[1] for e in xs],
-                    marker="o",
-                    capsize=3,
-                    label=label(m).split(" (")[0],
-                )
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("epochs")
-        ax.set_ylabel("top-1 (%)")
-        ax.set_title(f"{100 * BUDGET_SPARSITY:g}% sparsity, mean ± std over seeds")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
-        fig.tight_layout()
-        fig.savefig(budget_path, dpi=110)
-        plt.close(fig)
+    budget_epochs = sorted({int(r["epochs"]) for r in picked})
+    if budget_path and len(budget_epochs) >= 2:
+        # One tick per run length: evenly spaced, so a doubling budget reads as a log axis.
+        tick = {e: i for i, e in enumerate(budget_epochs)}
+        series = group_series(
+            [
+                {**r, "top1": 100 * float(r["top1"])}
+                for r in sorted(picked, key=lambda r: BUDGET_METHODS.index(r["method"]))
+            ],
+            label=lambda r: label(r["method"]).split(" (")[0],
+            tick=lambda r: tick[int(r["epochs"])],
+        )
+        title = f"{100 * BUDGET_SPARSITY:g}% sparsity, mean ± std over seeds"
+        plot_panels(
+            budget_path, [(title, [str(e) for e in budget_epochs], series)], xlabel="epochs"
+        )
         written.append(budget_path)
     return written
 

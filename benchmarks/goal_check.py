@@ -1,0 +1,257 @@
+"""The default OptG against the best other sparse method, in every cell of the accuracy benchmarks.
+
+Reads the committed test-split records of the from-scratch grid, the two user loops and the two
+fine-tuning benchmarks (nothing is trained) and prints, per benchmark, run length and sparsity:
+OptG with the library's defaults, the best of the library's other sparse criteria with their
+defaults (`magnitude` = GMP with the cubic ramp, `taylor`, `supermask`, those a benchmark ran),
+OptG's lead over it, whether OptG is within one std of it (the larger of the two stds) and
+whether it is first, and the lead paired by seed (mean and std of the per-seed differences over
+the seeds both ran). The table goes to `benchmarks/results/goal_check.md` and its section of
+BENCHMARKS.md, with the hand-written notes of `goal_check_notes.md`.
+
+  .venv/bin/python -m benchmarks.goal_check
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+from typing import NamedTuple
+
+from benchmarks import report
+
+SECTION = "goal_check"
+CANDIDATE = "optg"
+OTHERS = ("magnitude", "taylor", "supermask")
+HIGH_SPARSITY = 0.98  # Cells at this sparsity or above count for the "first" half of the goal.
+# A paired lead is "clear" when its mean is this many standard errors (std / sqrt(seeds)) from 0,
+# over at least MIN_PAIRED_SEEDS seeds.
+CLEAR_STANDARD_ERRORS = 2.0
+MIN_PAIRED_SEEDS = 3
+
+
+class Source(NamedTuple):
+    """One benchmark's records: a display name and a file under the results folder."""
+
+    name: str
+    file: str
+
+
+SOURCES = (
+    Source("from scratch, fmnist_cnn (training program)", "accuracy_vs_sparsity.csv"),
+    Source("from scratch, LeNet-300-100 (user loop)", "user_loop_lenet.jsonl"),
+    Source("from scratch, vit_tiny (user loop)", "user_loop_vit_tiny.jsonl"),
+    Source("fine-tuning a pretrained fmnist_cnn", "finetune_fmnist_cnn.jsonl"),
+    Source("fine-tuning a pretrained vit_tiny_p7", "finetune_vit_tiny_p7.jsonl"),
+)
+
+
+class Stats(NamedTuple):
+    """Top-1 (%) of one method in one cell over its seeds."""
+
+    method: str
+    mean: float
+    std: float  # 0 for one seed.
+    by_seed: dict
+
+
+class Cell(NamedTuple):
+    """The candidate against the best other method in one (benchmark, epochs, sparsity) cell."""
+
+    benchmark: str
+    epochs: int
+    sparsity: float
+    candidate: Stats
+    best: Stats
+
+    @property
+    def lead(self) -> float:
+        """Candidate's mean minus the best other method's (points; > 0: the candidate leads)."""
+        return self.candidate.mean - self.best.mean
+
+    @property
+    def within_one_std(self) -> bool:
+        """Ahead, or behind by at most the larger of the two stds."""
+        return self.lead >= -max(self.candidate.std, self.best.std)
+
+    @property
+    def first(self) -> bool:
+        return self.lead > 0
+
+    def paired_lead(self) -> tuple[float, float, int]:
+        """Mean and std of the per-seed differences over the seeds both ran, and their count."""
+        seeds = sorted(set(self.candidate.by_seed) & set(self.best.by_seed))
+        diffs = [self.candidate.by_seed[s] - self.best.by_seed[s] for s in seeds]
+        if not diffs:
+            return float("nan"), float("nan"), 0
+        std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        return statistics.fmean(diffs), std, len(diffs)
+
+    def clear_lead(self) -> int:
+        """+1 (clearly ahead) or -1 (clearly behind) when the paired lead's mean is more than
+        `CLEAR_STANDARD_ERRORS` standard errors from 0 over `MIN_PAIRED_SEEDS`+ seeds, else 0."""
+        mean, std, n = self.paired_lead()
+        if n < MIN_PAIRED_SEEDS or abs(mean) <= CLEAR_STANDARD_ERRORS * std / math.sqrt(n):
+            return 0
+        return 1 if mean > 0 else -1
+
+
+def read_records(path: str) -> list[dict]:
+    """Test-split records as `{method, sparsity, epochs, seed, top1 (%)}`.
+
+    A `.csv` is the grid's (top-1 as a fraction, every row on the test split); a `.jsonl` is a
+    user-loop or fine-tuning file (top-1 in percent; rows of other splits are left out).
+    """
+    rows = []
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                rows.append(
+                    {
+                        "method": r["method"],
+                        "sparsity": float(r["sparsity"]),
+                        "epochs": int(r["epochs"]),
+                        "seed": int(r["seed"]),
+                        "top1": 100 * float(r["top1"]),
+                    }
+                )
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if r.get("split", "test") != "test":
+                continue
+            rows.append(
+                {
+                    "method": r["method"],
+                    "sparsity": float(r["sparsity_target"]),
+                    "epochs": int(r["epochs"]),
+                    "seed": int(r["seed"]),
+                    "top1": float(r["top1"]),
+                }
+            )
+    return rows
+
+
+def _stats(method: str, rows: list[dict]) -> Stats:
+    by_seed = {r["seed"]: r["top1"] for r in rows}
+    values = list(by_seed.values())
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return Stats(method, statistics.fmean(values), std, by_seed)
+
+
+def cells(benchmark: str, rows: list[dict], candidate=CANDIDATE, others=OTHERS) -> list[Cell]:
+    """One `Cell` per (epochs, sparsity) where the candidate and at least one other method ran.
+
+    The best other method is the one with the highest mean (the first in `others` on a tie).
+    """
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in rows:
+        if r["method"] == candidate or r["method"] in others:
+            key = (r["epochs"], r["sparsity"])
+            groups.setdefault(key, {}).setdefault(r["method"], []).append(r)
+    out = []
+    for (epochs, sparsity), by_method in sorted(groups.items()):
+        rivals = [_stats(m, by_method[m]) for m in others if m in by_method]
+        if candidate not in by_method or not rivals:
+            continue
+        best = max(rivals, key=lambda s: s.mean)  # max keeps the first of equal means.
+        out.append(Cell(benchmark, epochs, sparsity, _stats(candidate, by_method[candidate]), best))
+    return out
+
+
+def table(all_cells: list[Cell]) -> list[str]:
+    """The Markdown table, one row per cell."""
+    lines = [
+        "| benchmark | epochs | sparsity | OptG (defaults) | best other | lead | "
+        "within 1 std | first | paired lead (seeds) |",
+        "|---|---:|---:|---:|---|---:|:---:|:---:|---:|",
+    ]
+    for c in all_cells:
+        o, b = c.candidate, c.best
+        mean, std, n = c.paired_lead()
+        lines.append(
+            f"| {c.benchmark} | {c.epochs} | {100 * c.sparsity:g}% | "
+            f"{report.mean_std_cell(o.mean, o.std, len(o.by_seed))} | {b.method} "
+            f"{report.mean_std_cell(b.mean, b.std, len(b.by_seed))} | {c.lead:+.2f} | "
+            f"{'yes' if c.within_one_std else '**no**'} | {'yes' if c.first else ''} | "
+            f"{mean:+.2f} ± {std:.2f} ({n}) |"
+        )
+    return lines
+
+
+def summary(all_cells: list[Cell], high_sparsity: float = HIGH_SPARSITY) -> list[str]:
+    """The two halves of the goal as counts, the cells that miss the first, and the cells where
+    the paired lead is clear either way (`Cell.clear_lead`)."""
+    within = [c for c in all_cells if c.within_one_std]
+    high = [c for c in all_cells if c.sparsity >= high_sparsity - 1e-9]
+    first = [c for c in high if c.first]
+    lines = [
+        f"- Within one std of the best other method: **{len(within)} of {len(all_cells)}** cells.",
+        f"- First at {100 * high_sparsity:g}% sparsity or more: **{len(first)} of {len(high)}** "
+        "cells (the goal: at least half).",
+    ]
+    misses = [c for c in all_cells if not c.within_one_std]
+    if misses:
+        lines.append(
+            "- Not within one std: "
+            + "; ".join(
+                f"{c.benchmark}, {c.epochs} epochs, {100 * c.sparsity:g}% ({c.lead:+.2f})"
+                for c in misses
+            )
+            + "."
+        )
+    for sign, word in ((1, "ahead"), (-1, "behind")):
+        clear = [c for c in all_cells if c.clear_lead() == sign]
+        names = "; ".join(
+            f"{c.benchmark}, {c.epochs} epochs, {100 * c.sparsity:g}% ({c.paired_lead()[0]:+.2f})"
+            for c in clear
+        )
+        lines.append(
+            f"- Clearly {word} (paired lead more than {CLEAR_STANDARD_ERRORS:g} standard errors "
+            f"from 0, {MIN_PAIRED_SEEDS}+ seeds): "
+            f"{len(clear)} cell{'' if len(clear) == 1 else 's'}" + (f": {names}." if clear else ".")
+        )
+    return lines
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--results-dir", default=report.RESULTS_DIR)
+    ap.add_argument("--benchmarks-md", default=report.BENCHMARKS_MD)
+    args = ap.parse_args(argv)
+    all_cells = []
+    for source in SOURCES:
+        path = os.path.join(args.results_dir, source.file)
+        if not os.path.exists(path):
+            print(f"no records for {source.name}: {path} is missing; left out")
+            continue
+        all_cells += cells(source.name, read_records(path))
+    if not all_cells:
+        raise SystemExit(f"no benchmark records under {args.results_dir}")
+    blocks = [
+        "## The default OptG against the best other method, every benchmark "
+        "(benchmarks/goal_check.py)",
+        "",
+        "Top-1 (%) on the test split, mean ± std (seeds); lead in points. Rows are read from the "
+        "sections' committed records by `.venv/bin/python -m benchmarks.goal_check`.",
+        "",
+        *table(all_cells),
+        "",
+        *summary(all_cells),
+        "",
+    ]
+    text = report.publish_section(args.results_dir, args.benchmarks_md, SECTION, blocks)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

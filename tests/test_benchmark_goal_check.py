@@ -1,0 +1,168 @@
+"""benchmarks/goal_check.py: the default OptG against the best other method, hand-computed."""
+
+import json
+
+import pytest
+
+from benchmarks import goal_check
+
+
+def _row(method, sparsity, seed, top1, epochs=4):
+    return {"method": method, "sparsity": sparsity, "epochs": epochs, "seed": seed, "top1": top1}
+
+
+def test_cells_pick_the_best_other_method_and_compute_lead_std_and_paired_lead():
+    rows = [
+        # 98%: optg 88.0 / 88.4 / 88.2 (mean 88.2, std 0.2); magnitude 88.5 / 88.1 / 88.3
+        # (mean 88.3, std 0.2); taylor mean 87.0. Lead -0.1, within 0.2: within, not first.
+        _row("optg", 0.98, 0, 88.0),
+        _row("optg", 0.98, 1, 88.4),
+        _row("optg", 0.98, 2, 88.2),
+        _row("magnitude", 0.98, 0, 88.5),
+        _row("magnitude", 0.98, 1, 88.1),
+        _row("magnitude", 0.98, 2, 88.3),
+        _row("taylor", 0.98, 0, 87.0),
+        # 99%: optg 87.0 / 87.2 (seeds 0, 1); taylor 86.0 / 86.6 / 86.3 (mean 86.3).
+        _row("optg", 0.99, 0, 87.0),
+        _row("optg", 0.99, 1, 87.2),
+        _row("taylor", 0.99, 0, 86.0),
+        _row("taylor", 0.99, 1, 86.6),
+        _row("taylor", 0.99, 2, 86.3),
+        # 90%: no other method ran, no cell; a method that is not a rival is ignored.
+        _row("optg", 0.9, 0, 90.0),
+        _row("optg-paper", 0.98, 0, 99.0),
+    ]
+    got = goal_check.cells("b", rows)
+    assert [(c.epochs, c.sparsity) for c in got] == [(4, 0.98), (4, 0.99)]
+    c98, c99 = got
+    assert c98.best.method == "magnitude"
+    assert c98.candidate.mean == pytest.approx(88.2)
+    assert c98.candidate.std == pytest.approx(0.2)
+    assert c98.lead == pytest.approx(-0.1)
+    assert c98.within_one_std and not c98.first
+    # Per-seed differences -0.5, +0.3, -0.1: mean -0.1, std sqrt((0.16 + 0.16 + 0) / 2) = 0.4.
+    mean, std, n = c98.paired_lead()
+    assert (mean, std, n) == (pytest.approx(-0.1), pytest.approx(0.4), 3)
+
+    assert c99.best.method == "taylor"
+    assert c99.lead == pytest.approx(87.1 - 86.3)
+    assert c99.within_one_std and c99.first
+    # Seeds both ran: 0 and 1; differences 1.0 and 0.6.
+    assert c99.paired_lead() == (pytest.approx(0.8), pytest.approx(0.08**0.5), 2)
+
+
+def test_a_lead_beyond_the_larger_std_is_not_within():
+    rows = [
+        _row("optg", 0.95, 0, 80.0),
+        _row("optg", 0.95, 1, 80.2),  # mean 80.1, std 0.1414
+        _row("taylor", 0.95, 0, 80.4),
+        _row("taylor", 0.95, 1, 80.6),  # mean 80.5, std 0.1414: lead -0.4
+    ]
+    (cell,) = goal_check.cells("b", rows)
+    assert cell.lead == pytest.approx(-0.4)
+    assert not cell.within_one_std and not cell.first
+    lines = goal_check.summary([cell])
+    assert lines[0].endswith("**0 of 1** cells.")
+    assert "**0 of 0**" in lines[1]  # 95% is not a high-sparsity cell.
+    assert "b, 4 epochs, 95% (-0.40)" in lines[2]
+
+
+def test_summary_counts_first_only_at_high_sparsity():
+    rows = [
+        _row("optg", 0.9, 0, 91.0),
+        _row("magnitude", 0.9, 0, 90.0),  # first at 90%: not counted among the high cells
+        _row("optg", 0.98, 0, 88.0),
+        _row("magnitude", 0.98, 0, 87.0),  # first at 98%
+        _row("optg", 0.99, 0, 86.0),
+        _row("magnitude", 0.99, 0, 86.0),  # a tie is not first
+    ]
+    lines = goal_check.summary(goal_check.cells("b", rows))
+    assert "**3 of 3** cells" in lines[0]
+    assert "**1 of 2** cells" in lines[1]
+    assert not any(line.startswith("- Not within") for line in lines)
+    # One seed per cell: no lead is clear.
+    assert lines[2].startswith("- Clearly ahead") and lines[2].endswith(": 0 cells.")
+    assert lines[3].startswith("- Clearly behind") and lines[3].endswith(": 0 cells.")
+
+
+def test_clear_lead_needs_three_seeds_and_two_standard_errors():
+    def cell(diffs):
+        rows = []
+        for seed, d in enumerate(diffs):
+            rows += [_row("optg", 0.98, seed, 88.0 + d), _row("taylor", 0.98, seed, 88.0)]
+        (c,) = goal_check.cells("b", rows)
+        return c
+
+    # Differences -0.3, -0.2, -0.25: mean -0.25, std 0.05, standard error 0.029: clearly behind.
+    behind = cell([-0.3, -0.2, -0.25])
+    assert behind.clear_lead() == -1
+    # +0.1, +0.5, -0.3: mean +0.1, std 0.4, standard error 0.23: not clear.
+    assert cell([0.1, 0.5, -0.3]).clear_lead() == 0
+    # Two seeds are too few however large the lead.
+    assert cell([1.0, 1.1]).clear_lead() == 0
+    ahead = cell([0.5, 0.6, 0.55])
+    assert ahead.clear_lead() == 1
+    lines = goal_check.summary([behind, ahead])
+    assert lines[-2].endswith(": 1 cell: b, 4 epochs, 98% (+0.55).")
+    assert lines[-1].endswith(": 1 cell: b, 4 epochs, 98% (-0.25).")
+
+
+def test_read_records_takes_percent_from_both_formats_and_only_the_test_split(tmp_path):
+    csv_path = tmp_path / "grid.csv"
+    csv_path.write_text(
+        "method,sparsity,seed,epochs,top1,top5\noptg,0.99,1,8,0.8851,0.99\n", encoding="utf-8"
+    )
+    assert goal_check.read_records(str(csv_path)) == [
+        {"method": "optg", "sparsity": 0.99, "epochs": 8, "seed": 1, "top1": pytest.approx(88.51)}
+    ]
+    jsonl = tmp_path / "loop.jsonl"
+    lines = [
+        {
+            "method": "taylor",
+            "sparsity_target": 0.9,
+            "epochs": 2,
+            "seed": 0,
+            "split": "test",
+            "top1": 82.5,
+        },
+        {
+            "method": "taylor",
+            "sparsity_target": 0.9,
+            "epochs": 2,
+            "seed": 0,
+            "split": "train[-10000:]",
+            "top1": 99.0,
+        },
+    ]
+    jsonl.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
+    assert goal_check.read_records(str(jsonl)) == [
+        {"method": "taylor", "sparsity": 0.9, "epochs": 2, "seed": 0, "top1": 82.5}
+    ]
+
+
+def test_main_writes_the_section_from_the_records(tmp_path):
+    (tmp_path / "user_loop_lenet.jsonl").write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "method": m,
+                    "sparsity_target": 0.99,
+                    "epochs": 10,
+                    "seed": 0,
+                    "split": "test",
+                    "top1": t,
+                }
+            )
+            for m, t in (("optg", 87.5), ("magnitude", 87.25))
+        ),
+        encoding="utf-8",
+    )
+    md = tmp_path / "BENCHMARKS.md"
+    goal_check.main(["--results-dir", str(tmp_path), "--benchmarks-md", str(md)])
+    text = md.read_text(encoding="utf-8")
+    assert (
+        "| from scratch, LeNet-300-100 (user loop) | 10 | 99% | 87.50 (1) | magnitude 87.25 (1) | +0.25 | yes | yes |"
+        in text
+    )
+    assert "First at 98% sparsity or more: **1 of 1** cells" in text
+    assert (tmp_path / "goal_check.md").exists()
