@@ -51,6 +51,7 @@ from benchmarks.report import (
     image_line,
     plot_panels,
     publish_section,
+    read_rows,
 )
 from optg_jax.train import models
 
@@ -315,9 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     arrays = user_loop.load_fashion_mnist(args.validation, args.source)
     split = f"train[-{args.validation}:]" if args.validation else "test"
     epochs = MODELS[args.model].finetune_epochs
-    done = {
-        (r["method"], r["sparsity_target"], r["seed"], r["split"]) for r in user_loop.read_rows(out)
-    }
+    done = {(r["method"], r["sparsity_target"], r["seed"], r["split"]) for r in read_rows(out)}
     todo = [
         (method, 0.0 if method == "dense" else sparsity, seed)
         for seed in args.seeds
@@ -349,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['time_s']:.0f} s)",
             flush=True,
         )
-    rows = user_loop.read_rows(out)
+    rows = read_rows(out)
     lines = user_loop.table(rows, split)
     print("\n".join(lines))
     title = f"Pruning a pretrained {args.model} while fine-tuning it (benchmarks/finetune.py)"

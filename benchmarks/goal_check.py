@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
-import statistics
 from typing import NamedTuple
 
 from benchmarks import report
@@ -88,8 +86,7 @@ class Cell(NamedTuple):
         diffs = [self.candidate.by_seed[s] - self.best.by_seed[s] for s in seeds]
         if not diffs:
             return float("nan"), float("nan"), 0
-        std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-        return statistics.fmean(diffs), std, len(diffs)
+        return report.cell_stats(diffs)
 
     def clear_lead(self) -> int:
         """+1 (clearly ahead) or -1 (clearly behind) when the paired lead's mean is more than
@@ -120,30 +117,23 @@ def read_records(path: str) -> list[dict]:
                     }
                 )
         return rows
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            if r.get("split", "test") != "test":
-                continue
-            rows.append(
-                {
-                    "method": r["method"],
-                    "sparsity": float(r["sparsity_target"]),
-                    "epochs": int(r["epochs"]),
-                    "seed": int(r["seed"]),
-                    "top1": float(r["top1"]),
-                }
-            )
-    return rows
+    return [
+        {
+            "method": r["method"],
+            "sparsity": float(r["sparsity_target"]),
+            "epochs": int(r["epochs"]),
+            "seed": int(r["seed"]),
+            "top1": float(r["top1"]),
+        }
+        for r in report.read_rows(path)
+        if r.get("split", "test") == "test"
+    ]
 
 
 def _stats(method: str, rows: list[dict]) -> Stats:
     by_seed = {r["seed"]: r["top1"] for r in rows}
-    values = list(by_seed.values())
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return Stats(method, statistics.fmean(values), std, by_seed)
+    mean, std, _ = report.cell_stats(list(by_seed.values()))
+    return Stats(method, mean, std, by_seed)
 
 
 def cells(benchmark: str, rows: list[dict], candidate=CANDIDATE, others=OTHERS) -> list[Cell]:

@@ -39,11 +39,13 @@ import optg_jax
 from benchmarks import finetune, user_loop
 from benchmarks.report import (
     add_run_grid_args,
+    cell_stats,
     group_series,
     image_line,
     mean_std_cell,
     plot_panels,
     publish_section,
+    read_rows,
 )
 from optg_jax import nm
 from optg_jax.train import models
@@ -202,10 +204,8 @@ def table(rows: list[dict], split: str) -> list[str]:
                 if not runs:
                     row.append("—")
                     continue
-                values = [r["top1"] for r in runs]
-                mean = statistics.fmean(values)
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                row.append(mean_std_cell(mean, std, len(values), mean == best[p]))
+                mean, std, n = cell_stats([r["top1"] for r in runs])
+                row.append(mean_std_cell(mean, std, n, mean == best[p]))
             lines.append(f"| {LABELS.get(method, '`' + method + '`')} | " + " | ".join(row) + " |")
         sparsity = {
             p: statistics.fmean(r["sparsity"] for (m, pt), v in cells.items() if pt == p for r in v)
@@ -266,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or os.path.join(args.results_dir, f"{SECTION}.jsonl")
     arrays = user_loop.load_fashion_mnist(args.validation, args.source)
     split = f"train[-{args.validation}:]" if args.validation else "test"
-    done = {
-        (r["model"], r["method"], r["pattern"], r["seed"], r["split"])
-        for r in user_loop.read_rows(out)
-    }
+    done = {(r["model"], r["method"], r["pattern"], r["seed"], r["split"]) for r in read_rows(out)}
     todo = [
         (model_name, method, pattern, seed)
         for model_name in args.models
@@ -302,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             f"top-1 {result['top1']:.2f}, valid {result['valid']:.2f} ({row['time_s']:.0f} s)",
             flush=True,
         )
-    rows = user_loop.read_rows(out)
+    rows = read_rows(out)
     lines = table(rows, split)
     print("\n".join(lines))
     if not args.validation:

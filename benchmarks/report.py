@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -50,6 +51,21 @@ def mean_std_cell(mean: float, std: float, n: int, bold: bool = False) -> str:
     """
     text = f"{mean:.2f}" + (f" ± {std:.2f}" if n > 1 else "")
     return (f"**{text}**" if bold else text) + f" ({n})"
+
+
+def cell_stats(values: list[float]) -> tuple[float, float, int]:
+    """(mean, sample std (0 for one value), n) of one cell's values over seeds."""
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std, len(values)
+
+
+def read_rows(path: str) -> list[dict]:
+    """The runs recorded in `path` (one JSON object per line); [] if there is none."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def read_notes(results_dir: str, section: str) -> str:
@@ -147,10 +163,11 @@ def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)", xlabel: str 
         for k, (name, points) in enumerate(series.items()):
             xs = sorted(points)
             shift = 0.06 * (k - (len(series) - 1) / 2)
+            stats = [cell_stats(points[x]) for x in xs]
             ax.errorbar(
                 [x + shift for x in xs],
-                [statistics.fmean(points[x]) for x in xs],
-                yerr=[statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs],
+                [mean for mean, _, _ in stats],
+                yerr=[std for _, std, _ in stats],
                 marker="o",
                 capsize=3,
                 label=name,

@@ -45,7 +45,13 @@ import numpy as np
 import optax
 
 import optg_jax
-from benchmarks.report import add_run_grid_args, mean_std_cell, publish_section
+from benchmarks.report import (
+    add_run_grid_args,
+    cell_stats,
+    mean_std_cell,
+    publish_section,
+    read_rows,
+)
 from optg_jax import masking
 from optg_jax.train import models
 from optg_jax.train.data import fashion_mnist
@@ -300,14 +306,6 @@ def train(
     return {"top1": 100 * top1, "sparsity": summary["global"], "layers": layers}
 
 
-def read_rows(path: str) -> list[dict]:
-    """The runs recorded in `path` (one JSON object per line); [] if there is none."""
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def table(rows: list[dict], split: str) -> list[str]:
     """Markdown: mean ± std (seeds) per method, per run length and sparsity.
 
@@ -354,8 +352,7 @@ def method_order(method: str) -> tuple:
 
 
 def _fmt(values: list[float], bold: bool = False) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean_std_cell(statistics.fmean(values), std, len(values), bold)
+    return mean_std_cell(*cell_stats(values), bold)
 
 
 def main(argv: list[str] | None = None) -> int:

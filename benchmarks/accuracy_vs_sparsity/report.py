@@ -24,6 +24,7 @@ from benchmarks.report import (
     BENCHMARKS_MD,
     RESULTS_DIR,
     ROOT,
+    cell_stats,
     group_series,
     mean_std_cell,
     plot_panels,
@@ -53,13 +54,6 @@ CSV_FIELDS = (
     "batch_size",
     "code",
 )
-
-
-def cell_stats(values: list[float]) -> tuple[float, float, int]:
-    """(mean, sample std (0 for one value), n)."""
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std, len(values)
 
 
 def summarize(rows: list[dict], epochs: int) -> dict:
