@@ -385,6 +385,7 @@ class OptGSettings:
     nm_ramp: str = "groups"
     uncertainty_bonus: float | None = None
     group_axis: Callable[[tuple, Any], int] | None = None
+    score_start: float = 0.0
 
     def resolved(self) -> OptGSettings:
         """The record with the recipe's values in place of `None`, every field validated.
@@ -532,6 +533,7 @@ _FIELD_CHECKS = (
     ("score_lr_floor", _number_in(0.0, 1.0), "in [0, 1]"),
     ("nm_ramp", lambda v: v in NM_RAMPS, f"one of {', '.join(NM_RAMPS)}"),
     ("uncertainty_bonus", _number_in(0.0, math.inf), "a non-negative number"),
+    ("score_start", _number_in(0.0, math.inf, hi_open=True), "a non-negative number"),
 )
 
 
@@ -545,6 +547,11 @@ def _validate(settings: OptGSettings) -> None:
         raise ValueError(
             f"uncertainty_bonus {settings.uncertainty_bonus!r} needs a criterion with a noise "
             f"estimate (optg, supermask), got {settings.rule.name!r}"
+        )
+    if settings.score_start and not settings.rule.has_momentum:
+        raise ValueError(
+            f"score_start {settings.score_start!r} needs a criterion whose scores accumulate "
+            f"(optg, supermask), got {settings.rule.name!r}"
         )
     pattern = settings.pattern
     if pattern is not None and not math.isclose(
@@ -766,7 +773,8 @@ def reselect_masks_if(
 
 
 def init_state(settings: OptGSettings, params: Any) -> OptGState:
-    """The `OptGState` at count 0: zero scores and momentum, masks at sparsity `p(0)`.
+    """The `OptGState` at count 0: scores at the criterion's start (`init_scores`, else 0)
+    plus `score_start * W_0^2 / 2`, zero momentum, masks at sparsity `p(0)`.
 
     Args:
       settings: a resolved record.
@@ -793,8 +801,13 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
     sparsity = jnp.zeros((), jnp.float32)
     if masks_leaves:
         weights = jax.tree.leaves(like_masked(lambda p: p))
-        if rule.has_scores and rule.init_scores is not None:
-            start = [jnp.asarray(s, jnp.float32) for s in rule.init_scores(weights)]
+        if rule.has_scores and (rule.init_scores is not None or settings.score_start):
+            start = jax.tree.leaves(scores)
+            if rule.init_scores is not None:
+                start = [jnp.asarray(s, jnp.float32) for s in rule.init_scores(weights)]
+            if settings.score_start:
+                c = jnp.float32(settings.score_start / 2)
+                start = [s + c * jnp.square(w.astype(jnp.float32)) for s, w in zip(start, weights)]
             scores = jax.tree.unflatten(jax.tree.structure(scores), start)
         rank = rule.rank(jax.tree.leaves(scores), weights, masks_leaves)
         axes = group_axes(settings, jax.tree.unflatten(jax.tree.structure(ones), masks_leaves))
@@ -977,6 +990,7 @@ def optg_optax(
     nm_ramp: str = "groups",
     group_axis: Callable[[tuple, Any], int] | None = None,
     uncertainty_bonus: float | None = None,
+    score_start: float = 0.0,
 ) -> optax.GradientTransformation:
     """OptG sparse training (and its baselines) as one optax transformation.
 
@@ -1032,6 +1046,12 @@ def optg_optax(
       uncertainty_bonus: `kappa >= 0`: at a refresh a weight ranks by its score plus `kappa`
         standard errors of it (`ranking`); None for the recipe's (criteria with a noise estimate,
         `optg` and `supermask`; 0 otherwise). 0 ranks by the scores alone (the paper).
+      score_start: `c >= 0`, `optg`/`supermask` only: the scores start at `c * W_0^2 / 2` (the
+        weights `init` sees) instead of 0, so the ranking keeps what the starting network's
+        magnitudes say (docs/library.md, "Where the scores start"). Under SGD a score moves by
+        about `k * (W_t^2 - W_0^2) / 2` plus the gradient energy, `k` the ratio of the score's
+        step to the weight's; a start of `c = k` cancels the `-W_0^2` term. 0 (the default) is
+        the paper's start.
 
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.
@@ -1059,6 +1079,7 @@ def optg_optax(
             nm_ramp=nm_ramp,
             group_axis=group_axis,
             uncertainty_bonus=uncertainty_bonus,
+            score_start=score_start,
         )
     )
 

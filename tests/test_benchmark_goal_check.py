@@ -166,3 +166,33 @@ def test_main_writes_the_section_from_the_records(tmp_path):
     )
     assert "First at 98% sparsity or more: **1 of 1** cells" in text
     assert (tmp_path / "goal_check.md").exists()
+
+
+def test_a_candidate_variant_takes_the_defaults_place_in_its_own_section(tmp_path):
+    # The grid spells the variant "optg-start3", the loop "optg:score_start=3"; each benchmark
+    # uses the first name it has records of. The default optg rows are not the candidate.
+    (tmp_path / "accuracy_vs_sparsity.csv").write_text(
+        "method,sparsity,seed,epochs,top1\n"
+        "optg,0.98,0,4,0.9000\noptg-start3,0.98,0,4,0.8800\nmagnitude,0.98,0,4,0.8850\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "user_loop_lenet.jsonl").write_text(
+        "\n".join(
+            json.dumps({"method": m, "sparsity_target": 0.99, "epochs": 10, "seed": 0, "top1": t})
+            for m, t in (("optg", 80.0), ("optg:score_start=3", 87.75), ("taylor", 87.5))
+        ),
+        encoding="utf-8",
+    )
+    md = tmp_path / "BENCHMARKS.md"
+    names = ["optg-start3", "optg:score_start=3"]
+    assert goal_check.pick_candidate([_row("optg:score_start=3", 0.9, 0, 1.0)], names) == names[1]
+    assert goal_check.pick_candidate([_row("optg", 0.9, 0, 1.0)], names) is None
+    argv = ["--results-dir", str(tmp_path), "--benchmarks-md", str(md), "--candidate", *names]
+    goal_check.main(argv + ["--label", "OptG, start 3", "--section", "goal_check_start"])
+    text = (tmp_path / "goal_check_start.md").read_text(encoding="utf-8")
+    assert text.startswith("## OptG, start 3 against the best other method")
+    assert "| OptG, start 3 | best other |" in text
+    assert "| 4 | 98% | 88.00 (1) | magnitude 88.50 (1) | -0.50 | **no** |  |" in text
+    assert "| 10 | 99% | 87.75 (1) | taylor 87.50 (1) | +0.25 | yes | yes |" in text
+    assert "<!-- goal_check_start:begin -->" in md.read_text(encoding="utf-8")
+    assert not (tmp_path / "goal_check.md").exists()

@@ -174,6 +174,8 @@ def test_names_come_from_their_owners(monkeypatch):
         ("batch_size", 0),
         ("pruning_end_fraction", 1.5),
         ("score_lr_floor", 1.5),
+        ("score_start", -1.0),
+        ("score_start", float("nan")),
         ("validation_examples", -5),
         ("augment", "yes"),
         ("reference_schedules", None),  # (ml_collections refuses any other non-bool)
@@ -286,6 +288,20 @@ def test_train_py_missing_data_names_what_is_needed(tmp_path):
     assert lines[-1].startswith("error:") and "cifar10" in lines[-1], proc.stderr
     assert str(data_dir) in lines[-1] and "Traceback" not in proc.stderr
     assert not workdir.exists()
+
+
+def test_score_start_needs_an_accumulating_criterion():
+    config = load("fashion_mnist")
+    config.criterion, config.score_start = "taylor", 3.0
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(config)
+    assert str(e.value) == (
+        "config.score_start 3.0 needs a criterion whose scores accumulate (optg, supermask), "
+        "got 'taylor'"
+    )
+    config.criterion = "supermask"
+    config_lib.validate(config)
+    assert config_lib.identity(config)["score_start"] == 3.0
 
 
 def test_identity_records_the_uncertainty_bonus_the_run_ranks_with():

@@ -3,6 +3,7 @@ criteria, exact final sparsity, composition with other optax transforms, argumen
 
 import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -494,3 +495,75 @@ def test_default_uncertainty_bonus_is_what_resolved_settings_use():
             assert settings.resolved().uncertainty_bonus == got
     with pytest.raises(ValueError, match="recipe must be one of default, paper, got 'fast'"):
         optg_jax.default_uncertainty_bonus("optg", "fast")
+
+
+# -------------------------------------------------------------------------- score start
+
+
+def test_score_start_puts_the_starting_weights_magnitude_in_the_scores():
+    # score_start c: S_0 = c * W_0^2 / 2 on every masked leaf. With lr 0.1, constant p = P and
+    # momentum 0, one step gives S_1 = S_0 - 0.1 * G * W.
+    params = {"w": jnp.asarray([[2.0, -1.0], [0.5, -3.0]]), "b": jnp.zeros(2)}
+    tx = optg_jax.optg_optax(
+        0.5,
+        10,
+        0.1,
+        schedule="constant",
+        mask_update_every=5,
+        score_momentum=0.0,
+        uncertainty_bonus=0.0,
+        score_start=3.0,
+        is_masked=rank_at_least_2,
+    )
+    state = tx.init(params)
+    np.testing.assert_allclose(state.scores["w"], [[6.0, 1.5], [0.375, 13.5]], rtol=1e-7)
+    assert state.scores["b"] is None
+    # The initial masks already rank by the start: the two largest |W_0| are kept.
+    np.testing.assert_array_equal(state.masks["w"], [[1, 0], [0, 1]])
+    g = jnp.asarray([[1.0, 2.0], [-4.0, 0.5]])
+    _, state = tx.update({"w": g, "b": jnp.zeros(2)}, state, params)
+    # -0.1 * G * W = [[-0.2, 0.2], [0.2, 0.15]]
+    np.testing.assert_allclose(state.scores["w"], [[5.8, 1.7], [0.575, 13.65]], rtol=1e-6)
+
+
+def test_score_start_zero_is_the_paper_form_and_the_default():
+    params = toy_params()
+    assert optg_jax.OptGSettings(0.9, 10, 0.1).resolved().score_start == 0.0
+    for recipe in optg_jax.RECIPES:
+        state = optg_jax.optg_optax(0.9, 10, 0.1, recipe=recipe).init(params)
+        for s in jax.tree.leaves(state.scores):
+            np.testing.assert_array_equal(s, np.zeros_like(s))
+
+
+def test_score_start_adds_to_a_criterions_own_start():
+    rule = optg_jax.OptGSettings(0.5, 10, 0.1).rule._replace(
+        init_scores=lambda weights: [jnp.ones_like(w) for w in weights]
+    )
+    params = {"w": jnp.asarray([[1.0, -2.0]])}
+    state = optg_jax.optg_optax(
+        0.5, 10, 0.1, criterion=rule, score_start=0.5, is_masked=rank_at_least_2
+    ).init(params)
+    np.testing.assert_allclose(state.scores["w"], [[1.25, 2.0]])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"score_start": -1.0}, "score_start must be a non-negative number, got -1.0"),
+        ({"score_start": float("nan")}, "score_start must be a non-negative number, got nan"),
+        ({"score_start": float("inf")}, "score_start must be a non-negative number, got inf"),
+        (
+            {"score_start": 2.0, "criterion": "taylor"},
+            "score_start 2.0 needs a criterion whose scores accumulate (optg, supermask), "
+            "got 'taylor'",
+        ),
+        (
+            {"score_start": 2.0, "criterion": "magnitude"},
+            "score_start 2.0 needs a criterion whose scores accumulate (optg, supermask), "
+            "got 'magnitude'",
+        ),
+    ],
+)
+def test_score_start_bad_values_raise_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        optg_jax.optg_optax(0.5, 10, 0.1, **kwargs)

@@ -11,6 +11,7 @@ method alone:
 - `-floor<F>` (optg: `score_lr_floor`, the score learning-rate factor becomes
   `F + (1 - F) * p(t)/P`), `-mom<M>` (optg/supermask: `score_momentum`), `-bonus<K>`
   (optg/supermask: `uncertainty_bonus`, e.g. `optg-bonus0` ranks by the score alone),
+  `-start<C>` (optg/supermask: `score_start`, the scores start at `C * W_0^2 / 2`),
   `-every<N>` (`mask_update_every`), `-beta<B>` (`beta`);
 - `-frozen` / `-refreshed` (`update_masks_after_pruning` False / True: masks frozen after the
   ramp, or re-selected to the end of the run);
@@ -42,6 +43,7 @@ SUFFIXES = {
     "every": ("mask_update_every", int, "refresh every {} steps"),
     "mom": ("score_momentum", float, "score momentum {:g}"),
     "bonus": ("uncertainty_bonus", float, "uncertainty bonus κ = {:g}"),
+    "start": ("score_start", float, "score start {:g}·W₀²/2"),
     "beta": ("beta", float, "β = {:g}"),
     "alloc": ("allocation", str, "{} allocation"),
 }
@@ -73,7 +75,7 @@ def parse_method(method: str) -> tuple[str, dict]:
         raise ValueError(
             f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally with "
             "-paper, -cubic, -sigmoid, -frozen, -refreshed, -floor<F>, -mom<M>, -bonus<K>, "
-            "-every<N>, -beta<B>, -alloc<A>"
+            "-start<C>, -every<N>, -beta<B>, -alloc<A>"
         )
     options = {}
     for suffix in suffixes:
@@ -84,7 +86,7 @@ def parse_method(method: str) -> tuple[str, dict]:
         prefix = next((p for p in SUFFIXES if suffix.startswith(p)), None)
         allowed = prefix is not None and (
             (prefix == "floor" and criterion == "optg")
-            or (prefix in ("mom", "bonus") and criterion in SCORED)
+            or (prefix in ("mom", "bonus", "start") and criterion in SCORED)
             or prefix in ("every", "beta", "alloc")
         )
         if not allowed:
@@ -94,7 +96,12 @@ def parse_method(method: str) -> tuple[str, dict]:
             value = kind(suffix[len(prefix) :])
         except ValueError:
             raise ValueError(f"bad value in suffix {suffix!r} of method {method!r}") from None
-        bounds = {"floor": (0.0, 1.0), "mom": (0.0, 0.999999), "bonus": (0.0, 1e6)}.get(prefix)
+        bounds = {
+            "floor": (0.0, 1.0),
+            "mom": (0.0, 0.999999),
+            "bonus": (0.0, 1e6),
+            "start": (0.0, 1e6),
+        }.get(prefix)
         if prefix == "alloc":
             if value not in optg_jax.ALLOCATIONS:
                 names = ", ".join(optg_jax.ALLOCATIONS)

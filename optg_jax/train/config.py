@@ -60,6 +60,7 @@ IDENTITY_FIELDS = (
     "score_lr_floor",
     "update_masks_after_pruning",
     "uncertainty_bonus",
+    "score_start",
     "pattern",
     "nm_ramp",
     "validation_examples",
@@ -160,6 +161,9 @@ def _add_optg_fields(c: ml_collections.ConfigDict) -> None:
     # optg/supermask: rank by score + this many standard errors of it (None: the recipe's, 4 by
     # default and 0 in the paper's form).
     c.uncertainty_bonus = config_dict.placeholder(float)
+    # optg/supermask: the scores start at score_start * W_0^2 / 2 (the starting weights' own
+    # ranking in the score's units, docs/library.md) instead of 0, the paper's start.
+    c.score_start = 0.0
     # N:M sparsity (`optg_jax.nm`, docs/training.md): "2:4" keeps 2 of every 4 consecutive
     # weights along each kernel's reduction axis; None = unstructured. With a pattern the target
     # sparsity is 1 - N/M: train.py takes it from the pattern unless --config.sparsity is given.
@@ -297,6 +301,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("pruning_end_fraction", fraction, "is outside (0, 1]")
     if not 0.0 <= config.score_lr_floor <= 1.0:
         _fail("score_lr_floor", config.score_lr_floor, "is outside [0, 1]")
+    if not 0.0 <= config.score_start < math.inf:
+        _fail("score_start", config.score_start, "must be a non-negative number")
     for field in (
         "warmup_epochs",
         "weight_decay",
