@@ -257,7 +257,10 @@ def main(argv=None) -> None:
         )
     default = args.candidate == [CANDIDATE]
     command = "`.venv/bin/python -m benchmarks.goal_check" + (
-        "`" if default else f" --candidate {' '.join(args.candidate)} --label ...`"
+        "`"
+        if default
+        else f' --candidate {" ".join(args.candidate)} --label "{args.label}" '
+        f"--section {args.section}`"
     )
     title = "The default OptG" if default else args.label
     blocks = [

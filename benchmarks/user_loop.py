@@ -84,6 +84,7 @@ LABELS = {
     "optg-epoch": "OptG, library defaults + `mask_update_every=steps_per_epoch`",
     "optg-paper": "OptG, `recipe='paper'` + `mask_update_every=steps_per_epoch`",
     "optg:recipe=paper": "OptG, `recipe='paper'` (its refresh interval: 1% of the run)",
+    "optg:score_start=3": "OptG, `score_start=3` (scores start at 3·W₀²/2; not a default)",
 }
 
 

@@ -10,6 +10,8 @@ from benchmarks import report as sections
 from benchmarks.accuracy_vs_sparsity import methods, report, runs
 from optg_jax.train import config as config_lib
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 BEGIN = sections.markers(report.SECTION)[0]
 
 
@@ -163,9 +165,13 @@ def test_report_files(tmp_path):
 def test_verdict_says_when_optg_loses():
     rows = [_row("optg", 0.98, 0, 0.80), _row("supermask", 0.98, 0, 0.81)]
     rows.append(_row("optg-paper", 0.98, 0, 0.815))
-    lines = report.verdicts(report.summarize(rows, 4), [0.98])
-    assert "**no**" in lines[0] and "one seed" in lines[0] and "-1.50 points" in lines[0]
+    rows.append(_row("optg-start3", 0.98, 0, 0.83))  # An ablation: not a rival.
+    cells = report.summarize(rows, 4)
+    lines = report.verdicts(cells, [0.98])
+    assert "**no**" in lines[0] and "one seed" in lines[0] and "-1.00 points" in lines[0]
+    assert "supermask" in lines[0]
     assert "loses 1.50 points to the paper form (more than 1)" in lines[1]
+    assert report.margins(cells, [0.98]) == {0.98: pytest.approx(-0.01)}
 
 
 def test_run_all_resumes_and_applies_method_options(tmp_path):
@@ -213,6 +219,15 @@ def test_run_all_resumes_and_applies_method_options(tmp_path):
     runs.run_all(specs, shared, str(tmp_path), train_fn=fake_train, say=lines.append)
     assert not calls and "2 already done" in lines[-1]
     assert len(runs.read_all_records(str(tmp_path))) == 2
+
+
+def test_the_committed_grids_workdir_keeps_its_name():
+    """BENCHMARKS.md's grid ran under this tag: a config field added since (at its default) must
+    not rename it, or every recorded run would be trained again."""
+    shared = runs.shared_config(os.path.join(ROOT, "configs", "fashion_mnist.py"))
+    assert runs.protocol_tag(shared) == "fashion_mnist-fmnist_cnn-14px-b256-046ccdc3"
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), encoding="utf-8") as f:
+        assert "fashion_mnist-fmnist_cnn-14px-b256-046ccdc3" in f.read()
 
 
 def test_validation_runs_have_their_own_protocol_and_report(tmp_path):

@@ -118,6 +118,7 @@ PER_RUN_FIELDS = (
     "seed",
     "num_epochs",
     "score_lr_floor",
+    "score_start",
     "update_masks_after_pruning",
     "validation_examples",
 )
