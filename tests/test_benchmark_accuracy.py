@@ -10,8 +10,6 @@ from benchmarks import report as sections
 from benchmarks.accuracy_vs_sparsity import methods, report, runs
 from optg_jax.train import config as config_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 BEGIN = sections.markers(report.SECTION)[0]
 
 
@@ -224,9 +222,9 @@ def test_run_all_resumes_and_applies_method_options(tmp_path):
 def test_the_committed_grids_workdir_keeps_its_name():
     """BENCHMARKS.md's grid ran under this tag: a config field added since (at its default) must
     not rename it, or every recorded run would be trained again."""
-    shared = runs.shared_config(os.path.join(ROOT, "configs", "fashion_mnist.py"))
+    shared = runs.shared_config(os.path.join(sections.ROOT, "configs", "fashion_mnist.py"))
     assert runs.protocol_tag(shared) == "fashion_mnist-fmnist_cnn-14px-b256-046ccdc3"
-    with open(os.path.join(ROOT, "BENCHMARKS.md"), encoding="utf-8") as f:
+    with open(sections.BENCHMARKS_MD, encoding="utf-8") as f:
         assert "fashion_mnist-fmnist_cnn-14px-b256-046ccdc3" in f.read()
 
 

@@ -246,7 +246,7 @@ def optg_settings(
         score_lr_floor=float(config.score_lr_floor),
         update_masks_after_pruning=config.update_masks_after_pruning,
         uncertainty_bonus=None if bonus is None else float(bonus),
-        score_start=float(config.get("score_start", 0.0)),
+        score_start=float(config.score_start),
         pattern=config.pattern,
         nm_ramp=config.nm_ramp,
     )
