@@ -196,3 +196,24 @@ def test_a_candidate_variant_takes_the_defaults_place_in_its_own_section(tmp_pat
     assert "| 10 | 99% | 87.75 (1) | taylor 87.50 (1) | +0.25 | yes | yes |" in text
     assert "<!-- goal_check_start:begin -->" in md.read_text(encoding="utf-8")
     assert not (tmp_path / "goal_check.md").exists()
+
+
+def test_firsts_if_level_is_the_count_of_independent_draws():
+    def cell(rivals):
+        stats = goal_check.Stats("optg", 88.0, 0.0, {0: 88.0})
+        return goal_check.Cell("b", 4, 0.98, stats, stats._replace(method="taylor"), rivals)
+
+    # Two cells with one rival (first with probability 1/2) and one with three (1/4):
+    # P(3 firsts) = 0.5 * 0.5 * 0.25 = 0.0625; P(2) = 0.5 * 0.5 * 0.75 + 2 * 0.5 * 0.5 * 0.25
+    # = 0.3125; at least half of 3 cells is 2: 0.375. Expected 0.5 + 0.5 + 0.25 = 1.25.
+    expected, at_least_half = goal_check.firsts_if_level([cell(1), cell(1), cell(3)])
+    assert expected == pytest.approx(1.25)
+    assert at_least_half == pytest.approx(0.375)
+    # Four cells with two rivals each (1/3): at least 2 of 4 = 1 - (2/3)^4 - 4 (1/3)(2/3)^3.
+    assert goal_check.firsts_if_level([cell(2)] * 4)[1] == pytest.approx(1 - 16 / 81 - 32 / 81)
+    assert goal_check.firsts_if_level([]) == (0.0, 1.0)
+    # The summary's "first" line says it for the high cells.
+    line = goal_check.summary([cell(1), cell(1), cell(3)])[1]
+    assert line.endswith(
+        "first in 1.25 of them on average, and in at least half with probability 0.375 (`firsts_if_level`)."
+    )
