@@ -187,18 +187,16 @@ def firsts_if_level(high_cells: list[Cell]) -> tuple[float, float]:
       The expected count, and the probability that the count is at least half of the cells
       (`ceil(n / 2)`); `(0.0, 1.0)` for no cells.
     """
-    # distribution[k]: probability of k firsts among the cells seen so far.
+    chances = [1.0 / (c.rivals + 1) for c in high_cells]
+    # distribution[k]: probability of k firsts among the cells seen so far; a cell keeps the
+    # count with probability 1 - p and raises it by one with probability p.
     distribution = [1.0]
-    for c in high_cells:
-        p = 1.0 / (c.rivals + 1)
+    for p in chances:
         distribution = [
-            (distribution[k] if k < len(distribution) else 0.0) * (1 - p)
-            + (distribution[k - 1] * p if k > 0 else 0.0)
-            for k in range(len(distribution) + 1)
+            stay * (1 - p) + up * p for stay, up in zip(distribution + [0.0], [0.0] + distribution)
         ]
-    expected = sum(1.0 / (c.rivals + 1) for c in high_cells)
     half = math.ceil(len(high_cells) / 2)
-    return expected, sum(distribution[half:])
+    return sum(chances), sum(distribution[half:])
 
 
 def table(all_cells: list[Cell], label: str = "OptG (defaults)") -> list[str]:
