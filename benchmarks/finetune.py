@@ -22,7 +22,8 @@ warm-up, the same for every method; the classifier is re-initialised from the se
 `--validation N` evaluates on the target classes among the last N training examples (and trains,
 pretraining included, on the others); without it the target classes of the test split are read.
 Every run appends a JSON line to `benchmarks/results/finetune_<model>.jsonl` (recorded runs are
-skipped); the table goes to `benchmarks/results/finetune_<model>[_validation].md` and its
+skipped) and prints progress lines while it trains (`report.epoch_progress`), pretraining
+included; the table goes to `benchmarks/results/finetune_<model>[_validation].md` and its
 section of BENCHMARKS.md.
 """
 
@@ -47,11 +48,14 @@ from benchmarks import user_loop
 from benchmarks.report import (
     ROOT,
     add_run_grid_args,
+    code_version,
+    epoch_progress,
     group_series,
     image_line,
     plot_panels,
     publish_section,
     read_rows,
+    run_host,
 )
 from optg_jax.train import models
 
@@ -158,29 +162,48 @@ class Loop:
         return loss, batch_stats
 
     def _step(self, params, batch_stats, opt_state, idx, images, labels):
-        """One update on the examples `idx` (`[batch]` int) of the device arrays."""
+        """One update on the examples `idx` (`[batch]` int) of the device arrays; also returns
+        the batch's loss."""
         masked = optg_jax.apply_masks(params, opt_state) if self.sparse else params
-        grads, batch_stats = jax.grad(self._loss, has_aux=True)(
+        (loss, batch_stats), grads = jax.value_and_grad(self._loss, has_aux=True)(
             masked, batch_stats, images[idx], labels[idx]
         )
         updates, opt_state = self.tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
     def _predict(self, params, batch_stats, images):
         variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
         return jnp.argmax(self.model.apply(variables, images, train=False), -1)
 
-    def train(self, params, batch_stats, opt_state, x, y, epochs: int, seed: int):
-        """`epochs` passes over (x, y) in a seeded order; returns the three states."""
+    def train(
+        self,
+        params,
+        batch_stats,
+        opt_state,
+        x,
+        y,
+        epochs: int,
+        seed: int,
+        progress: Callable[..., None] | None = None,
+    ):
+        """`epochs` passes over (x, y) in a seeded order; returns the three states.
+
+        `progress`, if given, is called after each epoch as `progress(epoch, mean training
+        loss, opt_state if the loop is sparse else None)` (`report.epoch_progress`).
+        """
         rng = np.random.default_rng(seed)
         xd, yd = jnp.asarray(x), jnp.asarray(y)
         steps = len(y) // self.batch
-        for _ in range(epochs):
+        for e in range(epochs):
             order = rng.permutation(len(y))[: steps * self.batch].reshape(steps, self.batch)
+            loss_sum = 0.0
             for idx in order:
-                params, batch_stats, opt_state = self.step(
+                params, batch_stats, opt_state, loss = self.step(
                     params, batch_stats, opt_state, jnp.asarray(idx), xd, yd
                 )
+                loss_sum = loss_sum + loss
+            if progress is not None:
+                progress(e + 1, loss_sum / steps, opt_state if self.sparse else None)
         return params, batch_stats, opt_state
 
     def top1(self, params, batch_stats, x, y) -> float:
@@ -239,8 +262,10 @@ def pretrained(model_name: str, seed: int, arrays, validation: int) -> tuple[Any
     lr = cosine_lr(setting.pretrain_lr, steps, warmup)
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, 0.9))
     loop = Loop(model, tx, False, setting.batch)
+    epochs = setting.pretrain_epochs
+    progress = epoch_progress(f"pretraining {model_name} (seed {seed}) dense", epochs)
     params, batch_stats, _ = loop.train(
-        params, batch_stats, tx.init(params), x, y, setting.pretrain_epochs, seed
+        params, batch_stats, tx.init(params), x, y, epochs, seed, progress
     )
     top1 = loop.top1(params, batch_stats, xe, ye)
     os.makedirs(CACHE_DIR, exist_ok=True)
@@ -252,7 +277,13 @@ def pretrained(model_name: str, seed: int, arrays, validation: int) -> tuple[Any
 
 
 def finetune(
-    model_name: str, kwargs: dict | None, sparsity: float, seed: int, arrays, validation: int
+    model_name: str,
+    kwargs: dict | None,
+    sparsity: float,
+    seed: int,
+    arrays,
+    validation: int,
+    progress: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """One pruning fine-tune run from the seed's pretrained network.
 
@@ -264,6 +295,7 @@ def finetune(
       seed: seeds the pretrained network, the new head and the data order.
       arrays: `user_loop.load_fashion_mnist(validation)`'s arrays.
       validation: the held-out count of `arrays`.
+      progress: called after each fine-tuning epoch (`Loop.train`); None: silent.
 
     Returns:
       `{'top1', 'source_top1', 'sparsity', 'layers'}` (percent; removed fractions).
@@ -282,7 +314,7 @@ def finetune(
     tx = optax.chain(*links, optax.adamw(lr, weight_decay=setting.weight_decay))
     loop = Loop(model, tx, sparse, setting.batch)
     params, batch_stats, opt_state = loop.train(
-        params, batch_stats, tx.init(params), x, y, setting.finetune_epochs, seed
+        params, batch_stats, tx.init(params), x, y, setting.finetune_epochs, seed, progress
     )
     final = optg_jax.apply_masks(params, opt_state) if sparse else params
     summary = optg_jax.sparsity_summary(opt_state) if sparse else {"global": 0.0, "layers": {}}
@@ -324,13 +356,16 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods
     ]
     todo = list(dict.fromkeys(t for t in todo if (*t, split) not in done))
+    code, host = code_version(), run_host()  # the library as imported now, and where
     print(f"{len(todo)} runs to train; results in {out}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     for i, (method, sparsity, seed) in enumerate(todo, start=1):
         t0 = time.time()
         per_epoch = len(task_split(arrays, TARGET_CLASSES)[1]) // MODELS[args.model].batch
         kwargs = user_loop.method_kwargs(method, per_epoch)
-        result = finetune(args.model, kwargs, sparsity, seed, arrays, args.validation)
+        label = f"run {i}/{len(todo)} {method} {100 * sparsity:g}% seed {seed}"
+        progress = epoch_progress(label, epochs)
+        result = finetune(args.model, kwargs, sparsity, seed, arrays, args.validation, progress)
         row = dict(
             method=method,
             sparsity_target=sparsity,
@@ -338,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             split=split,
             time_s=round(time.time() - t0, 1),
+            code=code,
+            host=host,
             **result,
         )
         with open(out, "a", encoding="utf-8") as f:

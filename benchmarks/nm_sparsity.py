@@ -17,8 +17,8 @@ the first step, masks of the dense |W| every step, the sparse-refined decay 2e-4
   python -m benchmarks.nm_sparsity --models lenet fmnist_cnn vit_tiny_p7 --seeds 0 1 2
   python -m benchmarks.nm_sparsity --models lenet --validation 10000 --methods optg "optg:nm_ramp=\"n\""
 
-Every run appends a JSON line to `benchmarks/results/nm_sparsity.jsonl` (recorded runs skipped);
-the table goes to `benchmarks/results/nm_sparsity[_validation].md`, a plot of the test table to
+Every run appends a JSON line to `benchmarks/results/nm_sparsity.jsonl` (recorded runs skipped)
+and prints about ten progress lines while it trains; the table goes to `benchmarks/results/nm_sparsity[_validation].md`, a plot of the test table to
 `nm_sparsity.png`, and the section to BENCHMARKS.md.
 """
 
@@ -40,12 +40,15 @@ from benchmarks import finetune, user_loop
 from benchmarks.report import (
     add_run_grid_args,
     cell_stats,
+    code_version,
+    epoch_progress,
     group_series,
     image_line,
     mean_std_cell,
     plot_panels,
     publish_section,
     read_rows,
+    run_host,
 )
 from optg_jax import nm
 from optg_jax.train import models
@@ -121,7 +124,14 @@ def method_kwargs(method: str, pattern: str, steps_per_epoch: int) -> dict[str, 
     return {**kwargs, "pattern": pattern}
 
 
-def train(model_name: str, kwargs: dict, pattern: str, seed: int, arrays) -> dict[str, Any]:
+def train(
+    model_name: str,
+    kwargs: dict,
+    pattern: str,
+    seed: int,
+    arrays,
+    progress: Callable[..., None] | None = None,
+) -> dict[str, Any]:
     """One from-scratch run with an N:M pattern.
 
     Args:
@@ -130,6 +140,7 @@ def train(model_name: str, kwargs: dict, pattern: str, seed: int, arrays) -> dic
       pattern: `"N:M"`.
       seed: seeds the init and the data order.
       arrays: `user_loop.load_fashion_mnist`'s arrays.
+      progress: called after each epoch (`finetune.Loop.train`); None: silent.
 
     Returns:
       `{'top1', 'sparsity', 'valid', 'layers'}`: top-1 (%), the removed fraction of the masked
@@ -152,7 +163,9 @@ def train(model_name: str, kwargs: dict, pattern: str, seed: int, arrays) -> dic
     params, batch_stats = finetune.init_variables(model, seed, setting.image_size)
     loop = finetune.Loop(model, tx, True, setting.batch)
     state = tx.init(params)
-    params, batch_stats, state = loop.train(params, batch_stats, state, x, y, setting.epochs, seed)
+    params, batch_stats, state = loop.train(
+        params, batch_stats, state, x, y, setting.epochs, seed, progress
+    )
     final = optg_jax.apply_masks(params, state)
     summary = optg_jax.sparsity_summary(state)
     masks = optg_jax.get_masks(state)
@@ -275,13 +288,16 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods
         if (model_name, method, pattern, seed, split) not in done
     ]
+    code, host = code_version(), run_host()  # the library as imported now, and where
     print(f"{len(todo)} runs to train; results in {out}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     for i, (model_name, method, pattern, seed) in enumerate(todo, start=1):
         t0 = time.time()
         per_epoch = 50_000 // MODELS[model_name].batch
         kwargs = method_kwargs(method, pattern, per_epoch)
-        result = train(model_name, kwargs, pattern, seed, arrays)
+        label = f"run {i}/{len(todo)} {model_name} {method} {pattern} seed {seed}"
+        progress = epoch_progress(label, MODELS[model_name].epochs)
+        result = train(model_name, kwargs, pattern, seed, arrays, progress)
         row = dict(
             model=model_name,
             method=method,
@@ -290,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             split=split,
             epochs=MODELS[model_name].epochs,
             time_s=round(time.time() - t0, 1),
+            code=code,
+            host=host,
             **result,
         )
         with open(out, "a", encoding="utf-8") as f:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
+import math
 import os
 import platform
 import statistics
+import subprocess
+import time
+from typing import Any, Callable
 
+import jax
+
+import optg_jax
 from optg_jax.train import files
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -189,6 +198,115 @@ def image_line(results_dir: str, benchmarks_md: str, file_name: str, alt: str) -
     """A Markdown image of `<results_dir>/<file_name>`, relative to BENCHMARKS.md's folder."""
     folder = os.path.dirname(os.path.abspath(benchmarks_md or BENCHMARKS_MD))
     return f"![{alt}]({os.path.relpath(os.path.join(results_dir, file_name), folder)})"
+
+
+def progress_epochs(epochs: int, lines: int = 10) -> frozenset:
+    """The epochs (1-based) after which a run of `epochs` epochs reports its progress.
+
+    Every `ceil(epochs / lines)`-th epoch and the last: at most `lines` lines a run, e.g. epochs
+    1-4 of 4, and 10, 20, ..., 100 of 100.
+    """
+    every = max(1, math.ceil(epochs / max(1, lines)))
+    return frozenset(range(every, epochs + 1, every)) | {epochs}
+
+
+def epoch_progress(
+    label: str,
+    epochs: int,
+    lines: int = 10,
+    min_interval_s: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    write: Callable[[str], Any] = functools.partial(print, flush=True),
+) -> Callable[..., None]:
+    """A progress callback for a run of `epochs` epochs (the clock starts now).
+
+    The callback, `report(epoch, loss, opt_state=None)`, is called after every epoch (1-based)
+    with the epoch's mean training loss (a float or a device scalar, read only when a line is
+    written) and, for a sparse run, the optimizer state holding the `optg_optax` state. After an
+    epoch `progress_epochs` picks, once `min_interval_s` have passed since the last line (or the
+    start), it writes one line, e.g.
+    `  optg 98% seed 0: epoch 3/10, train loss 0.4123, 97.2% removed, 36 s (about 84 s left)`:
+    a run of minutes shows where it is, a run of seconds stays quiet. The time left assumes the
+    epochs still to come take as long as the mean so far (the first one includes compilation,
+    so the estimate errs long).
+
+    Args:
+      label: names the run at the start of each line.
+      epochs: the run's length.
+      lines: at most how many lines the run writes (`progress_epochs`).
+      min_interval_s: the least time between two lines, in seconds.
+      clock: seconds, monotonic.
+      write: takes each line.
+    """
+    start = clock()
+    last_line = [start]
+    shown = progress_epochs(epochs, lines)
+
+    def report(epoch: int, loss, opt_state: Any = None) -> None:
+        if epoch not in shown:
+            return
+        now = clock()
+        if now - last_line[0] < min_interval_s:
+            return
+        last_line[0] = now
+        elapsed = now - start
+        left = elapsed / epoch * (epochs - epoch)
+        removed = ""
+        if opt_state is not None:
+            removed = f", {100 * optg_jax.sparsity_summary(opt_state)['global']:.1f}% removed"
+        write(
+            f"  {label}: epoch {epoch}/{epochs}, train loss {float(loss):.4f}{removed}, "
+            f"{elapsed:.0f} s (about {left:.0f} s left)"
+        )
+
+    return report
+
+
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """`<git HEAD>[+dirty]:<hash of optg_jax/*.py>` of the library this process runs.
+
+    Other developers commit to the same tree while a benchmark runs; each record says which code
+    trained it (each invocation imports the library once). A run reproduces bit for bit only with
+    the same code, CPU and thread count: XLA's CPU kernels sum in an order that depends on the
+    threads (`BENCHMARKS.md`, *The default OptG against the best other method*).
+    """
+    package = os.path.join(ROOT, "optg_jax")
+    digest = hashlib.sha1()
+    for directory, _, file_names in sorted(os.walk(package)):
+        for name in sorted(f for f in file_names if f.endswith(".py")):
+            with open(os.path.join(directory, name), "rb") as f:
+                digest.update(f.read())
+    try:
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", package], check=False
+            ).returncode
+            != 0
+        )
+    except (OSError, subprocess.CalledProcessError):
+        head, dirty = "nogit", False
+    return f"{head}{'+dirty' if dirty else ''}:{digest.hexdigest()[:8]}"
+
+
+def run_host() -> str:
+    """Where a run's numbers come from: the CPU, the threads this process may use, JAX's version.
+
+    With `code_version`, what a record needs to be reproduced bit for bit: on another CPU or
+    thread count the same code and seed give runs that differ by about as much as two seeds do
+    (`BENCHMARKS.md`, *The default OptG against the best other method*).
+    """
+    try:
+        threads = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        threads = os.cpu_count() or 1
+    return f"{cpu_name()}, {threads} threads, jax {jax.__version__}"
 
 
 def cpu_name() -> str:

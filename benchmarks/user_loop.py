@@ -23,7 +23,9 @@ stands for one epoch's steps.
 Data: `--source tfds` (default; the TFDS data set the training program reads) or `--source idx`
 (Debian's raw IDX files, read with NumPy: no TensorFlow, e.g. on an accelerator host without it).
 Every run appends one JSON line to `--out` (default `benchmarks/results/user_loop_<model>.jsonl`;
-runs already there are skipped, so an interrupted command resumes). The tables of means are
+runs already there are skipped, so an interrupted command resumes); while a run trains it
+prints about ten progress lines (`report.epoch_progress`: epoch, mean training loss, the fraction
+removed, the time left). The tables of means are
 printed and written to `benchmarks/results/user_loop_<model>.md` and to the `user_loop_<model>`
 section of BENCHMARKS.md (`..._validation` for `--validation`).
 """
@@ -48,9 +50,12 @@ import optg_jax
 from benchmarks.report import (
     add_run_grid_args,
     cell_stats,
+    code_version,
+    epoch_progress,
     mean_std_cell,
     publish_section,
     read_rows,
+    run_host,
 )
 from optg_jax import masking
 from optg_jax.train import models
@@ -235,7 +240,13 @@ def method_kwargs(method: str, steps_per_epoch: int) -> dict[str, Any] | None:
 
 
 def train(
-    method: str, sparsity: float, epochs: int, seed: int, arrays, model_name: str = "lenet"
+    method: str,
+    sparsity: float,
+    epochs: int,
+    seed: int,
+    arrays,
+    model_name: str = "lenet",
+    progress: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """One run of the user loop.
 
@@ -246,6 +257,8 @@ def train(
       seed: seeds the init and the data order.
       arrays: `load_fashion_mnist`'s result.
       model_name: a key of `MODELS`.
+      progress: called after each epoch as `progress(epoch, mean training loss, optimizer
+        state or None for dense)` (`report.epoch_progress`); None: silent.
 
     Returns:
       `{'top1': percent, 'sparsity': removed fraction, 'layers': {layer: removed fraction}}`,
@@ -280,22 +293,24 @@ def train(
     @jax.jit
     def epoch(p, s, order, images, labels):
         """One epoch: a scan over the batches `order` picks (the data are arguments, not
-        constants baked into the compiled program)."""
+        constants baked into the compiled program); also returns the epoch's mean loss."""
 
         def step(carry, idx):
             p, s = carry
             masked = optg_jax.apply_masks(p, s) if sparse else p
-            grads = jax.grad(loss_fn)(masked, images[idx], labels[idx])
+            loss, grads = jax.value_and_grad(loss_fn)(masked, images[idx], labels[idx])
             updates, s = tx.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), None
+            return (optax.apply_updates(p, updates), s), loss
 
-        (p, s), _ = jax.lax.scan(step, (p, s), order.reshape(steps_per_epoch, batch))
-        return p, s
+        (p, s), losses = jax.lax.scan(step, (p, s), order.reshape(steps_per_epoch, batch))
+        return p, s, jnp.mean(losses)
 
     rng = np.random.default_rng(seed)
-    for _ in range(epochs):
+    for e in range(epochs):
         order = rng.permutation(len(y))[: steps_per_epoch * batch]
-        params, opt_state = epoch(params, opt_state, jnp.asarray(order), xd, yd)
+        params, opt_state, loss = epoch(params, opt_state, jnp.asarray(order), xd, yd)
+        if progress is not None:
+            progress(e + 1, loss, opt_state if sparse else None)
     final = optg_jax.apply_masks(params, opt_state) if sparse else params
     predict = jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, xb), -1))
     correct = sum(
@@ -395,11 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods
     ]
     todo = list(dict.fromkeys(t for t in todo if (*t, split) not in done))
+    code, host = code_version(), run_host()  # the library as imported now, and where
     print(f"{len(todo)} runs to train; results in {args.out}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for i, (method, sparsity, epochs, seed) in enumerate(todo, start=1):
         t0 = time.time()
-        result = train(method, sparsity, epochs, seed, arrays, args.model)
+        label = f"run {i}/{len(todo)} {method} {100 * sparsity:g}% {epochs} ep seed {seed}"
+        progress = epoch_progress(label, epochs)
+        result = train(method, sparsity, epochs, seed, arrays, args.model, progress)
         row = dict(
             method=method,
             sparsity_target=sparsity,
@@ -407,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             split=split,
             time_s=round(time.time() - t0, 1),
+            code=code,
+            host=host,
             **result,
         )
         with open(args.out, "a", encoding="utf-8") as f:

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from benchmarks import report
 
 
@@ -132,3 +134,118 @@ def test_group_series_keeps_row_order_and_leaves_out_rows_without_a_tick():
     )
     assert series == {"B": {0: [1.0, 3.0], 1: [4.0]}, "A": {1: [2.0]}}
     assert list(series) == ["B", "A"]
+
+
+def test_progress_epochs_spreads_about_ten_lines_and_always_shows_the_last():
+    assert report.progress_epochs(4) == {1, 2, 3, 4}
+    assert report.progress_epochs(100) == set(range(10, 101, 10))
+    assert report.progress_epochs(25) == {3, 6, 9, 12, 15, 18, 21, 24, 25}
+    assert report.progress_epochs(1) == {1}
+    assert report.progress_epochs(10, lines=3) == {4, 8, 10}
+
+
+def test_epoch_progress_lines_give_loss_sparsity_and_time_left():
+    import jax.numpy as jnp
+    import numpy as np
+
+    import optg_jax
+
+    params = {"dense": {"kernel": jnp.ones((10, 10))}}
+    state = optg_jax.optg_optax(0.9, 10, 0.1).init(params)
+    mask = np.ones((10, 10), np.uint8)
+    mask.flat[:37] = 0  # 37 of 100 weights removed
+    state = state._replace(masks={"dense": {"kernel": jnp.asarray(mask)}})
+    times = iter([100.0, 112.0, 130.0])  # start, after epoch 1, after epoch 2
+    lines = []
+    report_epoch = report.epoch_progress(
+        "run 1/2 optg 90% seed 0", 2, clock=lambda: next(times), write=lines.append
+    )
+    report_epoch(1, jnp.float32(0.5), state)
+    report_epoch(2, 0.25)
+    # A run of seconds stays quiet: the same calls 5 s apart write nothing.
+    quiet, quick = [], iter([0.0, 5.0, 9.0])
+    quiet_epoch = report.epoch_progress("q", 2, clock=lambda: next(quick), write=quiet.append)
+    quiet_epoch(1, 0.5, state)
+    quiet_epoch(2, 0.25)
+    assert quiet == []
+    assert lines == [
+        "  run 1/2 optg 90% seed 0: epoch 1/2, train loss 0.5000, 37.0% removed, 12 s "
+        "(about 12 s left)",
+        "  run 1/2 optg 90% seed 0: epoch 2/2, train loss 0.2500, 30 s (about 0 s left)",
+    ]
+
+
+def test_epoch_progress_is_silent_between_the_shown_epochs():
+    lines = []
+    now = [0.0]
+    report_epoch = report.epoch_progress("r", 100, clock=lambda: now[0], write=lines.append)
+    for epoch in range(1, 10):
+        now[0] = 60.0 * epoch
+        report_epoch(epoch, 1.0)
+    assert lines == []
+    now[0] = 600.0
+    report_epoch(10, 1.0)
+    assert lines == ["  r: epoch 10/100, train loss 1.0000, 600 s (about 5400 s left)"]
+    now[0] = 605.0  # under min_interval_s (10 s) since the last line
+    report_epoch(20, 1.0)
+    now[0] = 615.0
+    report_epoch(30, 2.0)
+    assert lines[1:] == ["  r: epoch 30/100, train loss 2.0000, 615 s (about 1435 s left)"]
+
+
+def test_finetune_loop_reports_each_epochs_mean_training_loss():
+    """With a zero learning rate the weights stay at their init, so each epoch's mean loss is
+    the mean cross-entropy of the init over all 8 examples, computed here apart."""
+    import flax.linen as nn
+    import jax
+    import numpy as np
+    import optax
+
+    from benchmarks import finetune
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 2, 2, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+    model = Tiny()
+    params = model.init(jax.random.key(0), x[:1])["params"]
+    tx = optax.sgd(0.0)
+    loop = finetune.Loop(model, tx, False, batch=4)
+    seen = []
+    out, _, _ = loop.train(params, {}, tx.init(params), x, y, 2, 0, lambda *a: seen.append(a))
+    logits = model.apply({"params": params}, x)
+    expected = float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+    assert [(e, s) for e, _, s in seen] == [(1, None), (2, None)]
+    for _, loss, _ in seen:
+        assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert expected > 0.5  # not a trivially small value
+    np.testing.assert_array_equal(out["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+
+
+def test_code_version_names_the_commit_and_hashes_the_library_files():
+    import hashlib
+    import re
+
+    version = report.code_version()
+    head, digest = version.rsplit(":", 1)
+    assert re.fullmatch(r"([0-9a-f]{7,40}|nogit)(\+dirty)?", head), version
+    # The digest, computed apart: every .py file under optg_jax/, in sorted walk order.
+    sha = hashlib.sha1()
+    package = os.path.join(report.ROOT, "optg_jax")
+    for directory, _, names in sorted(os.walk(package)):
+        for name in sorted(n for n in names if n.endswith(".py")):
+            with open(os.path.join(directory, name), "rb") as f:
+                sha.update(f.read())
+    assert digest == sha.hexdigest()[:8]
+
+
+def test_run_host_names_the_cpu_the_usable_threads_and_jax(monkeypatch):
+    import jax
+
+    monkeypatch.setattr(report, "cpu_name", lambda: "Test CPU")
+    monkeypatch.setattr(report.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert report.run_host() == f"Test CPU, 3 threads, jax {jax.__version__}"

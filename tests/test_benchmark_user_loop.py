@@ -1,8 +1,12 @@
 """benchmarks/user_loop: method presets, IDX reading, tiny runs of the user loop, the tables."""
 
+import json
+
 import numpy as np
 import pytest
 
+import optg_jax
+from benchmarks import report
 from benchmarks import user_loop as lenet
 from optg_jax.masking import masked_paths
 from tests.test_masking import VIT_MASKED_PER_BLOCK
@@ -36,13 +40,23 @@ def test_a_tiny_run_reaches_the_target_exactly():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(512, 28, 28, 1)).astype(np.float32)
     y = (x.reshape(512, -1)[:, :10].argmax(1)).astype(np.int32)  # learnable labels
-    result = lenet.train("optg", 0.9, 2, 0, (x, y, x[:128], y[:128]))
+    seen = []
+    progress = lambda e, loss, s: seen.append((e, float(loss), optg_jax.sparsity_summary(s)))
+    result = lenet.train("optg", 0.9, 2, 0, (x, y, x[:128], y[:128]), progress=progress)
     # 784*300 + 300*100 + 100*10 = 266,200 kernel weights; floor(266,200 * 0.1) = 26,620 kept.
     assert result["sparsity"] == pytest.approx(1 - 26_620 / 266_200, abs=1e-12)
     assert set(result["layers"]) == {"Dense_0", "Dense_1", "Dense_2"}
     assert 10.0 < result["top1"] <= 100.0
-    dense = lenet.train("dense", 0.0, 2, 0, (x, y, x[:128], y[:128]))
+    # One report per epoch, with the state as it stands then: 4 updates an epoch (512 / 128).
+    assert [(e, summary["step"]) for e, _, summary in seen] == [(1, 4), (2, 8)]
+    assert seen[-1][2]["global"] == result["sparsity"]
+    assert all(0.0 < loss < 10.0 for _, loss, _ in seen)
+    dense_seen = []
+    dense = lenet.train(
+        "dense", 0.0, 2, 0, (x, y, x[:128], y[:128]), progress=lambda *a: dense_seen.append(a)
+    )
     assert dense["sparsity"] == 0.0 and dense["layers"] == {}
+    assert [(e, s) for e, _, s in dense_seen] == [(1, None), (2, None)]
 
 
 def test_table_means_and_bold():
@@ -112,8 +126,9 @@ def test_main_resumes_and_copies_the_notes_into_its_section(tmp_path, monkeypatc
     """Recorded runs are skipped; the section holds the table, then the hand-written notes."""
     calls = []
 
-    def fake_train(method, sparsity, epochs, seed, arrays, model_name):
+    def fake_train(method, sparsity, epochs, seed, arrays, model_name, progress):
         calls.append((method, sparsity, seed))
+        progress(epochs, 0.5, None)  # the run's own progress callback takes the last epoch
         return {"top1": 80.0 + seed, "sparsity": sparsity, "layers": {}}
 
     monkeypatch.setattr(lenet, "train", fake_train)
@@ -126,6 +141,10 @@ def test_main_resumes_and_copies_the_notes_into_its_section(tmp_path, monkeypatc
     assert lenet.main(argv) == 0
     assert lenet.main(argv[:-1] + ["0", "1"]) == 0  # seed 0 is recorded: only seed 1 trains
     assert calls == [("optg", 0.9, 0), ("optg", 0.9, 1)]
+    # Each record says which code trained it and where (a rerun elsewhere need not equal it).
+    rows = [json.loads(line) for line in (tmp_path / "user_loop_vit_tiny.jsonl").open()]
+    assert {r["code"] for r in rows} == {report.code_version()}
+    assert {r["host"] for r in rows} == {report.run_host()}
     text = md.read_text()
     assert "kept" in text
     section = text[text.index("<!-- user_loop_vit_tiny:begin -->") :]

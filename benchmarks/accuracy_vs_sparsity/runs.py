@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import hashlib
 import importlib.util
 import json
 import os
-import subprocess
 import time
 from typing import Callable, Iterable, NamedTuple
 
 from benchmarks.accuracy_vs_sparsity.methods import METHODS, PAPER_OPTG, parse_method
-from benchmarks.report import ROOT
+from benchmarks.report import code_version
 from optg_jax.train import config as config_lib
 from optg_jax.train import files
 
@@ -193,37 +191,6 @@ def shared_window(shared, epochs: int) -> dict:
         "pruning_end_fraction": settings.pruning_end_step / total,
         "mask_update_every": int(settings.mask_update_every),
     }
-
-
-@functools.lru_cache(maxsize=None)
-def code_version() -> str:
-    """`<git HEAD>[+dirty]:<hash of optg_jax/*.py>` of the library this process runs.
-
-    Other developers commit to the same tree while a grid runs; the record says which code
-    trained each run (each invocation imports the library once).
-    """
-    package = os.path.join(ROOT, "optg_jax")
-    digest = hashlib.sha1()
-    for directory, _, file_names in sorted(os.walk(package)):
-        for name in sorted(f for f in file_names if f.endswith(".py")):
-            with open(os.path.join(directory, name), "rb") as f:
-                digest.update(f.read())
-    try:
-        head = subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = (
-            subprocess.run(
-                ["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", package], check=False
-            ).returncode
-            != 0
-        )
-    except (OSError, subprocess.CalledProcessError):
-        head, dirty = "nogit", False
-    return f"{head}{'+dirty' if dirty else ''}:{digest.hexdigest()[:8]}"
 
 
 def row_from_results(spec: Spec, results: dict, config) -> dict:
