@@ -64,7 +64,7 @@ def test_a_lead_beyond_the_larger_std_is_not_within():
     lines = goal_check.summary([cell])
     assert lines[0].endswith("**0 of 1** cells.")
     assert "**0 of 0**" in lines[1]  # 95% is not a high-sparsity cell.
-    assert "b, 4 epochs, 95% (-0.40)" in lines[2]
+    assert "b, 4 epochs, 95% (-0.40)" in lines[3]
 
 
 def test_summary_counts_first_only_at_high_sparsity():
@@ -80,9 +80,15 @@ def test_summary_counts_first_only_at_high_sparsity():
     assert "**3 of 3** cells" in lines[0]
     assert "**1 of 2** cells" in lines[1]
     assert not any(line.startswith("- Not within") for line in lines)
+    # Leads +1, +1, 0; at 98/99% +1, 0. One rival and one seed a cell: a level criterion's
+    # expected lead is 0 (the best of one mean is that mean).
+    assert lines[2].startswith(
+        "- Mean lead: +0.67 over 3 cells (level: +0.00); +0.50 over 2 cells at 98% or more "
+        "(level: +0.00)."
+    )
     # One seed per cell: no lead is clear.
-    assert lines[2].startswith("- Clearly ahead") and lines[2].endswith(": 0 cells.")
-    assert lines[3].startswith("- Clearly behind") and lines[3].endswith(": 0 cells.")
+    assert lines[3].startswith("- Clearly ahead") and lines[3].endswith(": 0 cells.")
+    assert lines[4].startswith("- Clearly behind") and lines[4].endswith(": 0 cells.")
 
 
 def test_clear_lead_needs_three_seeds_and_two_standard_errors():
@@ -216,4 +222,46 @@ def test_firsts_if_level_is_the_count_of_independent_draws():
     line = goal_check.summary([cell(1), cell(1), cell(3)])[1]
     assert line.endswith(
         "first in 1.25 of them on average, and in at least half with probability 0.375 (`firsts_if_level`)."
+    )
+
+
+def test_expected_max_of_normals_matches_the_closed_forms():
+    # E[max] of 2 standard normals is 1/sqrt(pi), of 3 it is 3/(2 sqrt(pi)); of 1 it is 0.
+    assert goal_check.expected_max_of_normals(1) == 0.0
+    assert goal_check.expected_max_of_normals(2) == pytest.approx(0.5641896, abs=1e-6)
+    assert goal_check.expected_max_of_normals(3) == pytest.approx(0.8462844, abs=1e-6)
+    # Blom's approximation for k = 10 gives 1.5388 (the exact value to 4 places).
+    assert goal_check.expected_max_of_normals(10) == pytest.approx(1.5388, abs=1e-4)
+    with pytest.raises(ValueError, match="got 0"):
+        goal_check.expected_max_of_normals(0)
+
+
+def test_lead_if_level_and_the_mean_lead_line_by_regime():
+    def rows(offsets):
+        out = []
+        for method, base in offsets.items():
+            for seed, d in enumerate((0.0, 0.2, 0.4)):  # std 0.2 for every method
+                out.append(_row(method, 0.98, seed, base + d))
+        return out
+
+    # Two rivals, pooled std 0.2, 3 seeds: a level criterion trails the best of two means by
+    # 0.5642 * 0.2 / sqrt(3) = 0.0651 on average.
+    (scratch,) = goal_check.cells(
+        "s", rows({"optg": 88.0, "magnitude": 88.1, "taylor": 87.8}), regime="scratch"
+    )
+    assert scratch.pooled_std == pytest.approx(0.2)
+    assert scratch.lead_if_level() == pytest.approx(-0.5641896 * 0.2 / 3**0.5, abs=1e-6)
+    # Stds 0.2 (optg) and 0.4 (taylor): pooled sqrt((0.04 + 0.16) / 2); one rival: level 0.
+    pretrained_rows = rows({"optg": 90.0}) + [
+        _row("taylor", 0.9, seed, top1) for seed, top1 in enumerate((89.0, 89.4, 89.8))
+    ]
+    pretrained_rows = [dict(r, sparsity=0.9) for r in pretrained_rows]
+    (pre,) = goal_check.cells("p", pretrained_rows, regime="pretrained")
+    assert pre.pooled_std == pytest.approx((0.1) ** 0.5)
+    assert pre.lead_if_level() == 0.0
+    line = goal_check.mean_lead_line([scratch, pre])
+    # Leads: scratch 88.2 - 88.3 = -0.10; pretrained 90.2 - 89.4 = +0.80.
+    assert line.startswith(
+        "- Mean lead: -0.10 over 1 cell scratch (level: -0.07); +0.80 over 1 cell pretrained "
+        "(level: +0.00); -0.10 over 1 cell at 98% or more (level: -0.07)."
     )
