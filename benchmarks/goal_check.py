@@ -301,18 +301,28 @@ def summary(all_cells: list[Cell], high_sparsity: float = HIGH_SPARSITY) -> list
 
 def mean_lead_line(all_cells: list[Cell], high_sparsity: float = HIGH_SPARSITY) -> str:
     """The mean lead over the cells of each regime and over the high-sparsity cells, each beside
-    what a criterion exactly level with its rivals would average there (`Cell.lead_if_level`)."""
+    what a criterion exactly level with its rivals would average there (`Cell.lead_if_level`)
+    and, where every cell has 2+ paired seeds, the distance from that with its standard error
+    (the cells' paired standard errors combined: `sqrt(sum(std_i^2 / n_i)) / cells`)."""
     groups = [(c.regime, [d for d in all_cells if d.regime == c.regime]) for c in all_cells]
     groups = list(dict(groups).items())
     high = [c for c in all_cells if c.sparsity >= high_sparsity - 1e-9]
     groups.append((f"at {100 * high_sparsity:g}% or more", high))
-    parts = [
-        f"{statistics.fmean(c.lead for c in cs):+.2f} over {len(cs)} cell"
-        f"{'' if len(cs) == 1 else 's'}{' ' + name if name else ''} (level: "
-        f"{statistics.fmean(c.lead_if_level() for c in cs):+.2f})"
-        for name, cs in groups
-        if cs
-    ]
+    parts = []
+    for name, cs in groups:
+        if not cs:
+            continue
+        lead = statistics.fmean(c.lead for c in cs)
+        level = statistics.fmean(c.lead_if_level() for c in cs)
+        part = (
+            f"{lead:+.2f} over {len(cs)} cell{'' if len(cs) == 1 else 's'}"
+            f"{' ' + name if name else ''} (level: {level:+.2f}"
+        )
+        paired = [c.paired_lead() for c in cs]
+        if all(n >= 2 for _, _, n in paired):
+            error = math.sqrt(sum(std**2 / n for _, std, n in paired)) / len(cs)
+            part += f"; from level: {lead - level:+.2f} ± {error:.2f}"
+        parts.append(part + ")")
     return (
         "- Mean lead: "
         + "; ".join(parts)

@@ -260,8 +260,16 @@ def test_lead_if_level_and_the_mean_lead_line_by_regime():
     assert pre.pooled_std == pytest.approx((0.1) ** 0.5)
     assert pre.lead_if_level() == 0.0
     line = goal_check.mean_lead_line([scratch, pre])
-    # Leads: scratch 88.2 - 88.3 = -0.10; pretrained 90.2 - 89.4 = +0.80.
+    # Leads: scratch 88.2 - 88.3 = -0.10, every seed -0.1 (standard error 0); pretrained
+    # 90.2 - 89.4 = +0.80, per seed +1.0 / +0.8 / +0.6 (std 0.2, standard error 0.2 / sqrt(3)).
     assert line.startswith(
-        "- Mean lead: -0.10 over 1 cell scratch (level: -0.07); +0.80 over 1 cell pretrained "
-        "(level: +0.00); -0.10 over 1 cell at 98% or more (level: -0.07)."
+        "- Mean lead: -0.10 over 1 cell scratch (level: -0.07; from level: -0.03 ± 0.00); "
+        "+0.80 over 1 cell pretrained (level: +0.00; from level: +0.80 ± 0.12); "
+        "-0.10 over 1 cell at 98% or more (level: -0.07; from level: -0.03 ± 0.00)."
+    )
+    # Two cells: the standard errors combine as sqrt(0 + 0.2^2 / 3) / 2 = 0.058.
+    both = dict(scratch._asdict(), regime="")
+    line = goal_check.mean_lead_line([goal_check.Cell(**both), pre._replace(regime="")])
+    assert line.startswith(
+        "- Mean lead: +0.35 over 2 cells (level: -0.03; from level: +0.38 ± 0.06)"
     )
