@@ -58,6 +58,18 @@ def test_verdicts_compare_the_same_seeds_in_records_and_reruns():
     assert "| x | 10 | 98% | magnitude -0.20 ± 0.14 (2) | magnitude +0.20 ± 0.14 (2) first |" in (
         lines
     )
+    # Three seeds, differences +0.5 / +0.6 / +0.55 (standard error 0.029): first and clear.
+    clear = [
+        (_row(m, s, 88.0 + d), _row(m, s, 88.0 + d))
+        for s, d in enumerate((0.5, 0.6, 0.55))
+        for m in ("optg",)
+    ]
+    clear += [(_row("taylor", s, 88.0), _row("taylor", s, 88.0)) for s in range(3)]
+    lines = rerun_check.tables([(rerun_check.RerunSet("y", "r", "s"), clear)])
+    assert (
+        "| y | 10 | 98% | taylor +0.55 ± 0.05 (3) first clear | taylor +0.55 ± 0.05 (3) "
+        "first clear |" in lines
+    )
 
 
 def test_every_committed_rerun_repeats_a_record_and_says_where_it_ran():
