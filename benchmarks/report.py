@@ -245,6 +245,9 @@ def epoch_progress(
     def report(epoch: int, loss, opt_state: Any = None) -> None:
         if epoch not in shown:
             return
+        # Reading the loss waits for the epoch's computation (JAX dispatches asynchronously),
+        # so the clock is read after it.
+        loss = float(loss)
         now = clock()
         if now - last_line[0] < min_interval_s:
             return
@@ -255,7 +258,7 @@ def epoch_progress(
         if opt_state is not None:
             removed = f", {100 * optg_jax.sparsity_summary(opt_state)['global']:.1f}% removed"
         write(
-            f"  {label}: epoch {epoch}/{epochs}, train loss {float(loss):.4f}{removed}, "
+            f"  {label}: epoch {epoch}/{epochs}, train loss {loss:.4f}{removed}, "
             f"{elapsed:.0f} s (about {left:.0f} s left)"
         )
 

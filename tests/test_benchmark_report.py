@@ -249,3 +249,18 @@ def test_run_host_names_the_cpu_the_usable_threads_and_jax(monkeypatch):
     monkeypatch.setattr(report, "cpu_name", lambda: "Test CPU")
     monkeypatch.setattr(report.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert report.run_host() == f"Test CPU, 3 threads, jax {jax.__version__}"
+
+
+def test_epoch_progress_times_the_epoch_after_its_loss_is_ready():
+    """A device loss is a promise: reading it waits for the epoch, and the time counts that."""
+    now = [0.0]
+
+    class PendingLoss:
+        def __float__(self):
+            now[0] += 50.0  # the epoch's computation finishes while the value is read
+            return 0.75
+
+    lines = []
+    report_epoch = report.epoch_progress("r", 2, clock=lambda: now[0], write=lines.append)
+    report_epoch(1, PendingLoss())
+    assert lines == ["  r: epoch 1/2, train loss 0.7500, 50 s (about 50 s left)"]
