@@ -83,6 +83,11 @@ RERUNS = (
         "reruns/accuracy_vs_sparsity_4ep_90_1thread.csv",
     ),
     RerunSet(
+        "vit_tiny loop, 2 epochs, 98%, OptG and Taylor, 5 seeds; 1 thread, against the records",
+        "user_loop_vit_tiny.jsonl",
+        "reruns/user_loop_vit_tiny_2ep_98_1thread.jsonl",
+    ),
+    RerunSet(
         "fine-tuned fmnist_cnn, 98% (OptG and Taylor, 5 seeds; GMP and supermask, seed 0), "
         "OptG at 90/95% (seeds 0-2); 2 threads, this host",
         "finetune_fmnist_cnn.jsonl",
