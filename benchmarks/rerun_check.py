@@ -106,6 +106,12 @@ RERUNS = (
         "reruns/finetune_fmnist_cnn_98_1thread.jsonl",
     ),
     RerunSet(
+        "fine-tuned vit_tiny_p7, 90/95%, OptG and supermask, 5 seeds; 1 thread, against the "
+        "records",
+        "finetune_vit_tiny_p7.jsonl",
+        "reruns/finetune_vit_tiny_p7_90_95_1thread.jsonl",
+    ),
+    RerunSet(
         "fine-tuned vit_tiny_p7, 98%, OptG, supermask and Taylor, seed 0; 2 threads, this host",
         "finetune_vit_tiny_p7.jsonl",
         "reruns/finetune_vit_tiny_p7_98_seed0.jsonl",
