@@ -6,7 +6,9 @@ OptG with the library's defaults, the best of the library's other sparse criteri
 defaults (`magnitude` = GMP with the cubic ramp, `taylor`, `supermask`, those a benchmark ran),
 OptG's lead over it, whether OptG is within one std of it (the larger of the two stds) and
 whether it is first, and the lead paired by seed (mean and std of the per-seed differences over
-the seeds both ran). The table goes to `benchmarks/results/goal_check.md` and its section of
+the seeds both ran). Under the table: the goal's two counts, the mean lead of each regime beside
+what a criterion exactly level with its rivals would average (`Cell.lead_if_level`), and the
+clear leads either way. The table goes to `benchmarks/results/goal_check.md` and its section of
 BENCHMARKS.md, with the hand-written notes of `goal_check_notes.md`.
 
   .venv/bin/python -m benchmarks.goal_check
@@ -304,8 +306,8 @@ def mean_lead_line(all_cells: list[Cell], high_sparsity: float = HIGH_SPARSITY) 
     what a criterion exactly level with its rivals would average there (`Cell.lead_if_level`)
     and, where every cell has 2+ paired seeds, the distance from that with its standard error
     (the cells' paired standard errors combined: `sqrt(sum(std_i^2 / n_i)) / cells`)."""
-    groups = [(c.regime, [d for d in all_cells if d.regime == c.regime]) for c in all_cells]
-    groups = list(dict(groups).items())
+    regimes = dict.fromkeys(c.regime for c in all_cells)  # in order of first appearance
+    groups = [(r, [c for c in all_cells if c.regime == r]) for r in regimes]
     high = [c for c in all_cells if c.sparsity >= high_sparsity - 1e-9]
     groups.append((f"at {100 * high_sparsity:g}% or more", high))
     parts = []

@@ -221,10 +221,10 @@ def epoch_progress(
     """A progress callback for a run of `epochs` epochs (the clock starts now).
 
     The callback, `report(epoch, loss, opt_state=None)`, is called after every epoch (1-based)
-    with the epoch's mean training loss (a float or a device scalar, read only when a line is
-    written) and, for a sparse run, the optimizer state holding the `optg_optax` state. After an
-    epoch `progress_epochs` picks, once `min_interval_s` have passed since the last line (or the
-    start), it writes one line, e.g.
+    with the epoch's mean training loss (a float or a device scalar, read only after the epochs
+    `progress_epochs` picks) and, for a sparse run, the optimizer state holding the `optg_optax`
+    state. After an epoch `progress_epochs` picks, once `min_interval_s` have passed since the
+    last line (or the start), it writes one line, e.g.
     `  optg 98% seed 0: epoch 3/10, train loss 0.4123, 97.2% removed, 36 s (about 84 s left)`:
     a run of minutes shows where it is, a run of seconds stays quiet. The time left assumes the
     epochs still to come take as long as the mean so far (the first one includes compilation,
@@ -272,7 +272,7 @@ def code_version() -> str:
     Other developers commit to the same tree while a benchmark runs; each record says which code
     trained it (each invocation imports the library once). A run reproduces bit for bit only with
     the same code, CPU and thread count: XLA's CPU kernels sum in an order that depends on the
-    threads (`BENCHMARKS.md`, *The default OptG against the best other method*).
+    threads (`BENCHMARKS.md`, *Reruns*).
     """
     package = os.path.join(ROOT, "optg_jax")
     digest = hashlib.sha1()
@@ -303,7 +303,7 @@ def run_host() -> str:
 
     With `code_version`, what a record needs to be reproduced bit for bit: on another CPU or
     thread count the same code and seed give runs that differ by about as much as two seeds do
-    (`BENCHMARKS.md`, *The default OptG against the best other method*).
+    (`BENCHMARKS.md`, *Reruns*).
     """
     try:
         threads = len(os.sched_getaffinity(0))
