@@ -48,14 +48,13 @@ from benchmarks import user_loop
 from benchmarks.report import (
     ROOT,
     add_run_grid_args,
-    code_version,
     epoch_progress,
     group_series,
     image_line,
     plot_panels,
+    provenance,
     publish_section,
     read_rows,
-    run_host,
 )
 from optg_jax.train import models
 
@@ -196,14 +195,15 @@ class Loop:
         steps = len(y) // self.batch
         for e in range(epochs):
             order = rng.permutation(len(y))[: steps * self.batch].reshape(steps, self.batch)
-            loss_sum = 0.0
+            losses = []
             for idx in order:
                 params, batch_stats, opt_state, loss = self.step(
                     params, batch_stats, opt_state, jnp.asarray(idx), xd, yd
                 )
-                loss_sum = loss_sum + loss
+                losses.append(loss)
             if progress is not None:
-                progress(e + 1, loss_sum / steps, opt_state if self.sparse else None)
+                mean_loss = jnp.mean(jnp.stack(losses))
+                progress(e + 1, mean_loss, opt_state if self.sparse else None)
         return params, batch_stats, opt_state
 
     def top1(self, params, batch_stats, x, y) -> float:
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods
     ]
     todo = list(dict.fromkeys(t for t in todo if (*t, split) not in done))
-    code, host = code_version(), run_host()  # the library as imported now, and where
+    where = provenance()  # the library as imported now, and the host
     print(f"{len(todo)} runs to train; results in {out}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     for i, (method, sparsity, seed) in enumerate(todo, start=1):
@@ -373,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             split=split,
             time_s=round(time.time() - t0, 1),
-            code=code,
-            host=host,
+            **where,
             **result,
         )
         with open(out, "a", encoding="utf-8") as f:

@@ -40,15 +40,14 @@ from benchmarks import finetune, user_loop
 from benchmarks.report import (
     add_run_grid_args,
     cell_stats,
-    code_version,
     epoch_progress,
     group_series,
     image_line,
     mean_std_cell,
     plot_panels,
+    provenance,
     publish_section,
     read_rows,
-    run_host,
 )
 from optg_jax import nm
 from optg_jax.train import models
@@ -288,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods
         if (model_name, method, pattern, seed, split) not in done
     ]
-    code, host = code_version(), run_host()  # the library as imported now, and where
+    where = provenance()  # the library as imported now, and the host
     print(f"{len(todo)} runs to train; results in {out}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     for i, (model_name, method, pattern, seed) in enumerate(todo, start=1):
@@ -306,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             split=split,
             epochs=MODELS[model_name].epochs,
             time_s=round(time.time() - t0, 1),
-            code=code,
-            host=host,
+            **where,
             **result,
         )
         with open(out, "a", encoding="utf-8") as f:

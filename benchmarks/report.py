@@ -238,20 +238,20 @@ def epoch_progress(
       clock: seconds, monotonic.
       write: takes each line.
     """
-    start = clock()
-    last_line = [start]
+    start = last_line = clock()
     shown = progress_epochs(epochs, lines)
 
     def report(epoch: int, loss, opt_state: Any = None) -> None:
+        nonlocal last_line
         if epoch not in shown:
             return
         # Reading the loss waits for the epoch's computation (JAX dispatches asynchronously),
         # so the clock is read after it.
         loss = float(loss)
         now = clock()
-        if now - last_line[0] < min_interval_s:
+        if now - last_line < min_interval_s:
             return
-        last_line[0] = now
+        last_line = now
         elapsed = now - start
         left = elapsed / epoch * (epochs - epoch)
         removed = ""
@@ -310,6 +310,12 @@ def run_host() -> str:
     except AttributeError:  # not on Linux
         threads = os.cpu_count() or 1
     return f"{cpu_name()}, {threads} threads, jax {jax.__version__}"
+
+
+def provenance() -> dict:
+    """`{'code': code_version(), 'host': run_host()}`: the fields every benchmark record
+    carries so that a rerun can tell whether it should equal the record bit for bit."""
+    return {"code": code_version(), "host": run_host()}
 
 
 def cpu_name() -> str:

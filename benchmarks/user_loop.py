@@ -50,12 +50,11 @@ import optg_jax
 from benchmarks.report import (
     add_run_grid_args,
     cell_stats,
-    code_version,
     epoch_progress,
     mean_std_cell,
+    provenance,
     publish_section,
     read_rows,
-    run_host,
 )
 from optg_jax import masking
 from optg_jax.train import models
@@ -410,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods
     ]
     todo = list(dict.fromkeys(t for t in todo if (*t, split) not in done))
-    code, host = code_version(), run_host()  # the library as imported now, and where
+    where = provenance()  # the library as imported now, and the host
     print(f"{len(todo)} runs to train; results in {args.out}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for i, (method, sparsity, epochs, seed) in enumerate(todo, start=1):
@@ -425,8 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             split=split,
             time_s=round(time.time() - t0, 1),
-            code=code,
-            host=host,
+            **where,
             **result,
         )
         with open(args.out, "a", encoding="utf-8") as f:
