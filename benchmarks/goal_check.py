@@ -223,7 +223,11 @@ def firsts_if_level(high_cells: list[Cell]) -> tuple[float, float]:
       The expected count, and the probability that the count is at least half of the cells
       (`ceil(n / 2)`); `(0.0, 1.0)` for no cells.
     """
-    chances = [1.0 / (c.rivals + 1) for c in high_cells]
+    return _firsts([1.0 / (c.rivals + 1) for c in high_cells])
+
+
+def _firsts(chances: list[float]) -> tuple[float, float]:
+    """The expected count of independent draws with these chances, and P(count >= half)."""
     # distribution[k]: probability of k firsts among the cells seen so far; a cell keeps the
     # count with probability 1 - p and raises it by one with probability p.
     distribution = [1.0]
@@ -231,8 +235,48 @@ def firsts_if_level(high_cells: list[Cell]) -> tuple[float, float]:
         distribution = [
             stay * (1 - p) + up * p for stay, up in zip(distribution + [0.0], [0.0] + distribution)
         ]
-    half = math.ceil(len(high_cells) / 2)
+    half = math.ceil(len(chances) / 2)
     return sum(chances), sum(distribution[half:])
+
+
+def chance_of_first(cell: Cell, lead: float) -> float:
+    """The probability that the candidate's mean is the cell's highest if it truly led each rival
+    by `lead` points.
+
+    Every method's mean is drawn with the standard error `se` of `Cell.lead_if_level` (the
+    pooled std over the square root of the candidate's seeds): the candidate's around `lead`,
+    the `k` rivals' around 0. Then `P(first) = E[Phi(Z + lead / se)^k]` over a standard normal
+    `Z` (trapezoid rule on [-10, 10], step 0.01): `1 / (k + 1)` at `lead = 0`,
+    `Phi(lead / (se sqrt(2)))` for one rival.
+    """
+    k = cell.rivals
+    se = cell.pooled_std / math.sqrt(max(1, len(cell.candidate.by_seed)))
+    if se == 0.0:
+        return 1.0 if lead > 0 else (1.0 / (k + 1) if lead == 0 else 0.0)
+    shift, step, total = lead / se, 0.01, 0.0
+    for i in range(-1000, 1001):
+        z = i * step
+        density = math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        below = 0.5 * (1.0 + math.erf((z + shift) / math.sqrt(2)))
+        total += (0.5 if abs(i) == 1000 else 1.0) * density * below**k
+    return total * step
+
+
+def lead_for_even_odds(high_cells: list[Cell], odds: float = 0.5) -> float:
+    """The lead (points) over every rival, the same in every cell, with which the candidate would
+    be first in at least half of `high_cells` with probability `odds` (`chance_of_first` per
+    cell; bisection to 0.001 points). 0 when parity already gives those odds.
+    """
+    if not high_cells or firsts_if_level(high_cells)[1] >= odds:
+        return 0.0
+    lo, hi = 0.0, 10.0
+    while hi - lo > 1e-3:
+        mid = 0.5 * (lo + hi)
+        if _firsts([chance_of_first(c, mid) for c in high_cells])[1] >= odds:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def table(all_cells: list[Cell], label: str = "OptG (defaults)") -> list[str]:
@@ -270,7 +314,10 @@ def summary(all_cells: list[Cell], high_sparsity: float = HIGH_SPARSITY) -> list
         first_line += (
             f" A criterion exactly level with the others in every one of these cells would be "
             f"first in {expected:.2f} of them on average, and in at least half with probability "
-            f"{at_least_half:.3f} (`firsts_if_level`)."
+            f"{at_least_half:.3f} (`firsts_if_level`). To be first in at least half with even "
+            f"odds it would have to lead every rival by {lead_for_even_odds(high):.2f} points in "
+            f"every cell ({lead_for_even_odds(high, 0.8):.2f} for odds of 0.8; "
+            "`lead_for_even_odds`)."
         )
     lines = [
         f"- Within one std of the best other method: **{len(within)} of {len(all_cells)}** cells.",

@@ -1,6 +1,8 @@
 """benchmarks/goal_check.py: the default OptG against the best other method, hand-computed."""
 
 import json
+import math
+import statistics
 
 import pytest
 
@@ -220,9 +222,55 @@ def test_firsts_if_level_is_the_count_of_independent_draws():
     assert goal_check.firsts_if_level([]) == (0.0, 1.0)
     # The summary's "first" line says it for the high cells.
     line = goal_check.summary([cell(1), cell(1), cell(3)])[1]
-    assert line.endswith(
-        "first in 1.25 of them on average, and in at least half with probability 0.375 (`firsts_if_level`)."
-    )
+    assert (
+        "first in 1.25 of them on average, and in at least half with probability 0.375 "
+        "(`firsts_if_level`). To be first in at least half with even odds it would have to lead "
+        "every rival by 0.00 points in every cell (0.00 for odds of 0.8; `lead_for_even_odds`)."
+    ) in line
+
+
+def _spread_cell(rivals, pooled_std, seeds=4):
+    stats = goal_check.Stats("optg", 88.0, pooled_std, dict.fromkeys(range(seeds), 88.0))
+    return goal_check.Cell("b", 4, 0.98, stats, stats._replace(method="taylor"), rivals, pooled_std)
+
+
+def test_chance_of_first_matches_the_closed_forms():
+    # Level: every order of the k + 1 means equally likely, first with probability 1 / (k + 1).
+    for k in (1, 2, 3, 5):
+        assert goal_check.chance_of_first(_spread_cell(k, 0.2), 0.0) == pytest.approx(
+            1 / (k + 1), abs=1e-9
+        )
+    # One rival, standard error 0.2 / sqrt(4) = 0.1: the difference of the two means has std
+    # 0.1 * sqrt(2), so P(first) = Phi(lead / (0.1 sqrt(2))); Phi(1) = 0.8413447 at 0.1414.
+    one = _spread_cell(1, 0.2)
+    assert goal_check.chance_of_first(one, 0.1 * 2**0.5) == pytest.approx(0.8413447, abs=1e-7)
+    assert goal_check.chance_of_first(one, -0.1 * 2**0.5) == pytest.approx(0.1586553, abs=1e-7)
+    # No spread: a lead decides; a tie gives 1 / (k + 1).
+    assert goal_check.chance_of_first(_spread_cell(2, 0.0), 0.01) == 1.0
+    assert goal_check.chance_of_first(_spread_cell(2, 0.0), 0.0) == pytest.approx(1 / 3)
+
+
+def test_lead_for_even_odds_inverts_the_binomial():
+    # Five cells with one rival: at least 3 firsts of 5. Parity gives exactly 1/2, so no lead is
+    # needed for even odds; for odds of 0.8 each cell needs p with P(Bin(5, p) >= 3) = 0.8,
+    # then lead = se sqrt(2) Phi^-1(p) with se = 0.3 / sqrt(4) = 0.15.
+    cells = [_spread_cell(1, 0.3)] * 5
+
+    def at_least_3(p):
+        return sum(math.comb(5, j) * p**j * (1 - p) ** (5 - j) for j in (3, 4, 5))
+
+    lo, hi = 0.5, 1.0
+    for _ in range(60):
+        lo, hi = ((lo + hi) / 2, hi) if at_least_3((lo + hi) / 2) < 0.8 else (lo, (lo + hi) / 2)
+    expected = 0.15 * 2**0.5 * statistics.NormalDist().inv_cdf(hi)
+    assert goal_check.lead_for_even_odds(cells) == 0.0
+    assert goal_check.lead_for_even_odds(cells, 0.8) == pytest.approx(expected, abs=2e-3)
+    assert goal_check.lead_for_even_odds([]) == 0.0
+    # Three rivals in four cells: parity gives P(>= 2 of 4) = 1 - (3/4)^4 - 4 (1/4)(3/4)^3 < 1/2,
+    # so a lead is needed, and a larger spread needs a larger one.
+    small, large = (goal_check.lead_for_even_odds([_spread_cell(3, s)] * 4) for s in (0.1, 0.4))
+    assert 0 < small < large
+    assert large == pytest.approx(4 * small, abs=4e-3)  # the lead scales with the spread
 
 
 def test_expected_max_of_normals_matches_the_closed_forms():
