@@ -13,7 +13,8 @@ Models (`MODELS`): `fmnist_cnn` (two conv layers with BatchNorm, two dense layer
 batch 128 measured side by side on 2 cores, so that 3 seeds of every method fit) and `mlp`
 (LeNet-300-100, no normalisation). Pretraining
 is SGD with momentum and a cosine lr; one pretrained network per seed, cached under
-`runs/finetune_pretrained/` (not committed). Fine-tuning is AdamW with a cosine lr after a short
+`runs/finetune_pretrained/` (not committed; each record names its network by `source_digest`,
+see `tree_digest`). Fine-tuning is AdamW with a cosine lr after a short
 warm-up, the same for every method; the classifier is re-initialised from the seed.
 
   python -m benchmarks.finetune --model fmnist_cnn --sparsities 0.9 0.95 0.98 --seeds 0 1 2
@@ -30,6 +31,7 @@ section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -276,6 +278,19 @@ def pretrained(model_name: str, seed: int, arrays, validation: int) -> tuple[Any
     return params, batch_stats, top1
 
 
+def tree_digest(tree: Any) -> str:
+    """The first 8 hex digits of the SHA-1 of a pytree's leaves (dtype, shape and bytes, in leaf
+    order): which pretrained network a fine-tuning record started from. The cache is not
+    committed, and a network pretrained again on another host differs (`BENCHMARKS.md`,
+    *Reruns*), so two records are comparable bit for bit only with the same digest."""
+    digest = hashlib.sha1()
+    for leaf in jax.tree.leaves(tree):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()[:8]
+
+
 def finetune(
     model_name: str,
     kwargs: dict | None,
@@ -298,10 +313,12 @@ def finetune(
       progress: called after each fine-tuning epoch (`Loop.train`); None: silent.
 
     Returns:
-      `{'top1', 'source_top1', 'sparsity', 'layers'}` (percent; removed fractions).
+      `{'top1', 'source_top1', 'source_digest', 'sparsity', 'layers'}` (percent; removed
+      fractions; `tree_digest` of the pretrained network).
     """
     setting = MODELS[model_name]
     params, batch_stats, source_top1 = pretrained(model_name, seed, arrays, validation)
+    source_digest = tree_digest((params, batch_stats))
     model = setting.build()
     fresh, _ = init_variables(model, seed + 1000, setting.image_size)
     params = {**params, setting.head: fresh[setting.head]}
@@ -321,6 +338,7 @@ def finetune(
     return {
         "top1": loop.top1(final, batch_stats, xe, ye),
         "source_top1": source_top1,
+        "source_digest": source_digest,
         "sparsity": summary["global"],
         "layers": {k.rsplit("/", 1)[0]: round(v, 4) for k, v in summary["layers"].items()},
     }

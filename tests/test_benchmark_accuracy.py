@@ -350,3 +350,33 @@ def test_command_line_rejects_a_bad_method_or_rename(tmp_path, capsys):
             cli.main(["--report-only", f"--workdir-root={tmp_path}", *args])
         assert exit_info.value.code == 2 and says in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+def test_a_grid_row_records_its_code_and_host_and_the_csv_keeps_them(tmp_path):
+    from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+
+    from benchmarks import report as common  # pylint: disable=import-outside-toplevel
+
+    results = {
+        "top1": 0.875,
+        "top5": 0.99,
+        "sparsity": 0.98,
+        "macs": 10,
+        "dense_macs": 100,
+        "wall_time_s": 1.5,
+        "train_time_s": 1.0,
+        "steps": 20,
+    }
+    config = SimpleNamespace(
+        model="fmnist_cnn", dataset="fashion_mnist", image_size=14, batch_size=8
+    )
+    row = runs.row_from_results(runs.Spec("optg", 0.98, 3, 4), results, config)
+    assert row["code"] == common.code_version()
+    assert row["host"] == common.run_host()
+    assert ", " in row["host"] and "threads" in row["host"]  # commas the CSV must quote
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n")
+    report.write_report([*_fake_rows(), row], [4], "HEADER", str(tmp_path), str(md))
+    with open(tmp_path / "accuracy_vs_sparsity.csv", newline="") as f:
+        (back,) = [r for r in csv.DictReader(f) if r["seed"] == "3"]
+    assert (back["method"], back["top1"], back["host"]) == ("optg", "0.875", common.run_host())

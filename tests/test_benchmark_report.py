@@ -264,3 +264,45 @@ def test_epoch_progress_times_the_epoch_after_its_loss_is_ready():
     report_epoch = report.epoch_progress("r", 2, clock=lambda: now[0], write=lines.append)
     report_epoch(1, PendingLoss())
     assert lines == ["  r: epoch 1/2, train loss 0.7500, 50 s (about 50 s left)"]
+
+
+def test_a_finetune_record_names_its_pretrained_network_by_digest(tmp_path, monkeypatch):
+    import hashlib
+
+    import flax.linen as nn
+    import numpy as np
+
+    from benchmarks import finetune
+
+    # By hand: SHA-1 over each leaf's dtype string and shape, then its bytes, in leaf order.
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((2,), np.int32)
+    sha = hashlib.sha1()
+    for leaf in (a, b):
+        sha.update(f"{leaf.dtype.str}{leaf.shape}".encode())
+        sha.update(leaf.tobytes())
+    assert finetune.tree_digest({"a": a, "b": b}) == sha.hexdigest()[:8]
+    changed = a.copy()
+    changed[1, 2] = np.nextafter(changed[1, 2], np.float32(9))  # one ulp
+    assert finetune.tree_digest({"a": changed, "b": b}) != finetune.tree_digest({"a": a, "b": b})
+    assert finetune.tree_digest({"a": a.reshape(3, 2), "b": b}) != sha.hexdigest()[:8]
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.Dense(4, name="body")(x.reshape(x.shape[0], -1))
+            return nn.Dense(10, name="head")(x)
+
+    monkeypatch.setattr(finetune, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(
+        finetune.MODELS, "tiny", finetune.Setting(Net, "head", 1, 0.01, 1, 1e-3, 0.0, 8)
+    )
+    rng = np.random.default_rng(0)
+    x, xe = rng.random((32, 28, 28, 1), np.float32), rng.random((16, 28, 28, 1), np.float32)
+    arrays = (x, np.arange(32) % 10, xe, np.arange(16) % 10)
+    record = finetune.finetune("tiny", {}, 0.5, 0, arrays, 0)
+    params, batch_stats, _ = finetune.pretrained("tiny", 0, arrays, 0)  # from the cache now
+    assert record["source_digest"] == finetune.tree_digest((params, batch_stats))
+    assert (
+        finetune.finetune("tiny", None, 0.0, 0, arrays, 0)["source_digest"]
+        == (record["source_digest"])
+    )

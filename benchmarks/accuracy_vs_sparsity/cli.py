@@ -25,7 +25,6 @@ from benchmarks.accuracy_vs_sparsity.runs import (
     QUICK_SPARSITIES,
     SPARSITIES,
     budget_specs,
-    code_version,
     grid_specs,
     import_csv,
     protocol_tag,
@@ -34,7 +33,7 @@ from benchmarks.accuracy_vs_sparsity.runs import (
     shared_config,
     shared_window,
 )
-from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT
+from benchmarks.report import BENCHMARKS_MD, RESULTS_DIR, ROOT, code_version
 
 DESCRIPTION = "Top-1 against sparsity for OptG and its baselines, every method under one protocol."
 

@@ -54,6 +54,7 @@ CSV_FIELDS = (
     "image_size",
     "batch_size",
     "code",
+    "host",
 )
 
 

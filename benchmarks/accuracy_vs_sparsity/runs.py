@@ -17,7 +17,7 @@ import time
 from typing import Callable, Iterable, NamedTuple
 
 from benchmarks.accuracy_vs_sparsity.methods import METHODS, PAPER_OPTG, parse_method
-from benchmarks.report import code_version
+from benchmarks.report import provenance
 from optg_jax.train import config as config_lib
 from optg_jax.train import files
 
@@ -211,7 +211,7 @@ def row_from_results(spec: Spec, results: dict, config) -> dict:
         "dataset": config.dataset,
         "image_size": config.image_size,
         "batch_size": config.batch_size,
-        "code": code_version(),
+        **provenance(),  # code and host: what a bit-for-bit rerun needs
     }
 
 
