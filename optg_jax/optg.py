@@ -321,6 +321,12 @@ def _is_none(x) -> bool:
     return x is None
 
 
+def _not_masked(x) -> bool:
+    """A mask tree's mark for a leaf left dense: `None`, or `optax.MaskedNode` where `optax.masked`
+    or `optax.multi_transform` gave the leaf to another part of the optimizer."""
+    return x is None or isinstance(x, optax.MaskedNode)
+
+
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -505,17 +511,32 @@ def _number_in(lo: float, hi: float, hi_open: bool = False):
     return check
 
 
+def _learning_rate_ok(value) -> bool:
+    """A schedule, a non-negative number, or a real scalar array (`optax.inject_hyperparams`
+    passes the learning rate as one, traced inside `update`: only a concrete one is checked for
+    its sign)."""
+    if callable(value):
+        return True
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        dtype = np.dtype(value.dtype)
+        if np.ndim(value) != 0 or not (
+            np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+        ):
+            return False
+        try:
+            value = float(value)
+        except jax.errors.ConcretizationTypeError:  # a tracer: its value is known only at run time
+            return True
+    return _number_in(0.0, math.inf)(value)
+
+
 # (field, test on the value, what the value must be): one row per plain check.
 _FIELD_CHECKS = (
     ("target_sparsity", _number_in(0.0, 1.0, hi_open=True), "a number in [0, 1)"),
     ("total_steps", _positive_int, "a positive integer"),
     ("mask_update_every", _positive_int, "a positive integer"),
     ("steps_per_epoch", _positive_int, "a positive integer"),
-    (
-        "learning_rate",
-        lambda v: callable(v) or _number_in(0.0, math.inf)(v),
-        "a non-negative number or a schedule",
-    ),
+    ("learning_rate", _learning_rate_ok, "a non-negative number or a schedule"),
     (
         "criterion",
         lambda v: isinstance(v, Criterion) or v in CRITERIA,
@@ -1001,8 +1022,9 @@ def optg_optax(
     Args:
       target_sparsity: final fraction `P` of masked weights removed, in [0, 1).
       total_steps: number of updates in the whole run (> 0).
-      learning_rate: the weights' learning rate, a float or an optax schedule. The scores of
-        `optg` use `learning_rate(t) * p(t) / P`, of `supermask` `learning_rate(t)`.
+      learning_rate: the weights' learning rate, a float or an optax schedule (or a scalar array,
+        as `optax.inject_hyperparams` passes it). The scores of `optg` use
+        `learning_rate(t) * p(t) / P`, of `supermask` `learning_rate(t)`.
       criterion: `"optg"`, `"supermask"`, `"taylor"` or `"magnitude"` (see the module
         docstring), or a `Criterion` record for a criterion of your own.
       schedule: `"cubic"` (Zhu & Gupta), `"sigmoid"` (the paper's, normalised to reach `P`
@@ -1115,7 +1137,9 @@ def get_masks(state: Any) -> Any:
       state: any optimizer state holding one `OptGState`.
 
     Returns:
-      A pytree like the params: `mask_dtype` arrays (1 = kept) on masked leaves, `None` elsewhere.
+      A pytree like the params: `mask_dtype` arrays (1 = kept) on masked leaves, `None` elsewhere
+      (`optax.MaskedNode` on the leaves that `optax.masked` or `optax.multi_transform` gave to
+      another part of the optimizer).
     """
     return get_optg_state(state).masks
 
@@ -1126,7 +1150,8 @@ def apply_masks(params: Any, state: Any) -> Any:
     Args:
       params: the dense weights, a pytree.
       state: the `OptGState`, a mask pytree like `params` (`None` on unmasked leaves), or any
-        optimizer state holding an `OptGState`.
+        optimizer state holding an `OptGState`, also inside `optax.masked` or
+        `optax.multi_transform` (their other leaves are left as they are).
 
     Returns:
       A pytree like `params`, each masked leaf multiplied by its mask (in the leaf's dtype).
@@ -1139,7 +1164,10 @@ def apply_masks(params: Any, state: Any) -> Any:
         except ValueError:
             masks = state  # a mask pytree itself
     return jax.tree.map(
-        lambda w, m: w if m is None else w * m.astype(w.dtype), params, masks, is_leaf=_is_none
+        lambda w, m: w if _not_masked(m) else w * m.astype(w.dtype),
+        params,
+        masks,
+        is_leaf=_not_masked,
     )
 
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import optg_jax
-from optg_jax import schedules
+from optg_jax import optg, schedules
 from optg_jax.masking import rank_at_least_2
 
 
@@ -567,3 +567,129 @@ def test_score_start_adds_to_a_criterions_own_start():
 def test_score_start_bad_values_raise_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         optg_jax.optg_optax(0.5, 10, 0.1, **kwargs)
+
+
+def _train_toy(tx, steps):
+    params, state = toy_params(), tx.init(toy_params())
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(toy_loss)(optg_jax.apply_masks(params, state))
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state
+
+
+def test_learning_rate_injected_by_inject_hyperparams_is_the_same_as_a_float():
+    # optax.inject_hyperparams rebuilds the chain inside the jitted update with the learning
+    # rate as a traced float32 scalar: OptG takes it like the float.
+    def chain(learning_rate):
+        return optax.chain(
+            optg_jax.optg_optax(0.5, 8, learning_rate, mask_update_every=2),
+            optax.sgd(learning_rate),
+        )
+
+    plain_params, plain = _train_toy(chain(0.1), 6)
+    injected = optax.inject_hyperparams(chain)(learning_rate=0.1)
+    params, state = _train_toy(injected, 6)
+    inner = optg_jax.get_optg_state(state)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(inner.scores), jax.tree.leaves(plain[0].scores)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert jax.tree.leaves(inner.masks) == [] or all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(inner.masks), jax.tree.leaves(plain[0].masks))
+    )
+    # A learning rate changed in the state reaches the scores: lr(t) * p(t) / P at the update
+    # with count 6 (cubic ramp over the first 2/3 of 8 steps, i.e. 5 steps: p(6) = P).
+    state.hyperparams["learning_rate"] = jnp.asarray(0.03, jnp.float32)
+    tx = optax.inject_hyperparams(chain)(learning_rate=0.1)
+    grads = jax.grad(toy_loss)(optg_jax.apply_masks(params, state))
+    _, state = jax.jit(tx.update)(grads, state, params)
+    assert float(optg_jax.get_optg_state(state).score_lr) == pytest.approx(0.03)
+
+
+@pytest.mark.parametrize(
+    "learning_rate, shown",
+    [
+        (np.float32(-0.1), "-0.1"),
+        (jnp.asarray(-0.5), "Array(-0.5"),
+        (jnp.asarray([0.1, 0.2]), "Array([0.1, 0.2]"),
+        (np.asarray(0.1 + 0.2j), "array(0.1+0.2j)"),
+        ("0.1", "'0.1'"),
+    ],
+)
+def test_bad_learning_rate_arrays_raise_naming_them(learning_rate, shown):
+    with pytest.raises(ValueError, match=re.escape("learning_rate must be a non-negative")) as e:
+        optg_jax.optg_optax(0.5, 10, learning_rate)
+    assert shown in str(e.value)
+
+
+def test_concrete_scalar_arrays_are_taken_as_learning_rates():
+    # Once the ramp has reached P the score lr is lr(t) * P / P = lr.
+    for lr in (np.float32(0.1), jnp.asarray(0.1), np.asarray(1), jnp.asarray(0, jnp.int32)):
+        optg_jax.optg_optax(0.5, 10, lr).init(toy_params())
+        settings = optg_jax.OptGSettings(0.5, 10, lr).resolved()
+        end = jnp.asarray(settings.pruning_end_step, jnp.int32)
+        assert float(optg.score_lr(settings, end)) == pytest.approx(float(lr))
+
+
+def test_optg_inside_optax_masked_and_multi_transform_prunes_its_part_only():
+    # Pruning one layer through optax's own partitioning gives what is_masked gives for it.
+    only_l1 = {"l1": {"kernel": True, "bias": False}, "l2": {"kernel": False, "bias": False}}
+    kwargs = dict(target_sparsity=0.5, total_steps=8, learning_rate=0.1, mask_update_every=2)
+
+    def is_l1_kernel(path, leaf):
+        return jax.tree_util.keystr(path) == "['l1']['kernel']"
+
+    reference = optax.chain(optg_jax.optg_optax(**kwargs, is_masked=is_l1_kernel), optax.sgd(0.1))
+    labels = jax.tree.map(lambda f: "pruned" if f else "dense", only_l1)
+    variants = {
+        "masked": optax.chain(optax.masked(optg_jax.optg_optax(**kwargs), only_l1), optax.sgd(0.1)),
+        "multi_transform": optax.multi_transform(
+            {
+                "pruned": optax.chain(optg_jax.optg_optax(**kwargs), optax.sgd(0.1)),
+                "dense": optax.sgd(0.1),
+            },
+            labels,
+        ),
+    }
+    ref_params, ref_state = _train_toy(reference, 8)
+    assert optg_jax.sparsity_summary(ref_state)["layers"] == {"l1/kernel": 0.5}
+    for name, tx in variants.items():
+        params, state = _train_toy(tx, 8)
+        masked = optg_jax.apply_masks(params, state)
+        for a, b in zip(
+            jax.tree.leaves(masked), jax.tree.leaves(optg_jax.apply_masks(ref_params, ref_state))
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(
+            optg_jax.get_masks(state)["l1"]["kernel"], optg_jax.get_masks(ref_state)["l1"]["kernel"]
+        )
+        assert optg_jax.sparsity_summary(state)["layers"] == {"l1/kernel": 0.5}, name
+        np.testing.assert_array_equal(masked["l2"]["kernel"], params["l2"]["kernel"])
+
+
+def test_optg_counts_optimizer_updates_inside_multisteps_and_apply_if_finite():
+    # MultiSteps(every 2) over 8 micro-steps on a fixed batch: the params do not move between
+    # the two micro-steps of an update, so the averaged gradient is the plain one and 4 plain
+    # updates give the same network; OptG counts the 4 updates.
+    kwargs = dict(target_sparsity=0.5, total_steps=4, learning_rate=0.1, mask_update_every=1)
+
+    def chain():
+        return optax.chain(optg_jax.optg_optax(**kwargs), optax.sgd(0.1))
+
+    plain_params, plain = _train_toy(chain(), 4)
+    for name, tx, steps in (
+        ("MultiSteps", optax.MultiSteps(chain(), every_k_schedule=2), 8),
+        ("apply_if_finite", optax.apply_if_finite(chain(), max_consecutive_errors=2), 4),
+    ):
+        params, state = _train_toy(tx, steps)
+        assert int(optg_jax.get_optg_state(state).count) == 4, name
+        assert optg_jax.sparsity_summary(state)["global"] == 0.5, name
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain_params)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=name)
