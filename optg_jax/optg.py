@@ -410,6 +410,7 @@ class OptGSettings:
         Raises:
           ValueError: a field outside its range; the message names the field and the value.
         """
+        self = _python_numbers(self)  # pylint: disable=self-cls-assignment
         rules = _recipe(self.recipe)
         start, end, total = self.pruning_start_step, self.pruning_end_step, self.total_steps
         if end is None and _is_int(total) and _is_int(start):
@@ -492,6 +493,19 @@ class OptGSettings:
                 value = getattr(value, "__name__", type(value).__name__)
             out[field.name] = value
         return out
+
+
+def _python_numbers(settings: OptGSettings) -> OptGSettings:
+    """The record with NumPy scalars as Python numbers: an integer as `int`, a float as the
+    shortest decimal that gives it back (`np.float32(0.9)` is 0.9, not 0.8999999761581421)."""
+    changes = {}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, np.integer):
+            changes[field.name] = int(value)
+        elif isinstance(value, np.floating):
+            changes[field.name] = float(str(value))
+    return dataclasses.replace(settings, **changes) if changes else settings
 
 
 def _pick(given, default):

@@ -693,3 +693,31 @@ def test_optg_counts_optimizer_updates_inside_multisteps_and_apply_if_finite():
         assert optg_jax.sparsity_summary(state)["global"] == 0.5, name
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain_params)):
             np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=name)
+
+
+def test_numpy_scalars_are_taken_as_the_numbers_they_print_as():
+    # np.float32(0.9) is 0.8999999761581421 as a double; the record keeps the 0.9 it prints as.
+    settings = optg_jax.OptGSettings(
+        np.float32(0.9), np.int64(20), np.float32(0.1), score_momentum=np.float32(0.95)
+    ).resolved()
+    assert (settings.target_sparsity, settings.total_steps, settings.score_momentum) == (
+        0.9,
+        20,
+        0.95,
+    )
+    assert type(settings.target_sparsity) is float and type(settings.total_steps) is int
+    kwargs = dict(mask_update_every=2, uncertainty_bonus=2.0)
+    numpy_kwargs = dict(mask_update_every=np.int32(2), uncertainty_bonus=np.float64(2.0))
+    _, plain = _train_toy(optax.chain(optg_jax.optg_optax(0.5, 8, 0.1, **kwargs)), 8)
+    _, numpy_state = _train_toy(
+        optax.chain(
+            optg_jax.optg_optax(np.float32(0.5), np.int64(8), np.float32(0.1), **numpy_kwargs)
+        ),
+        8,
+    )
+    for a, b in zip(jax.tree.leaves(plain[0]), jax.tree.leaves(numpy_state[0])):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(
+        ValueError, match=re.escape("target_sparsity must be a number in [0, 1), got 1.5")
+    ):
+        optg_jax.optg_optax(np.float32(1.5), 10, 0.1)
