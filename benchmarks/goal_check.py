@@ -9,7 +9,8 @@ whether it is first, and the lead paired by seed (mean and std of the per-seed d
 the seeds both ran). Under the table: the goal's two counts, the mean lead of each regime beside
 what a criterion exactly level with its rivals would average (`Cell.lead_if_level`), and the
 clear leads either way. The table goes to `benchmarks/results/goal_check.md` and its section of
-BENCHMARKS.md, with the hand-written notes of `goal_check_notes.md`.
+BENCHMARKS.md, with a plot of the paired leads (`goal_check.png`, `plot_leads`) and the
+hand-written notes of `goal_check_notes.md`.
 
   .venv/bin/python -m benchmarks.goal_check
 
@@ -380,6 +381,66 @@ def mean_lead_line(all_cells: list[Cell], high_sparsity: float = HIGH_SPARSITY) 
     )
 
 
+def short_name(benchmark: str) -> str:
+    """A benchmark's name for the plot, its regime left to the colour."""
+    for prefix, replacement in (
+        ("from scratch, ", ""),
+        ("fine-tuning a pretrained ", "fine-tuned "),
+    ):
+        if benchmark.startswith(prefix):
+            return replacement + benchmark[len(prefix) :]
+    return benchmark
+
+
+def forest_rows(all_cells: list[Cell]) -> list[tuple[str, str, float, float, float]]:
+    """Per cell, what the plot draws: `(label, regime, paired lead, half-width, level)`.
+
+    The half-width is `CLEAR_STANDARD_ERRORS` standard errors of the paired lead (std over the
+    square root of its seeds; 0 under 2 seeds), so a bar that misses 0 is a clear lead either
+    way (with 3+ seeds); *level* is `Cell.lead_if_level`, where a criterion exactly level with
+    the cell's rivals would sit on average against the best of them.
+    """
+    rows = []
+    for c in all_cells:
+        mean, std, n = c.paired_lead()
+        half = CLEAR_STANDARD_ERRORS * std / math.sqrt(n) if n >= 2 else 0.0
+        label = f"{short_name(c.benchmark)}, {c.epochs} ep, {100 * c.sparsity:g}%"
+        rows.append((label, c.regime, mean, half, c.lead_if_level()))
+    return rows
+
+
+def plot_leads(all_cells: list[Cell], path: str, label: str = "OptG (defaults)") -> None:
+    """Writes a PNG with one row per cell: the paired lead over the best other method with its
+    `CLEAR_STANDARD_ERRORS`-standard-error bar, coloured by regime, and where parity puts it."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    rows = forest_rows(all_cells)
+    colours = dict(zip(dict.fromkeys(r[1] for r in rows), ("tab:blue", "tab:orange", "tab:green")))
+    fig, ax = plt.subplots(figsize=(7.5, 0.28 * len(rows) + 1.4))
+    ys = list(range(len(rows)))[::-1]
+    for y, (_, regime, mean, half, level) in zip(ys, rows):
+        ax.errorbar(mean, y, xerr=half, fmt="o", color=colours[regime], capsize=2, markersize=4)
+        ax.plot(level, y, marker="|", color="grey", markersize=9)
+    for regime, colour in colours.items():
+        ax.plot([], [], "o", color=colour, label=regime or "cells")
+    ax.plot([], [], "|", color="grey", markersize=9, label="a criterion level with its rivals")
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(ys, [r[0] for r in rows], fontsize=7)
+    ax.set_xlabel(
+        f"{label} minus the best other method, paired by seed (points; "
+        f"bar: {CLEAR_STANDARD_ERRORS:g} standard errors)",
+        fontsize=8,
+    )
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def pick_candidate(rows: list[dict], names: list[str]) -> str | None:
     """The first of `names` that some record of `rows` has as its method, else None."""
     methods = {r["method"] for r in rows}
@@ -434,6 +495,13 @@ def main(argv=None) -> None:
         *table(all_cells, args.label),
         "",
         *summary(all_cells),
+        "",
+    ]
+    os.makedirs(args.results_dir, exist_ok=True)
+    plot_leads(all_cells, os.path.join(args.results_dir, f"{args.section}.png"), args.label)
+    alt = f"{title}: paired lead per cell"
+    blocks += [
+        report.image_line(args.results_dir, args.benchmarks_md, f"{args.section}.png", alt),
         "",
     ]
     text = report.publish_section(args.results_dir, args.benchmarks_md, args.section, blocks)

@@ -203,6 +203,9 @@ def test_a_candidate_variant_takes_the_defaults_place_in_its_own_section(tmp_pat
     assert "| 4 | 98% | 88.00 (1) | magnitude 88.50 (1) | -0.50 | **no** |  |" in text
     assert "| 10 | 99% | 87.75 (1) | taylor 87.50 (1) | +0.25 | yes | yes |" in text
     assert "<!-- goal_check_start:begin -->" in md.read_text(encoding="utf-8")
+    # The plot of the paired leads sits beside the table, linked from the section.
+    assert (tmp_path / "goal_check_start.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](goal_check_start.png)" in text
     assert not (tmp_path / "goal_check.md").exists()
 
 
@@ -321,3 +324,28 @@ def test_lead_if_level_and_the_mean_lead_line_by_regime():
     assert line.startswith(
         "- Mean lead: +0.35 over 2 cells (level: -0.03; from level: +0.38 ± 0.06)"
     )
+
+
+def test_forest_rows_give_the_paired_lead_two_standard_errors_and_parity(tmp_path):
+    rows = []
+    for seed, (optg, magnitude, taylor) in enumerate(((88.0, 88.1, 87.8), (88.4, 88.3, 88.0))):
+        rows += [
+            _row("optg", 0.98, seed, optg),
+            _row("magnitude", 0.98, seed, magnitude),
+            _row("taylor", 0.98, seed, taylor),
+        ]
+    (cell,) = goal_check.cells("from scratch, LeNet (loop)", rows, regime="from scratch")
+    # Paired with magnitude (best mean 88.2 against taylor 87.9): -0.1, +0.1 -> mean 0, std
+    # 0.1414, 2 seeds: half-width 2 * 0.1414 / sqrt(2) = 0.2. Pooled std: optg 0.2828,
+    # magnitude 0.1414, taylor 0.1414 -> sqrt((0.08 + 0.02 + 0.02) / 3) = 0.2; level
+    # -0.5642 * 0.2 / sqrt(2).
+    ((label, regime, mean, half, level),) = goal_check.forest_rows([cell])
+    assert (label, regime) == ("LeNet (loop), 4 ep, 98%", "from scratch")
+    assert mean == pytest.approx(0.0, abs=1e-9)
+    assert half == pytest.approx(0.2)
+    assert level == pytest.approx(-0.5641896 * 0.2 / 2**0.5, abs=1e-6)
+    assert goal_check.short_name("fine-tuning a pretrained vit_tiny_p7") == "fine-tuned vit_tiny_p7"
+    assert goal_check.short_name("other") == "other"
+    path = tmp_path / "leads.png"
+    goal_check.plot_leads([cell, cell._replace(regime="from a pretrained network")], str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
