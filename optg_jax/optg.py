@@ -410,13 +410,13 @@ class OptGSettings:
         Raises:
           ValueError: a field outside its range; the message names the field and the value.
         """
-        self = _python_numbers(self)  # pylint: disable=self-cls-assignment
-        rules = _recipe(self.recipe)
-        start, end, total = self.pruning_start_step, self.pruning_end_step, self.total_steps
+        given = _python_numbers(self)
+        rules = _recipe(given.recipe)
+        start, end, total = given.pruning_start_step, given.pruning_end_step, given.total_steps
         if end is None and _is_int(total) and _is_int(start):
             ramp = round(rules.pruning_end_fraction * (total - start))
             end = int(min(total, start + max(1, ramp)))
-        epoch, every = self.steps_per_epoch, self.mask_update_every
+        epoch, every = given.steps_per_epoch, given.mask_update_every
         if epoch is None:
             # The sigmoid's unit: the caller's refresh interval (their epoch), else 1% of the run.
             epoch = every
@@ -428,19 +428,19 @@ class OptGSettings:
             else:
                 every = epoch
         settings = dataclasses.replace(
-            self,
-            schedule=rules.schedule if self.schedule is None else self.schedule,
+            given,
+            schedule=rules.schedule if given.schedule is None else given.schedule,
             mask_update_every=every,
             steps_per_epoch=epoch,
             pruning_end_step=end,
-            score_momentum=_pick(self.score_momentum, rules.score_momentum),
+            score_momentum=_pick(given.score_momentum, rules.score_momentum),
             update_masks_after_pruning=_pick(
-                self.update_masks_after_pruning, rules.update_masks_after_pruning
+                given.update_masks_after_pruning, rules.update_masks_after_pruning
             ),
-            is_masked=self.is_masked or default_is_masked,
-            pattern=None if self.pattern is None else nm.parse_pattern(self.pattern),
-            uncertainty_bonus=self._bonus(),
-            group_axis=self.group_axis or nm.group_axis,
+            is_masked=given.is_masked or default_is_masked,
+            pattern=None if given.pattern is None else nm.parse_pattern(given.pattern),
+            uncertainty_bonus=given._bonus(),
+            group_axis=given.group_axis or nm.group_axis,
         )
         _validate(settings)
         return settings
