@@ -392,6 +392,7 @@ class OptGSettings:
     uncertainty_bonus: float | None = None
     group_axis: Callable[[tuple, Any], int] | None = None
     score_start: float = 0.0
+    score_half_life: float = 0.0
 
     def resolved(self) -> OptGSettings:
         """The record with the recipe's values in place of `None`, every field validated.
@@ -569,6 +570,7 @@ _FIELD_CHECKS = (
     ("nm_ramp", lambda v: v in NM_RAMPS, f"one of {', '.join(NM_RAMPS)}"),
     ("uncertainty_bonus", _number_in(0.0, math.inf), "a non-negative number"),
     ("score_start", _number_in(0.0, math.inf, hi_open=True), "a non-negative number"),
+    ("score_half_life", _number_in(0.0, math.inf, hi_open=True), "a non-negative number"),
 )
 
 
@@ -583,11 +585,12 @@ def _validate(settings: OptGSettings) -> None:
             f"uncertainty_bonus {settings.uncertainty_bonus!r} needs a criterion with a noise "
             f"estimate (optg, supermask), got {settings.rule.name!r}"
         )
-    if settings.score_start and not settings.rule.has_momentum:
-        raise ValueError(
-            f"score_start {settings.score_start!r} needs a criterion whose scores accumulate "
-            f"(optg, supermask), got {settings.rule.name!r}"
-        )
+    for name in ("score_start", "score_half_life"):
+        if getattr(settings, name) and not settings.rule.has_momentum:
+            raise ValueError(
+                f"{name} {getattr(settings, name)!r} needs a criterion whose scores accumulate "
+                f"(optg, supermask), got {settings.rule.name!r}"
+            )
     pattern = settings.pattern
     if pattern is not None and not math.isclose(
         settings.target_sparsity, 1 - pattern.n / pattern.m, abs_tol=1e-9
@@ -626,6 +629,27 @@ def score_lr(settings: OptGSettings, count: jax.Array) -> jax.Array:
         floor = settings.score_lr_floor
         lr = lr * (floor + (1.0 - floor) * progress)
     return lr.astype(jnp.float32)
+
+
+def score_decay(settings: OptGSettings) -> float:
+    """The factor `d` a score keeps at each update, `0.5 ** (1 / (h * ramp))` (1: no decay).
+
+    With `score_half_life = h > 0` the update is `S <- d * S - lr * v`: a step's contribution to
+    the score halves every `h * ramp` updates, `ramp = pruning_end_step - pruning_start_step`,
+    so the score weighs what the network has been lately over what it was at the start of
+    pruning. The accumulated noise of the uncertainty bonus, a sum of variances, decays by `d^2`
+    (the variance of a sum whose terms are weighted by powers of `d`).
+
+    Args:
+      settings: a resolved record.
+
+    Returns:
+      A Python float in (0, 1].
+    """
+    if not settings.score_half_life:
+        return 1.0
+    ramp = max(1, settings.pruning_end_step - settings.pruning_start_step)
+    return 0.5 ** (1.0 / (settings.score_half_life * ramp))
 
 
 def select_masks(
@@ -949,9 +973,14 @@ def update_state(
         score_momentum=settings.score_momentum,
         steps_since_refresh=jnp.where(refresh, 0, count - state.last_refresh).astype(jnp.float32),
     )
+    old_scores = s_leaves
     s_leaves, v_leaves = rule.update(step)
+    keep = score_decay(settings)
+    if keep < 1.0:
+        # S <- keep * S_old + (S_new - S_old): the step's move, on the decayed score.
+        s_leaves = [s - (1.0 - keep) * o for s, o in zip(s_leaves, old_scores)]
     if q_leaves:
-        q_leaves = [q + n for q, n in zip(q_leaves, rule.noise(step))]
+        q_leaves = [keep * keep * q + n for q, n in zip(q_leaves, rule.noise(step))]
     last_refresh = jnp.where(refresh, count, state.last_refresh)
     if m_leaves and settings.pruning_end_step == settings.total_steps:
         # Pruning ends with the run: the final masks come after the last update, at exactly P.
@@ -1026,6 +1055,7 @@ def optg_optax(
     group_axis: Callable[[tuple, Any], int] | None = None,
     uncertainty_bonus: float | None = None,
     score_start: float = 0.0,
+    score_half_life: float = 0.0,
 ) -> optax.GradientTransformation:
     """OptG sparse training (and its baselines) as one optax transformation.
 
@@ -1088,6 +1118,10 @@ def optg_optax(
         about `k * (W_t^2 - W_0^2) / 2` plus the gradient energy, `k` the ratio of the score's
         step to the weight's; a start of `c = k` cancels the `-W_0^2` term. 0 (the default) is
         the paper's start.
+      score_half_life: `h >= 0`, `optg`/`supermask` only: the scores forget at every update, so
+        that a step's contribution halves every `h` of the pruning ramp (`h * (pruning_end_step
+        - pruning_start_step)` updates; `score_decay`); the uncertainty bonus's variance decays
+        with them. 0 (the default) keeps every step at full weight, the paper's sum.
 
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.
@@ -1116,6 +1150,7 @@ def optg_optax(
             group_axis=group_axis,
             uncertainty_bonus=uncertainty_bonus,
             score_start=score_start,
+            score_half_life=score_half_life,
         )
     )
 

@@ -176,6 +176,8 @@ def test_names_come_from_their_owners(monkeypatch):
         ("score_lr_floor", 1.5),
         ("score_start", -1.0),
         ("score_start", float("nan")),
+        ("score_half_life", -0.25),
+        ("score_half_life", float("inf")),
         ("validation_examples", -5),
         ("augment", "yes"),
         ("reference_schedules", None),  # (ml_collections refuses any other non-bool)
@@ -302,6 +304,21 @@ def test_score_start_needs_an_accumulating_criterion():
     config.criterion = "supermask"
     config_lib.validate(config)
     assert config_lib.identity(config)["score_start"] == 3.0
+
+
+def test_score_half_life_needs_an_accumulating_criterion_and_is_part_of_the_identity():
+    config = load("fashion_mnist")
+    assert config.score_half_life == 0.0
+    config.criterion, config.score_half_life = "magnitude", 0.25
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(config)
+    assert str(e.value) == (
+        "config.score_half_life 0.25 needs a criterion whose scores accumulate (optg, supermask), "
+        "got 'magnitude'"
+    )
+    config.criterion = "optg"
+    config_lib.validate(config)
+    assert config_lib.identity(config)["score_half_life"] == 0.25
 
 
 def test_identity_records_the_uncertainty_bonus_the_run_ranks_with():

@@ -721,3 +721,61 @@ def test_numpy_scalars_are_taken_as_the_numbers_they_print_as():
         ValueError, match=re.escape("target_sparsity must be a number in [0, 1), got 1.5")
     ):
         optg_jax.optg_optax(np.float32(1.5), 10, 0.1)
+
+
+def test_score_decay_halves_a_step_every_half_life_of_the_ramp():
+    # 10 steps, the default ramp ends at round(2/3 * 10) = 7: ramp 7, half-life 0.5 -> 3.5 steps.
+    settings = optg_jax.OptGSettings(0.5, 10, 0.1, score_half_life=0.5).resolved()
+    assert optg.score_decay(settings) == pytest.approx(0.5 ** (1 / 3.5))
+    assert optg.score_decay(settings) ** 3.5 == pytest.approx(0.5)
+    assert optg.score_decay(optg_jax.OptGSettings(0.5, 10, 0.1).resolved()) == 1.0
+    ramp_20 = optg_jax.OptGSettings(0.5, 100, 0.1, pruning_start_step=10, pruning_end_step=30)
+    assert optg.score_decay(dataclasses.replace(ramp_20, score_half_life=0.25).resolved()) == (
+        pytest.approx(0.5 ** (1 / 5))
+    )
+
+
+@pytest.mark.parametrize("criterion", ["optg", "supermask"])
+def test_decayed_scores_are_the_discounted_sum_of_the_plain_steps(criterion):
+    # Before the first refresh (every 50 of 100 steps) the masks stay full, so the weights and
+    # every score step -lr * v are the same with or without decay: the decayed score after t
+    # steps is sum_i d^(t - i) * step_i, its bonus variance sum_i d^(2 (t - i)) * noise_i.
+    kwargs = dict(criterion=criterion, mask_update_every=50, uncertainty_bonus=4.0)
+    plain = optax.chain(optg_jax.optg_optax(0.5, 100, 0.01, **kwargs), optax.sgd(0.01))
+    decayed = optax.chain(
+        optg_jax.optg_optax(0.5, 100, 0.01, score_half_life=0.02, **kwargs), optax.sgd(0.01)
+    )
+    d = 0.5 ** (1 / (0.02 * 67))  # ramp round(2/3 * 100) = 67 steps
+    scores, noises = [], []
+    for t in range(1, 6):
+        _, state = _train_toy(plain, t)
+        scores.append(state[0].scores["l1"]["kernel"])
+        noises.append(state[0].score_noise["l1"]["kernel"])
+    steps = [scores[0]] + [b - a for a, b in zip(scores, scores[1:])]
+    noise_steps = [noises[0]] + [b - a for a, b in zip(noises, noises[1:])]
+    _, state = _train_toy(decayed, 5)
+    want = sum(d ** (4 - i) * s for i, s in enumerate(steps))
+    want_noise = sum(d ** (2 * (4 - i)) * n for i, n in enumerate(noise_steps))
+    assert not np.allclose(want, scores[-1], rtol=1e-2)  # the decay shows
+    np.testing.assert_allclose(state[0].scores["l1"]["kernel"], want, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(state[0].score_noise["l1"]["kernel"], want_noise, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"score_half_life": -0.5}, "score_half_life must be a non-negative number, got -0.5"),
+        (
+            {"score_half_life": float("inf")},
+            "score_half_life must be a non-negative number, got inf",
+        ),
+        (
+            {"score_half_life": 0.25, "criterion": "magnitude"},
+            "score_half_life 0.25 needs a criterion whose scores accumulate (optg, supermask), "
+            "got 'magnitude'",
+        ),
+    ],
+)
+def test_score_half_life_bad_values_raise_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        optg_jax.optg_optax(0.5, 10, 0.1, **kwargs)

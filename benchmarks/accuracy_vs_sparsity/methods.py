@@ -12,6 +12,8 @@ method alone:
   `F + (1 - F) * p(t)/P`), `-mom<M>` (optg/supermask: `score_momentum`), `-bonus<K>`
   (optg/supermask: `uncertainty_bonus`, e.g. `optg-bonus0` ranks by the score alone),
   `-start<C>` (optg/supermask: `score_start`, the scores start at `C * W_0^2 / 2`),
+  `-halflife<H>` (optg/supermask: `score_half_life`, a score step's weight halves every `H` of
+  the ramp),
   `-every<N>` (`mask_update_every`), `-beta<B>` (`beta`);
 - `-frozen` / `-refreshed` (`update_masks_after_pruning` False / True: masks frozen after the
   ramp, or re-selected to the end of the run);
@@ -44,6 +46,7 @@ SUFFIXES = {
     "mom": ("score_momentum", float, "score momentum {:g}"),
     "bonus": ("uncertainty_bonus", float, "uncertainty bonus κ = {:g}"),
     "start": ("score_start", float, "score start {:g}·W₀²/2"),
+    "halflife": ("score_half_life", float, "score half-life {:g} of the ramp"),
     "beta": ("beta", float, "β = {:g}"),
     "alloc": ("allocation", str, "{} allocation"),
 }
@@ -75,7 +78,7 @@ def parse_method(method: str) -> tuple[str, dict]:
         raise ValueError(
             f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally with "
             "-paper, -cubic, -sigmoid, -frozen, -refreshed, -floor<F>, -mom<M>, -bonus<K>, "
-            "-start<C>, -every<N>, -beta<B>, -alloc<A>"
+            "-start<C>, -halflife<H>, -every<N>, -beta<B>, -alloc<A>"
         )
     options = {}
     for suffix in suffixes:
@@ -86,7 +89,7 @@ def parse_method(method: str) -> tuple[str, dict]:
         prefix = next((p for p in SUFFIXES if suffix.startswith(p)), None)
         allowed = prefix is not None and (
             (prefix == "floor" and criterion == "optg")
-            or (prefix in ("mom", "bonus", "start") and criterion in SCORED)
+            or (prefix in ("mom", "bonus", "start", "halflife") and criterion in SCORED)
             or prefix in ("every", "beta", "alloc")
         )
         if not allowed:
@@ -101,6 +104,7 @@ def parse_method(method: str) -> tuple[str, dict]:
             "mom": (0.0, 0.999999),
             "bonus": (0.0, 1e6),
             "start": (0.0, 1e6),
+            "halflife": (0.0, 1e6),
         }.get(prefix)
         if prefix == "alloc":
             if value not in optg_jax.ALLOCATIONS:

@@ -117,6 +117,7 @@ PER_RUN_FIELDS = (
     "num_epochs",
     "score_lr_floor",
     "score_start",
+    "score_half_life",
     "update_masks_after_pruning",
     "validation_examples",
 )
