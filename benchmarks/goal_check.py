@@ -137,13 +137,22 @@ def expected_max_of_normals(k: int) -> float:
         raise ValueError(f"k must be at least 1, got {k!r}")
     if k == 1:
         return 0.0
-    step, total = 1e-3, 0.0
-    for i in range(-12_000, 12_001):
-        x = i * step
-        density = math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-        below = 0.5 * (1.0 + math.erf(x / math.sqrt(2)))
-        weight = 0.5 if abs(i) == 12_000 else 1.0
-        total += weight * x * k * density * below ** (k - 1)
+    return _normal_expectation(lambda x: x * k * _normal_cdf(x) ** (k - 1), 12, 1e-3)
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2)))
+
+
+def _normal_expectation(fn, half_width: int, step: float) -> float:
+    """`E[fn(Z)]` for a standard normal `Z`: the integral of `fn(z) * phi(z)` over
+    `[-half_width, half_width]` by the trapezoid rule with this step."""
+    n = round(half_width / step)
+    total = 0.0
+    for i in range(-n, n + 1):
+        z = i * step
+        density = math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        total += (0.5 if abs(i) == n else 1.0) * density * fn(z)
     return total * step
 
 
@@ -254,13 +263,8 @@ def chance_of_first(cell: Cell, lead: float) -> float:
     se = cell.pooled_std / math.sqrt(max(1, len(cell.candidate.by_seed)))
     if se == 0.0:
         return 1.0 if lead > 0 else (1.0 / (k + 1) if lead == 0 else 0.0)
-    shift, step, total = lead / se, 0.01, 0.0
-    for i in range(-1000, 1001):
-        z = i * step
-        density = math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-        below = 0.5 * (1.0 + math.erf((z + shift) / math.sqrt(2)))
-        total += (0.5 if abs(i) == 1000 else 1.0) * density * below**k
-    return total * step
+    shift = lead / se
+    return _normal_expectation(lambda z: _normal_cdf(z + shift) ** k, 10, 0.01)
 
 
 def lead_for_even_odds(high_cells: list[Cell], odds: float = 0.5) -> float:

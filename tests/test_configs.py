@@ -292,33 +292,25 @@ def test_train_py_missing_data_names_what_is_needed(tmp_path):
     assert not workdir.exists()
 
 
-def test_score_start_needs_an_accumulating_criterion():
+@pytest.mark.parametrize(
+    "field, value, criterion, accumulating",
+    [("score_start", 3.0, "taylor", "supermask"), ("score_half_life", 0.25, "magnitude", "optg")],
+)
+def test_score_fields_need_an_accumulating_criterion_and_are_part_of_the_identity(
+    field, value, criterion, accumulating
+):
     config = load("fashion_mnist")
-    config.criterion, config.score_start = "taylor", 3.0
+    assert config[field] == 0.0
+    config.criterion, config[field] = criterion, value
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.validate(config)
     assert str(e.value) == (
-        "config.score_start 3.0 needs a criterion whose scores accumulate (optg, supermask), "
-        "got 'taylor'"
+        f"config.{field} {value} needs a criterion whose scores accumulate (optg, supermask), "
+        f"got '{criterion}'"
     )
-    config.criterion = "supermask"
+    config.criterion = accumulating
     config_lib.validate(config)
-    assert config_lib.identity(config)["score_start"] == 3.0
-
-
-def test_score_half_life_needs_an_accumulating_criterion_and_is_part_of_the_identity():
-    config = load("fashion_mnist")
-    assert config.score_half_life == 0.0
-    config.criterion, config.score_half_life = "magnitude", 0.25
-    with pytest.raises(config_lib.ConfigError) as e:
-        config_lib.validate(config)
-    assert str(e.value) == (
-        "config.score_half_life 0.25 needs a criterion whose scores accumulate (optg, supermask), "
-        "got 'magnitude'"
-    )
-    config.criterion = "optg"
-    config_lib.validate(config)
-    assert config_lib.identity(config)["score_half_life"] == 0.25
+    assert config_lib.identity(config)[field] == value
 
 
 def test_identity_records_the_uncertainty_bonus_the_run_ranks_with():

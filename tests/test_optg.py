@@ -562,9 +562,19 @@ def test_score_start_adds_to_a_criterions_own_start():
             "score_start 2.0 needs a criterion whose scores accumulate (optg, supermask), "
             "got 'magnitude'",
         ),
+        ({"score_half_life": -0.5}, "score_half_life must be a non-negative number, got -0.5"),
+        (
+            {"score_half_life": float("inf")},
+            "score_half_life must be a non-negative number, got inf",
+        ),
+        (
+            {"score_half_life": 0.25, "criterion": "magnitude"},
+            "score_half_life 0.25 needs a criterion whose scores accumulate (optg, supermask), "
+            "got 'magnitude'",
+        ),
     ],
 )
-def test_score_start_bad_values_raise_naming_them(kwargs, message):
+def test_score_start_and_half_life_bad_values_raise_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         optg_jax.optg_optax(0.5, 10, 0.1, **kwargs)
 
@@ -759,23 +769,3 @@ def test_decayed_scores_are_the_discounted_sum_of_the_plain_steps(criterion):
     assert not np.allclose(want, scores[-1], rtol=1e-2)  # the decay shows
     np.testing.assert_allclose(state[0].scores["l1"]["kernel"], want, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(state[0].score_noise["l1"]["kernel"], want_noise, rtol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"score_half_life": -0.5}, "score_half_life must be a non-negative number, got -0.5"),
-        (
-            {"score_half_life": float("inf")},
-            "score_half_life must be a non-negative number, got inf",
-        ),
-        (
-            {"score_half_life": 0.25, "criterion": "magnitude"},
-            "score_half_life 0.25 needs a criterion whose scores accumulate (optg, supermask), "
-            "got 'magnitude'",
-        ),
-    ],
-)
-def test_score_half_life_bad_values_raise_naming_them(kwargs, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        optg_jax.optg_optax(0.5, 10, 0.1, **kwargs)

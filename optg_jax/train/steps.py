@@ -247,7 +247,7 @@ def optg_settings(
         update_masks_after_pruning=config.update_masks_after_pruning,
         uncertainty_bonus=None if bonus is None else float(bonus),
         score_start=float(config.score_start),
-        score_half_life=float(config.get("score_half_life", 0.0)),
+        score_half_life=float(config.score_half_life),
         pattern=config.pattern,
         nm_ramp=config.nm_ramp,
     )
