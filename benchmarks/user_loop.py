@@ -91,6 +91,9 @@ LABELS = {
     "optg:score_start=3": "OptG, `score_start=3` (scores start at 3·W₀²/2; not a default)",
     "optg:uncertainty_bonus=8": "OptG, `uncertainty_bonus=8` (a larger bonus; not a default)",
     "optg:score_half_life=0.5": "OptG, `score_half_life=0.5` (scores forget; not a default)",
+    "optg:score_half_distance=0.25": (
+        "OptG, `score_half_distance=0.25` (scores forget as the weights move; not a default)"
+    ),
 }
 
 

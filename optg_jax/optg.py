@@ -88,6 +88,10 @@ class OptGState(NamedTuple):
       sparsity: float32 scalar, the fraction of masked weights the current masks remove.
       target: float32 scalar, the final sparsity `P` of the run.
       score_lr: float32 scalar, the score learning rate used by the last update.
+      start_weights: float32 per masked leaf, the weights `tx.init` was given, when the scores
+        forget with distance (`score_half_distance`); else `None`.
+      distance: float32 scalar, the largest relative distance of the masked weights from
+        `start_weights` seen so far (`weights_distance`; 0 when not tracked).
     """
 
     count: jax.Array
@@ -99,6 +103,8 @@ class OptGState(NamedTuple):
     sparsity: jax.Array
     target: jax.Array
     score_lr: jax.Array
+    start_weights: Any
+    distance: jax.Array
 
 
 class ScoreStep(NamedTuple):
@@ -394,6 +400,7 @@ class OptGSettings:
     group_axis: Callable[[tuple, Any], int] | None = None
     score_start: float = 0.0
     score_half_life: float = 0.0
+    score_half_distance: float = 0.0
 
     def resolved(self) -> OptGSettings:
         """The record with the recipe's values in place of `None`, every field validated.
@@ -572,6 +579,7 @@ _FIELD_CHECKS = (
     ("uncertainty_bonus", _number_in(0.0, math.inf), "a non-negative number"),
     ("score_start", _number_in(0.0, math.inf, hi_open=True), "a non-negative number"),
     ("score_half_life", _number_in(0.0, math.inf, hi_open=True), "a non-negative number"),
+    ("score_half_distance", _number_in(0.0, math.inf, hi_open=True), "a non-negative number"),
 )
 
 
@@ -586,7 +594,7 @@ def _validate(settings: OptGSettings) -> None:
             f"uncertainty_bonus {settings.uncertainty_bonus!r} needs a criterion with a noise "
             f"estimate (optg, supermask), got {settings.rule.name!r}"
         )
-    for name in ("score_start", "score_half_life"):
+    for name in ("score_start", "score_half_life", "score_half_distance"):
         if getattr(settings, name) and not settings.rule.has_momentum:
             raise ValueError(
                 f"{name} {getattr(settings, name)!r} needs a criterion whose scores accumulate "
@@ -651,6 +659,49 @@ def score_decay(settings: OptGSettings) -> float:
         return 1.0
     ramp = max(1, settings.pruning_end_step - settings.pruning_start_step)
     return 0.5 ** (1.0 / (settings.score_half_life * ramp))
+
+
+def weights_distance(weights: list, start: list) -> jax.Array:
+    """`||W - W_0|| / ||W_0||` over all the masked leaves together (0 when `||W_0|| = 0`).
+
+    Args:
+      weights: the dense weights `W` per masked leaf.
+      start: `W_0`, the weights `tx.init` was given, per masked leaf (float32).
+
+    Returns:
+      float32 scalar: the global Euclidean distance, relative to the starting norm.
+    """
+    moved = sum(jnp.sum(jnp.square(w.astype(jnp.float32) - w0)) for w, w0 in zip(weights, start))
+    size = sum(jnp.sum(jnp.square(w0)) for w0 in start)
+    return jnp.where(size > 0, jnp.sqrt(moved / jnp.where(size > 0, size, 1.0)), 0.0)
+
+
+def distance_decay(
+    settings: OptGSettings, weights: list, start: list, distance: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The factor a score keeps at this update when it forgets with distance, and the new record.
+
+    With `score_half_distance = delta > 0` a step's contribution to the score halves each time
+    the masked weights move a further `delta` of their starting norm away from where `tx.init`
+    found them: the update keeps `0.5 ** ((r - r_max) / delta)` of the old score, `r` the
+    relative distance now (`weights_distance`) and `r_max` the largest one seen before (never
+    below 0: coming back does not restore what was forgotten). A score reading is a first-order
+    estimate taken at the weights of its step; it fades as the network moves away from them.
+    Training from scratch the weights travel about their own norm and the early readings fade;
+    fine-tuning a pretrained network they move a few percent and every reading counts.
+
+    Args:
+      settings: a resolved record.
+      weights: the dense weights `W` of this update per masked leaf.
+      start: `OptGState.start_weights` per masked leaf.
+      distance: `OptGState.distance`, `r_max`.
+
+    Returns:
+      `(keep, new r_max)`: float32 scalars, `keep` in (0, 1].
+    """
+    now = jnp.maximum(weights_distance(weights, start), distance)
+    keep = jnp.exp2(-(now - distance) / jnp.float32(settings.score_half_distance))
+    return keep.astype(jnp.float32), now.astype(jnp.float32)
 
 
 def select_masks(
@@ -855,6 +906,11 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
     scores = like_masked(zeros) if rule.has_scores else nones
     momentum = like_masked(zeros) if rule.has_momentum else nones
     score_noise = like_masked(zeros) if settings.uncertainty_bonus else nones
+    start_weights = (
+        like_masked(lambda p: jnp.asarray(p, jnp.float32))
+        if settings.score_half_distance
+        else nones
+    )
     ones = like_masked(lambda p: jnp.ones(p.shape, settings.mask_dtype))
     masks_leaves = jax.tree.leaves(ones)
     count = jnp.zeros((), jnp.int32)
@@ -883,6 +939,8 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
         sparsity=sparsity,
         target=jnp.asarray(float(settings.target_sparsity), jnp.float32),
         score_lr=jnp.zeros((), jnp.float32),
+        start_weights=start_weights,
+        distance=jnp.zeros((), jnp.float32),
     )
 
 
@@ -976,8 +1034,12 @@ def update_state(
     )
     old_scores = s_leaves
     s_leaves, v_leaves = rule.update(step)
-    keep = score_decay(settings)
-    if keep < 1.0:
+    keep, distance = score_decay(settings), state.distance
+    if settings.score_half_distance and s_leaves:
+        start = jax.tree.leaves(state.start_weights)
+        moved_keep, distance = distance_decay(settings, w_leaves, start, distance)
+        keep = keep * moved_keep
+    if settings.score_half_life or settings.score_half_distance:
         # S <- keep * S_old + (S_new - S_old): the step's move, on the decayed score.
         s_leaves = [s - (1.0 - keep) * o for s, o in zip(s_leaves, old_scores)]
     if q_leaves:
@@ -1002,6 +1064,8 @@ def update_state(
         sparsity=sparsity,
         target=state.target,
         score_lr=step.score_lr,
+        start_weights=state.start_weights,
+        distance=distance,
     )
     # The rest of the chain sees G * M: removed weights get no loss gradient.
     return _passed_on(settings, grads, state.masks, params), new_state
@@ -1057,6 +1121,7 @@ def optg_optax(
     uncertainty_bonus: float | None = None,
     score_start: float = 0.0,
     score_half_life: float = 0.0,
+    score_half_distance: float = 0.0,
 ) -> optax.GradientTransformation:
     """OptG sparse training (and its baselines) as one optax transformation.
 
@@ -1123,6 +1188,11 @@ def optg_optax(
         that a step's contribution halves every `h` of the pruning ramp (`h * (pruning_end_step
         - pruning_start_step)` updates; `score_decay`); the uncertainty bonus's variance decays
         with them. 0 (the default) keeps every step at full weight, the paper's sum.
+      score_half_distance: `delta >= 0`, `optg`/`supermask` only: the scores forget as the
+        weights move, a step's contribution halving each time the masked weights' distance from
+        where `tx.init` found them grows by `delta` of their norm there (`distance_decay`; the
+        state then keeps a float32 copy of the starting weights). 0 (the default): no such
+        forgetting. With `score_half_life` too, the two factors multiply.
 
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.
@@ -1152,6 +1222,7 @@ def optg_optax(
             uncertainty_bonus=uncertainty_bonus,
             score_start=score_start,
             score_half_life=score_half_life,
+            score_half_distance=score_half_distance,
         )
     )
 

@@ -89,6 +89,7 @@ def test_parse_method():
     assert methods.label("optg-bonus0") == "ablation: OptG, uncertainty bonus κ = 0"
     assert methods.parse_method("optg-start3") == ("optg", {"score_start": 3.0})
     assert methods.parse_method("optg-halflife0.25") == ("optg", {"score_half_life": 0.25})
+    assert methods.parse_method("optg-halfdist0.5") == ("optg", {"score_half_distance": 0.5})
     assert methods.label("optg-start3") == "ablation: OptG, score start 3·W₀²/2"
     assert "floor 0.5, masks frozen" not in methods.label("optg-floor0.5-frozen")
     assert methods.label("optg-every50-frozen") == (

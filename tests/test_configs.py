@@ -178,6 +178,7 @@ def test_names_come_from_their_owners(monkeypatch):
         ("score_start", float("nan")),
         ("score_half_life", -0.25),
         ("score_half_life", float("inf")),
+        ("score_half_distance", -0.5),
         ("validation_examples", -5),
         ("augment", "yes"),
         ("reference_schedules", None),  # (ml_collections refuses any other non-bool)
@@ -294,7 +295,11 @@ def test_train_py_missing_data_names_what_is_needed(tmp_path):
 
 @pytest.mark.parametrize(
     "field, value, criterion, accumulating",
-    [("score_start", 3.0, "taylor", "supermask"), ("score_half_life", 0.25, "magnitude", "optg")],
+    [
+        ("score_start", 3.0, "taylor", "supermask"),
+        ("score_half_life", 0.25, "magnitude", "optg"),
+        ("score_half_distance", 0.5, "taylor", "optg"),
+    ],
 )
 def test_score_fields_need_an_accumulating_criterion_and_are_part_of_the_identity(
     field, value, criterion, accumulating

@@ -572,6 +572,15 @@ def test_score_start_adds_to_a_criterions_own_start():
             "score_half_life 0.25 needs a criterion whose scores accumulate (optg, supermask), "
             "got 'magnitude'",
         ),
+        (
+            {"score_half_distance": -0.1},
+            "score_half_distance must be a non-negative number, got -0.1",
+        ),
+        (
+            {"score_half_distance": 0.25, "criterion": "taylor"},
+            "score_half_distance 0.25 needs a criterion whose scores accumulate (optg, "
+            "supermask), got 'taylor'",
+        ),
     ],
 )
 def test_score_start_and_half_life_bad_values_raise_naming_them(kwargs, message):
@@ -769,3 +778,68 @@ def test_decayed_scores_are_the_discounted_sum_of_the_plain_steps(criterion):
     assert not np.allclose(want, scores[-1], rtol=1e-2)  # the decay shows
     np.testing.assert_allclose(state[0].scores["l1"]["kernel"], want, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(state[0].score_noise["l1"]["kernel"], want_noise, rtol=1e-5)
+
+
+def test_weights_distance_is_the_global_relative_euclidean_distance():
+    # ||W0|| = sqrt(9 + 16 + 0) = 5; W - W0 = (0, -4) and (3): ||.||^2 = 16 + 9 = 25 -> 1.0.
+    start = [jnp.array([3.0, 4.0]), jnp.array([[0.0]])]
+    weights = [jnp.array([3.0, 0.0]), jnp.array([[3.0]], jnp.bfloat16)]
+    assert float(optg.weights_distance(weights, start)) == pytest.approx(1.0)
+    assert float(optg.weights_distance(start, start)) == 0.0
+    zeros = [jnp.zeros(2)]
+    assert float(optg.weights_distance([jnp.ones(2)], zeros)) == 0.0  # no starting norm
+
+
+def test_distance_decay_halves_per_half_distance_of_new_ground():
+    settings = optg_jax.OptGSettings(0.5, 10, 0.1, score_half_distance=0.4).resolved()
+    start = [jnp.array([3.0, 4.0])]  # norm 5
+    # Now at distance 0.8 (W - W0 = (0, -4)), the record 0.4: 0.4 further = one half-distance.
+    keep, record = optg.distance_decay(settings, [jnp.array([3.0, 0.0])], start, jnp.float32(0.4))
+    assert float(keep) == pytest.approx(0.5)
+    assert float(record) == pytest.approx(0.8)
+    # Coming back (distance 0.2 < record 0.8) forgets nothing and keeps the record.
+    keep, record = optg.distance_decay(settings, [jnp.array([3.0, 3.0])], start, jnp.float32(0.8))
+    assert float(keep) == 1.0
+    assert float(record) == pytest.approx(0.8)
+    # 0.1 of new ground at delta 0.4: 0.5 ** 0.25.
+    keep, _ = optg.distance_decay(settings, [jnp.array([3.0, 3.5])], start, jnp.float32(0.0))
+    assert float(keep) == pytest.approx(0.5**0.25, rel=1e-6)
+
+
+@pytest.mark.parametrize("criterion", ["optg", "supermask"])
+def test_distance_decayed_scores_discount_each_step_by_the_ground_covered_since(criterion):
+    # Before the first refresh (every 50 of 100 steps) the masks stay full, so the weights and
+    # every score step -lr * v are the same with or without forgetting. The factor of update t
+    # is 0.5 ** ((r_t - r_{t-1}) / delta), r_t the running maximum of ||W_t - W_0|| / ||W_0||
+    # over the masked kernels, W_t the weights update t saw; the score after 5 updates is
+    # sum_i (prod_{j > i} factor_j) * step_i, its bonus variance with the factors squared.
+    kwargs = dict(criterion=criterion, mask_update_every=50, uncertainty_bonus=4.0)
+    plain = optax.chain(optg_jax.optg_optax(0.5, 100, 0.01, **kwargs), optax.sgd(0.05))
+    delta = 0.25
+    forgets = optax.chain(
+        optg_jax.optg_optax(0.5, 100, 0.01, score_half_distance=delta, **kwargs), optax.sgd(0.05)
+    )
+    masked = lambda p: [p["l1"]["kernel"], p["l2"]["kernel"]]
+    w0 = masked(toy_params())
+    size = np.sqrt(sum(np.sum(np.square(w)) for w in w0))
+    scores, noises, record, factors = [], [], 0.0, []
+    for t in range(1, 6):
+        params, state = _train_toy(plain, t - 1)  # the weights update t sees
+        gap = np.sqrt(sum(np.sum(np.square(w - v)) for w, v in zip(masked(params), w0))) / size
+        factors.append(0.5 ** ((max(gap, record) - record) / delta))
+        record = max(gap, record)
+        _, state = _train_toy(plain, t)
+        scores.append(state[0].scores["l1"]["kernel"])
+        noises.append(state[0].score_noise["l1"]["kernel"])
+    steps = [scores[0]] + [b - a for a, b in zip(scores, scores[1:])]
+    noise_steps = [noises[0]] + [b - a for a, b in zip(noises, noises[1:])]
+    after = lambda i: float(np.prod(factors[i + 1 :]))
+    want = sum(after(i) * s for i, s in enumerate(steps))
+    want_noise = sum(after(i) ** 2 * n for i, n in enumerate(noise_steps))
+    _, state = _train_toy(forgets, 5)
+    # The toy covers new ground at updates 2, 4 and 5 (distances 0.25, 0.46, 0.53: factors
+    # about 0.5, 0.57, 0.82) and comes back a little at update 3 (0.22: factor 1).
+    np.testing.assert_allclose(factors, [1.0, 0.50, 1.0, 0.57, 0.82], atol=0.02)
+    np.testing.assert_allclose(float(state[0].distance), record, rtol=1e-4)
+    np.testing.assert_allclose(state[0].scores["l1"]["kernel"], want, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(state[0].score_noise["l1"]["kernel"], want_noise, rtol=1e-4)

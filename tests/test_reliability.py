@@ -21,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import optg_jax
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, STEPS_PER_EPOCH, CHECKPOINT_EVERY = 80, 40, 30
 FLAGS = [
@@ -343,22 +345,30 @@ def assert_same_run_up_to_reduction_order(got, want):
     """Two final states of runs that differ only in reduction order (`REL`, `OF_SCALE`).
 
     Integers (the step, counts) are equal, and so is the number of weights kept. OptG's masks
-    keep the top-k scores: two scores within rounding of the threshold can swap, so the masks
-    may differ, but only at such ties: a weight kept by one run and removed by the other must
-    lie, in both runs, within the runs' largest score difference of that run's threshold.
-    Every float is within `REL` of its value plus `OF_SCALE` of its leaf's largest magnitude.
+    keep the top-k ranking scores (the score plus the default uncertainty bonus, `kappa` times
+    the root of the accumulated noise): two rankings within rounding of the threshold can swap,
+    so the masks may differ, but only at such ties: a weight kept by one run and removed by the
+    other must lie, in both runs, within the runs' largest ranking difference of that run's
+    threshold. Every float is within `REL` of its value plus `OF_SCALE` of its leaf's largest
+    magnitude.
     """
     assert sorted(got) == sorted(want)
     masks = sorted(k for k in want if "/masks/" in k)
     kept = lambda tree: sum(int(tree[k].sum()) for k in masks)  # noqa: E731
     assert kept(got) == kept(want)
-    scores = [k.replace("/masks/", "/scores/") for k in masks]
-    drift = max(float(np.abs(got[k] - want[k]).max()) for k in scores)
+    kappa = optg_jax.default_uncertainty_bonus("optg")
+
+    def ranking(run, mask_key):
+        score = run[mask_key.replace("/masks/", "/scores/")]
+        noise = run.get(mask_key.replace("/masks/", "/score_noise/"))
+        return score if noise is None else score + kappa * np.sqrt(noise)
+
+    drift = max(float(np.abs(ranking(got, m) - ranking(want, m)).max()) for m in masks)
     for run in (got, want):
-        threshold = min(float(run[s][run[m] == 1].min()) for m, s in zip(masks, scores))
-        for m, s in zip(masks, scores):
+        threshold = min(float(ranking(run, m)[run[m] == 1].min()) for m in masks)
+        for m in masks:
             flipped = got[m] != want[m]
-            gap = np.abs(run[s][flipped] - threshold)
+            gap = np.abs(ranking(run, m)[flipped] - threshold)
             assert (gap <= drift).all(), (m, gap.max(), drift, int(flipped.sum()))
     for key in sorted(want):
         a, b = got[key], want[key]

@@ -13,7 +13,8 @@ method alone:
   (optg/supermask: `uncertainty_bonus`, e.g. `optg-bonus0` ranks by the score alone),
   `-start<C>` (optg/supermask: `score_start`, the scores start at `C * W_0^2 / 2`),
   `-halflife<H>` (optg/supermask: `score_half_life`, a score step's weight halves every `H` of
-  the ramp),
+  the ramp), `-halfdist<D>` (optg/supermask: `score_half_distance`, it halves each time the
+  weights move a further `D` of their starting norm),
   `-every<N>` (`mask_update_every`), `-beta<B>` (`beta`);
 - `-frozen` / `-refreshed` (`update_masks_after_pruning` False / True: masks frozen after the
   ramp, or re-selected to the end of the run);
@@ -47,6 +48,7 @@ SUFFIXES = {
     "bonus": ("uncertainty_bonus", float, "uncertainty bonus κ = {:g}"),
     "start": ("score_start", float, "score start {:g}·W₀²/2"),
     "halflife": ("score_half_life", float, "score half-life {:g} of the ramp"),
+    "halfdist": ("score_half_distance", float, "score half-distance {:g} of the weights' norm"),
     "beta": ("beta", float, "β = {:g}"),
     "alloc": ("allocation", str, "{} allocation"),
 }
@@ -78,7 +80,7 @@ def parse_method(method: str) -> tuple[str, dict]:
         raise ValueError(
             f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally with "
             "-paper, -cubic, -sigmoid, -frozen, -refreshed, -floor<F>, -mom<M>, -bonus<K>, "
-            "-start<C>, -halflife<H>, -every<N>, -beta<B>, -alloc<A>"
+            "-start<C>, -halflife<H>, -halfdist<D>, -every<N>, -beta<B>, -alloc<A>"
         )
     options = {}
     for suffix in suffixes:
@@ -89,7 +91,7 @@ def parse_method(method: str) -> tuple[str, dict]:
         prefix = next((p for p in SUFFIXES if suffix.startswith(p)), None)
         allowed = prefix is not None and (
             (prefix == "floor" and criterion == "optg")
-            or (prefix in ("mom", "bonus", "start", "halflife") and criterion in SCORED)
+            or (prefix in ("mom", "bonus", "start", "halflife", "halfdist") and criterion in SCORED)
             or prefix in ("every", "beta", "alloc")
         )
         if not allowed:
@@ -105,6 +107,7 @@ def parse_method(method: str) -> tuple[str, dict]:
             "bonus": (0.0, 1e6),
             "start": (0.0, 1e6),
             "halflife": (0.0, 1e6),
+            "halfdist": (0.0, 1e6),
         }.get(prefix)
         if prefix == "alloc":
             if value not in optg_jax.ALLOCATIONS:

@@ -118,6 +118,7 @@ PER_RUN_FIELDS = (
     "score_lr_floor",
     "score_start",
     "score_half_life",
+    "score_half_distance",
     "update_masks_after_pruning",
     "validation_examples",
 )

@@ -62,6 +62,7 @@ IDENTITY_FIELDS = (
     "uncertainty_bonus",
     "score_start",
     "score_half_life",
+    "score_half_distance",
     "pattern",
     "nm_ramp",
     "validation_examples",
@@ -168,6 +169,10 @@ def _add_optg_fields(c: ml_collections.ConfigDict) -> None:
     # optg/supermask: a score step's weight halves every score_half_life of the pruning ramp
     # (optg_jax.optg_optax's score_half_life); 0 keeps every step at full weight, the paper's sum.
     c.score_half_life = 0.0
+    # optg/supermask: a score step's weight halves each time the pruned layers' weights move a
+    # further score_half_distance of their starting norm (optg_optax's score_half_distance); 0:
+    # no such forgetting.
+    c.score_half_distance = 0.0
     # N:M sparsity (`optg_jax.nm`, docs/training.md): "2:4" keeps 2 of every 4 consecutive
     # weights along each kernel's reduction axis; None = unstructured. With a pattern the target
     # sparsity is 1 - N/M: train.py takes it from the pattern unless --config.sparsity is given.
@@ -305,7 +310,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("pruning_end_fraction", fraction, "is outside (0, 1]")
     if not 0.0 <= config.score_lr_floor <= 1.0:
         _fail("score_lr_floor", config.score_lr_floor, "is outside [0, 1]")
-    for field in ("score_start", "score_half_life"):
+    for field in ("score_start", "score_half_life", "score_half_distance"):
         if not 0.0 <= config[field] < math.inf:
             _fail(field, config[field], "must be a non-negative number")
     for field in (
