@@ -82,7 +82,7 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_tx(num_steps: int, pattern: str | None = None):
+def make_tx(num_steps: int, pattern: str | None = None, **optg_kwargs):
     lr = optax.cosine_decay_schedule(0.1, num_steps)
     return optax.chain(
         optg_jax.optg_optax(
@@ -92,6 +92,7 @@ def make_tx(num_steps: int, pattern: str | None = None):
             mask_update_every=REFRESH,
             pruning_end_step=num_steps * 2 // 3,
             pattern=pattern,
+            **optg_kwargs,
         ),
         optax.add_decayed_weights(5e-4),
         optax.sgd(lr, momentum=0.9),
@@ -109,14 +110,14 @@ def nnx_from_linen(variables) -> NnxCNN:
     return nnx.merge(graphdef, state)
 
 
-def run_both(num_steps: int, pattern: str | None = None):
+def run_both(num_steps: int, pattern: str | None = None, **optg_kwargs):
     """Trains the Linen and the NNX network side by side; checks them after each refresh."""
     images, labels = fashion_mnist_batches(num_steps)
     linen = LinenCNN()
     variables = jax.jit(lambda x: linen.init(jax.random.key(0, impl="rbg"), x, train=False))(
         images[0]
     )
-    tx = make_tx(num_steps, pattern)
+    tx = make_tx(num_steps, pattern, **optg_kwargs)
 
     @jax.jit
     def linen_step(params, batch_stats, opt_state, x, y):
@@ -229,3 +230,14 @@ def test_nnx_matches_linen_under_a_two_four_pattern():
         assert {k: (v["covered"], v["valid_fraction"]) for k, v in report.items()} == want
     summary = optg_jax.sparsity_summary(opt_state)
     assert summary["num_kept"] == 3 * 3 * 1 * 8 + (3 * 3 * 8 * 16 + 7 * 7 * 16 * 10) // 2
+
+
+def test_nnx_matches_linen_when_the_scores_forget_with_distance():
+    """`score_half_distance` keeps the starting weights in the state: an `nnx.State` under NNX.
+    Both runs see the same distances, so their scores and masks agree at every check."""
+    _, optimizer, _, opt_state, checked = run_both(50, score_half_distance=0.25)
+    assert checked == 2
+    linen_optg = optg_jax.get_optg_state(opt_state)
+    nnx_optg = optg_jax.get_optg_state(nnx.as_pure(optimizer.opt_state))
+    assert 0.0 < float(linen_optg.distance)
+    np.testing.assert_allclose(float(nnx_optg.distance), float(linen_optg.distance), rtol=1e-4)
