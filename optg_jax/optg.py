@@ -984,6 +984,39 @@ def _passed_on(settings: OptGSettings, grads: Any, masks: Any, params: Any) -> A
     )
 
 
+def move_scores(
+    settings: OptGSettings, step: ScoreStep, noise: list, start: list, distance: jax.Array
+) -> tuple[list, list, list, jax.Array]:
+    """The criterion's step on the scores, after they forget what they are set to forget.
+
+    `S <- keep * S + (the step's move)`, `keep` the product of `score_decay` (1 without
+    `score_half_life`) and, with `score_half_distance`, `distance_decay`'s factor; the bonus's
+    accumulated noise becomes `keep^2 * noise + the step's noise`.
+
+    Args:
+      settings: a resolved record.
+      step: the update's `ScoreStep` (its `scores` are the scores before the step).
+      noise: the accumulated noise per masked leaf (empty without a bonus).
+      start: `OptGState.start_weights` per masked leaf (empty when not tracked).
+      distance: `OptGState.distance`.
+
+    Returns:
+      `(scores, momentum, noise, distance)` after the update (lists like the inputs).
+    """
+    rule = settings.rule
+    scores, momentum = rule.update(step)
+    keep = score_decay(settings)
+    if settings.score_half_distance and scores:
+        moved_keep, distance = distance_decay(settings, step.weights, start, distance)
+        keep = keep * moved_keep
+    if settings.score_half_life or settings.score_half_distance:
+        # S <- keep * S_old + (S_new - S_old): the step's move, on the decayed score.
+        scores = [s - (1.0 - keep) * o for s, o in zip(scores, step.scores)]
+    if noise:
+        noise = [keep * keep * q + n for q, n in zip(noise, rule.noise(step))]
+    return scores, momentum, noise, distance
+
+
 def update_state(
     settings: OptGSettings, grads: Any, state: OptGState, params: Any
 ) -> tuple[Any, OptGState]:
@@ -1032,18 +1065,9 @@ def update_state(
         score_momentum=settings.score_momentum,
         steps_since_refresh=jnp.where(refresh, 0, count - state.last_refresh).astype(jnp.float32),
     )
-    old_scores = s_leaves
-    s_leaves, v_leaves = rule.update(step)
-    keep, distance = score_decay(settings), state.distance
-    if settings.score_half_distance and s_leaves:
-        start = jax.tree.leaves(state.start_weights)
-        moved_keep, distance = distance_decay(settings, w_leaves, start, distance)
-        keep = keep * moved_keep
-    if settings.score_half_life or settings.score_half_distance:
-        # S <- keep * S_old + (S_new - S_old): the step's move, on the decayed score.
-        s_leaves = [s - (1.0 - keep) * o for s, o in zip(s_leaves, old_scores)]
-    if q_leaves:
-        q_leaves = [keep * keep * q + n for q, n in zip(q_leaves, rule.noise(step))]
+    s_leaves, v_leaves, q_leaves, distance = move_scores(
+        settings, step, q_leaves, jax.tree.leaves(state.start_weights), state.distance
+    )
     last_refresh = jnp.where(refresh, count, state.last_refresh)
     if m_leaves and settings.pruning_end_step == settings.total_steps:
         # Pruning ends with the run: the final masks come after the last update, at exactly P.
