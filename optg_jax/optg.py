@@ -29,7 +29,9 @@ Criteria (which score ranks the weights at a mask refresh):
 * `optg`: scores `S` start at 0 (`score_start=c`: at `c * W^2 / 2`) and follow SGD with
   momentum (`score_momentum`) on `G * W` with learning rate `learning_rate(t) * p(t) / P` (the
   supermask optimizer: later, sparser steps weigh more); `score_half_life=h` makes the scores
-  forget, a step's weight halving every `h` of the ramp (`score_decay`).
+  forget, a step's weight halving every `h` of the ramp (`score_decay`), and
+  `score_half_distance=delta` as the weights move, every `delta` of their starting norm
+  (`distance_decay`).
 * `supermask`: the same with learning rate `learning_rate(t)` (ablation).
 * `taylor`: `|G * (W * M)|` averaged over the steps since the last refresh, restarted after
   each refresh (the classic first-order criterion, no accumulation across refreshes).

@@ -583,7 +583,7 @@ def test_score_start_adds_to_a_criterions_own_start():
         ),
     ],
 )
-def test_score_start_and_half_life_bad_values_raise_naming_them(kwargs, message):
+def test_score_fields_bad_values_raise_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         optg_jax.optg_optax(0.5, 10, 0.1, **kwargs)
 
@@ -823,12 +823,12 @@ def test_distance_decayed_scores_discount_each_step_by_the_ground_covered_since(
     w0 = masked(toy_params())
     size = np.sqrt(sum(np.sum(np.square(w)) for w in w0))
     scores, noises, record, factors = [], [], 0.0, []
+    params = toy_params()  # the weights update t sees: those after t - 1 updates
     for t in range(1, 6):
-        params, state = _train_toy(plain, t - 1)  # the weights update t sees
         gap = np.sqrt(sum(np.sum(np.square(w - v)) for w, v in zip(masked(params), w0))) / size
         factors.append(0.5 ** ((max(gap, record) - record) / delta))
         record = max(gap, record)
-        _, state = _train_toy(plain, t)
+        params, state = _train_toy(plain, t)
         scores.append(state[0].scores["l1"]["kernel"])
         noises.append(state[0].score_noise["l1"]["kernel"])
     steps = [scores[0]] + [b - a for a, b in zip(scores, scores[1:])]
