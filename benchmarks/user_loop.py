@@ -88,11 +88,19 @@ LABELS = {
     "optg-epoch": "OptG, library defaults + `mask_update_every=steps_per_epoch`",
     "optg-paper": "OptG, `recipe='paper'` + `mask_update_every=steps_per_epoch`",
     "optg:recipe=paper": "OptG, `recipe='paper'` (its refresh interval: 1% of the run)",
-    "optg:score_start=3": "OptG, `score_start=3` (scores start at 3·W₀²/2; not a default)",
-    "optg:uncertainty_bonus=8": "OptG, `uncertainty_bonus=8` (a larger bonus; not a default)",
-    "optg:score_half_life=0.5": "OptG, `score_half_life=0.5` (scores forget; not a default)",
-    "optg:score_half_distance=0.25": (
-        "OptG, `score_half_distance=0.25` (scores forget as the weights move; not a default)"
+    # The default before `score_half_distance=0.25` (the scores never forget), and variants of it.
+    "optg:score_half_distance=0": "OptG, `score_half_distance=0` (the previous default)",
+    "optg:every=epoch,score_half_distance=0": (
+        "OptG, `score_half_distance=0` + `mask_update_every=steps_per_epoch`"
+    ),
+    "optg:score_start=3,score_half_distance=0": (
+        "OptG, `score_half_distance=0`, `score_start=3` (scores start at 3·W₀²/2)"
+    ),
+    "optg:uncertainty_bonus=8,score_half_distance=0": (
+        "OptG, `score_half_distance=0`, `uncertainty_bonus=8` (a larger bonus)"
+    ),
+    "optg:score_half_life=0.5,score_half_distance=0": (
+        "OptG, `score_half_distance=0`, `score_half_life=0.5` (scores forget with time)"
     ),
 }
 

@@ -42,10 +42,11 @@ methods; OptG's scores keep moving for removed weights, so they can come back.
 
 Recipes (`recipe=`, see `OptGSettings.resolved`) fill in the arguments a caller leaves at None. The
 default recipe is budget-safe: whatever the run's length, a cubic ramp ends at two-thirds of the
-run, 25 mask refreshes are spread over it, the score momentum is 0.99 and the masks are frozen
-once the target is reached, so the last third trains the final network. `recipe="paper"` gives
-the reference code's settings (a sigmoid over the whole run, a refresh per epoch, momentum 0.9,
-refreshes after the ramp too).
+run, 25 mask refreshes are spread over it, the score momentum is 0.99, the masks are frozen
+once the target is reached, so the last third trains the final network, and `optg`'s scores
+forget with distance (`score_half_distance=0.25`). `recipe="paper"` gives the reference code's
+settings (a sigmoid over the whole run, a refresh per epoch, momentum 0.9, refreshes after the
+ramp too, the scores a plain sum).
 """
 
 from __future__ import annotations
@@ -292,6 +293,9 @@ class Recipe(NamedTuple):
       update_masks_after_pruning: whether masks keep being re-selected after the ramp.
       uncertainty_bonus: `kappa`, the standard errors a score gains at a mask refresh (for the
         criteria with a `noise` estimate; 0 ranks by the scores alone).
+      score_half_distance: `delta`, how far the weights move (in units of their starting norm)
+        before a score step's weight halves, for `optg` (the criterion it was chosen for; 0: no
+        forgetting).
     """
 
     name: str
@@ -301,6 +305,7 @@ class Recipe(NamedTuple):
     score_momentum: float
     update_masks_after_pruning: bool
     uncertainty_bonus: float
+    score_half_distance: float
 
 
 _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
@@ -309,11 +314,13 @@ _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
         for r in (
             # Budget-safe settings chosen on validation splits (docs/library.md, BENCHMARKS.md): the ramp
             # ends at two-thirds of the run, a fixed number of refreshes during it, the field's
-            # cubic ramp, a long score average, and masks frozen once the target is reached.
-            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False, 4.0),
+            # cubic ramp, a long score average, masks frozen once the target is reached, and
+            # OptG's scores forgetting a step's reading by half for every quarter of their
+            # starting norm the weights move.
+            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False, 4.0, 0.25),
             # The paper's code: the sigmoid spans the whole run, a refresh every epoch, score
-            # momentum 0.9, masks re-selected after the ramp too.
-            Recipe("paper", 1.0, 0, "sigmoid", 0.9, True, 0.0),
+            # momentum 0.9, masks re-selected after the ramp too, the scores a plain sum.
+            Recipe("paper", 1.0, 0, "sigmoid", 0.9, True, 0.0, 0.0),
         )
     }
 )
@@ -369,6 +376,27 @@ def default_uncertainty_bonus(criterion: str | Criterion, recipe: str = "default
     return rules.uncertainty_bonus if rule is not None and rule.noise is not None else 0.0
 
 
+def default_score_half_distance(criterion: str | Criterion, recipe: str = "default") -> float:
+    """The `delta` a recipe gives a criterion when `score_half_distance` is left `None`.
+
+    Only the library's own `optg` criterion takes the recipe's value: it is the criterion the
+    value was chosen for on validation splits (docs/library.md). `supermask` and a `Criterion`
+    record of your own keep the plain sum (0) unless asked.
+
+    Args:
+      criterion: a name in `CRITERIA` or a `Criterion` record.
+      recipe: a name in `RECIPES`.
+
+    Returns:
+      The recipe's `score_half_distance` for `"optg"`, else 0.
+
+    Raises:
+      ValueError: an unknown recipe; the message names it.
+    """
+    rules = _recipe(recipe)
+    return rules.score_half_distance if criterion == "optg" else 0.0
+
+
 @dataclasses.dataclass(frozen=True)
 class OptGSettings:
     """Everything `optg_optax` runs with, in one frozen record.
@@ -402,7 +430,7 @@ class OptGSettings:
     group_axis: Callable[[tuple, Any], int] | None = None
     score_start: float = 0.0
     score_half_life: float = 0.0
-    score_half_distance: float = 0.0
+    score_half_distance: float | None = None
 
     def resolved(self) -> OptGSettings:
         """The record with the recipe's values in place of `None`, every field validated.
@@ -412,7 +440,8 @@ class OptGSettings:
         `steps_per_epoch` (the sigmoid's unit) = the caller's `mask_update_every`, else 1% of the
         run; `mask_update_every` = `ramp // refreshes_during_ramp` (at least 1), or one epoch
         for the paper's recipe; `schedule`, `score_momentum` and `update_masks_after_pruning`
-        the recipe's own.
+        the recipe's own; `uncertainty_bonus` and `score_half_distance` the recipe's for the
+        criteria that take them (`default_uncertainty_bonus`, `default_score_half_distance`).
 
         Returns:
           A new `OptGSettings` with no `None` left (`is_masked` defaults to
@@ -451,6 +480,10 @@ class OptGSettings:
             is_masked=given.is_masked or default_is_masked,
             pattern=None if given.pattern is None else nm.parse_pattern(given.pattern),
             uncertainty_bonus=given._bonus(),
+            score_half_distance=_pick(
+                given.score_half_distance,
+                default_score_half_distance(given.criterion, given.recipe),
+            ),
             group_axis=given.group_axis or nm.group_axis,
         )
         _validate(settings)
@@ -909,7 +942,9 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
     momentum = like_masked(zeros) if rule.has_momentum else nones
     score_noise = like_masked(zeros) if settings.uncertainty_bonus else nones
     start_weights = (
-        like_masked(lambda p: jnp.asarray(p, jnp.float32))
+        # A copy, never the params' own buffer: a train step that donates the state and the
+        # params would otherwise donate one buffer twice.
+        like_masked(lambda p: jnp.array(p, jnp.float32, copy=True))
         if settings.score_half_distance
         else nones
     )
@@ -1147,7 +1182,7 @@ def optg_optax(
     uncertainty_bonus: float | None = None,
     score_start: float = 0.0,
     score_half_life: float = 0.0,
-    score_half_distance: float = 0.0,
+    score_half_distance: float | None = None,
 ) -> optax.GradientTransformation:
     """OptG sparse training (and its baselines) as one optax transformation.
 
@@ -1217,8 +1252,10 @@ def optg_optax(
       score_half_distance: `delta >= 0`, `optg`/`supermask` only: the scores forget as the
         weights move, a step's contribution halving each time the masked weights' distance from
         where `tx.init` found them grows by `delta` of their norm there (`distance_decay`; the
-        state then keeps a float32 copy of the starting weights). 0 (the default): no such
-        forgetting. With `score_half_life` too, the two factors multiply.
+        state then keeps a float32 copy of the starting weights). None for the recipe's
+        (`default_score_half_distance`: 0.25 for `optg` under the default recipe; 0 for
+        `supermask`, custom criteria and the paper's recipe). 0: no such forgetting, the
+        paper's sum. With `score_half_life` too, the two factors multiply.
 
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.

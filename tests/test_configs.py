@@ -305,7 +305,8 @@ def test_score_fields_need_an_accumulating_criterion_and_are_part_of_the_identit
     field, value, criterion, accumulating
 ):
     config = load("fashion_mnist")
-    assert config[field] == 0.0
+    # score_half_distance is left to the recipe (None); the other two default to 0.
+    assert config[field] == (None if field == "score_half_distance" else 0.0)
     config.criterion, config[field] = criterion, value
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.validate(config)
@@ -331,6 +332,44 @@ def test_identity_records_the_uncertainty_bonus_the_run_ranks_with():
     assert config_lib.identity(config)["uncertainty_bonus"] == 0.0
     config.criterion = "dense"
     assert config_lib.identity(config)["uncertainty_bonus"] == 0.0
+
+
+def test_identity_records_the_score_half_distance_the_run_forgets_with():
+    """The identity holds the resolved delta: 0.25 for optg by default, 0 otherwise."""
+    config = load("fashion_mnist")
+    assert config.score_half_distance is None and config.criterion == "optg"
+    assert config_lib.identity(config)["score_half_distance"] == 0.25
+    config.recipe = "paper"
+    assert config_lib.identity(config)["score_half_distance"] == 0.0
+    config.recipe, config.score_half_distance = "default", 0.5
+    assert config_lib.identity(config)["score_half_distance"] == 0.5
+    config.score_half_distance = None
+    for criterion in ("supermask", "taylor", "magnitude", "dense"):
+        config.criterion = criterion
+        assert config_lib.identity(config)["score_half_distance"] == 0.0, criterion
+
+
+def test_a_workdir_from_before_distance_forgetting_resumes_only_as_it_began(tmp_path):
+    """A workdir whose config.json predates `score_half_distance` (or recorded it at 0) ran the
+    plain sum: the default config (0.25) is refused in one line; `score_half_distance=0`
+    resumes it."""
+    from optg_jax.train import checkpoints, training
+
+    config = load("fashion_mnist")
+    identity = config_lib.identity(config)
+    shapes = {"w": [2, 2]}
+    for old in (
+        {k: v for k, v in identity.items() if k != "score_half_distance"},
+        dict(identity, score_half_distance=0.0),
+    ):
+        checkpoints.write_workdir_config(str(tmp_path), {}, old, shapes)
+        config.score_half_distance = None
+        with pytest.raises(config_lib.ConfigError) as e:
+            training._check_identity(config, str(tmp_path), shapes)
+        assert "score_half_distance=0.0 (this config: 0.25)" in str(e.value)
+        assert "\n" not in str(e.value)
+        config.score_half_distance = 0.0
+        training._check_identity(config, str(tmp_path), shapes)  # Resumes.
 
 
 def test_a_workdir_from_before_the_bonus_resumes_only_as_it_began(tmp_path):

@@ -496,22 +496,26 @@ def test_sampled_threshold_gathers_only_the_sample(measured):
 
 def test_per_device_memory_is_a_shard_of_the_state(measured):
     """The compiled update's per-device buffers: its arguments are 1/8 of the replicated ones
-    (plus the leaves that stay whole), and its scratch space is smaller than one fc1 kernel.
+    (plus the leaves that stay whole), and its scratch space at most twice 1/8 of the replicated
+    update's: gathering one fc1 kernel whole on a device would exceed that.
 
     Replicated, every device holds the whole state and its scratch space is larger than fc1."""
     report = measured["large"]
     memory = report["memory"]
     whole = [s for s in report["leaf_shapes"].values() if sharding.fsdp_spec(s, NUM_DEVICES) == P()]
     # A whole leaf is on every device as params, grads and SGD momentum, and a kernel also as
-    # scores, score momentum and the uint8 mask: less than 6 * 4 bytes per entry.
+    # scores, score momentum, the starting weights (score_half_distance) and the uint8 mask:
+    # less than 7 * 4 bytes per entry.
     bound = (
         memory["replicated"]["argument_bytes"] / NUM_DEVICES
-        + sum(24 * math.prod(s) for s in whole)
+        + sum(28 * math.prod(s) for s in whole)
         + 64
     )
     assert memory["fsdp"]["argument_bytes"] <= bound
     fc1_bytes = 4 * math.prod(report["leaf_shapes"]["fc1/kernel"])
-    assert memory["fsdp"]["temp_bytes"] < fc1_bytes < memory["replicated"]["temp_bytes"]
+    scratch_bound = 2 * memory["replicated"]["temp_bytes"] / NUM_DEVICES
+    assert memory["fsdp"]["temp_bytes"] <= scratch_bound < memory["fsdp"]["temp_bytes"] + fc1_bytes
+    assert fc1_bytes < memory["replicated"]["temp_bytes"]
 
 
 def test_masks_equal_and_scores_agree_with_the_replicated_run(measured):

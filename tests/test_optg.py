@@ -497,6 +497,52 @@ def test_default_uncertainty_bonus_is_what_resolved_settings_use():
         optg_jax.default_uncertainty_bonus("optg", "fast")
 
 
+def test_default_score_half_distance_is_what_resolved_settings_use():
+    # The default recipe gives delta 0.25 to optg alone; supermask, the others and the paper
+    # form keep the plain sum (0); an explicit value wins.
+    for criterion in ("optg", "supermask", "taylor", "magnitude", "sr_ste"):
+        for recipe in optg_jax.RECIPES:
+            got = optg_jax.default_score_half_distance(criterion, recipe)
+            assert got == (0.25 if (criterion, recipe) == ("optg", "default") else 0.0)
+            settings = optg_jax.OptGSettings(0.5, 10, 0.1, criterion=criterion, recipe=recipe)
+            assert settings.resolved().score_half_distance == got, (criterion, recipe)
+    custom = optg_jax.OptGSettings(0.5, 10, 0.1).rule._replace(name="mine")
+    assert optg_jax.default_score_half_distance(custom) == 0.0
+    explicit = optg_jax.OptGSettings(0.5, 10, 0.1, score_half_distance=0.0).resolved()
+    assert explicit.score_half_distance == 0.0
+    with pytest.raises(ValueError, match="recipe must be one of default, paper, got 'fast'"):
+        optg_jax.default_score_half_distance("optg", "fast")
+
+
+def test_default_optg_forgets_with_distance_as_an_explicit_quarter_does():
+    # Left at None, optg_optax keeps the starting weights and forgets by 0.25 of their norm:
+    # every state leaf equals the run with score_half_distance=0.25 written out, and the scores
+    # differ from the plain sum's (0) once the weights have moved.
+    params = toy_params()
+    runs = {}
+    for name, kwargs in {
+        "none": {},
+        "quarter": {"score_half_distance": 0.25},
+        "zero": {"score_half_distance": 0.0},
+    }.items():
+        tx = optg_jax.optg_optax(0.5, 20, 0.1, is_masked=rank_at_least_2, **kwargs)
+        state, p = tx.init(params), params
+        for t in range(6):
+            grads = jax.tree.map(lambda x, t=t: jnp.full_like(x, 0.3 * (t + 1)) - x, p)
+            updates, state = tx.update(grads, state, p)
+            p = optax.apply_updates(p, jax.tree.map(lambda u: -0.5 * u, updates))
+        runs[name] = state
+    np.testing.assert_array_equal(
+        runs["none"].start_weights["l1"]["kernel"], params["l1"]["kernel"]
+    )
+    assert runs["zero"].start_weights["l1"]["kernel"] is None
+    for a, b in zip(jax.tree.leaves(runs["none"]), jax.tree.leaves(runs["quarter"])):
+        np.testing.assert_array_equal(a, b)
+    assert float(runs["none"].distance) > 0.25
+    moved = runs["none"].scores["l1"]["kernel"] - runs["zero"].scores["l1"]["kernel"]
+    assert float(jnp.max(jnp.abs(moved))) > 1e-3
+
+
 # -------------------------------------------------------------------------- score start
 
 
@@ -759,7 +805,10 @@ def test_decayed_scores_are_the_discounted_sum_of_the_plain_steps(criterion):
     # Before the first refresh (every 50 of 100 steps) the masks stay full, so the weights and
     # every score step -lr * v are the same with or without decay: the decayed score after t
     # steps is sum_i d^(t - i) * step_i, its bonus variance sum_i d^(2 (t - i)) * noise_i.
-    kwargs = dict(criterion=criterion, mask_update_every=50, uncertainty_bonus=4.0)
+    # (score_half_distance=0: the plain sum, no forgetting with distance on either side.)
+    kwargs = dict(
+        criterion=criterion, mask_update_every=50, uncertainty_bonus=4.0, score_half_distance=0.0
+    )
     plain = optax.chain(optg_jax.optg_optax(0.5, 100, 0.01, **kwargs), optax.sgd(0.01))
     decayed = optax.chain(
         optg_jax.optg_optax(0.5, 100, 0.01, score_half_life=0.02, **kwargs), optax.sgd(0.01)
@@ -814,7 +863,9 @@ def test_distance_decayed_scores_discount_each_step_by_the_ground_covered_since(
     # over the masked kernels, W_t the weights update t saw; the score after 5 updates is
     # sum_i (prod_{j > i} factor_j) * step_i, its bonus variance with the factors squared.
     kwargs = dict(criterion=criterion, mask_update_every=50, uncertainty_bonus=4.0)
-    plain = optax.chain(optg_jax.optg_optax(0.5, 100, 0.01, **kwargs), optax.sgd(0.05))
+    plain = optax.chain(
+        optg_jax.optg_optax(0.5, 100, 0.01, score_half_distance=0.0, **kwargs), optax.sgd(0.05)
+    )
     delta = 0.25
     forgets = optax.chain(
         optg_jax.optg_optax(0.5, 100, 0.01, score_half_distance=delta, **kwargs), optax.sgd(0.05)

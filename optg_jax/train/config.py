@@ -171,8 +171,9 @@ def _add_optg_fields(c: ml_collections.ConfigDict) -> None:
     c.score_half_life = 0.0
     # optg/supermask: a score step's weight halves each time the pruned layers' weights move a
     # further score_half_distance of their starting norm (optg_optax's score_half_distance); 0:
-    # no such forgetting.
-    c.score_half_distance = 0.0
+    # no such forgetting. None: the recipe's (0.25 for optg by default, 0 for supermask and in
+    # the paper's form).
+    c.score_half_distance = config_dict.placeholder(float)
     # N:M sparsity (`optg_jax.nm`, docs/training.md): "2:4" keeps 2 of every 4 consecutive
     # weights along each kernel's reduction axis; None = unstructured. With a pattern the target
     # sparsity is 1 - N/M: train.py takes it from the pattern unless --config.sparsity is given.
@@ -311,7 +312,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= config.score_lr_floor <= 1.0:
         _fail("score_lr_floor", config.score_lr_floor, "is outside [0, 1]")
     for field in ("score_start", "score_half_life", "score_half_distance"):
-        if not 0.0 <= config[field] < math.inf:
+        if config.get(field) is not None and not 0.0 <= config[field] < math.inf:
             _fail(field, config[field], "must be a non-negative number")
     for field in (
         "warmup_epochs",
@@ -504,12 +505,33 @@ def identity(config: ml_collections.ConfigDict) -> dict:
     out["init_from"] = init_from_path(config.init_from)
     out["reinit"] = list(reinit_names(config))
     out["uncertainty_bonus"] = uncertainty_bonus(config)
+    out["score_half_distance"] = score_half_distance(config)
     return out
 
 
 # The value an identity field stands for in a workdir written before the field existed, where
-# it differs from `base_config`'s: such a run ranked without the bonus (kappa 0).
-LEGACY_IDENTITY = types.MappingProxyType({"uncertainty_bonus": 0.0})
+# it differs from `base_config`'s: such a run ranked without the bonus (kappa 0), and its
+# scores did not forget with distance.
+LEGACY_IDENTITY = types.MappingProxyType({"uncertainty_bonus": 0.0, "score_half_distance": 0.0})
+
+
+def score_half_distance(config: ml_collections.ConfigDict) -> float:
+    """The `delta` the run's scores forget with: `config.score_half_distance`, else its
+    recipe's value for its criterion (0 for every criterion but optg, and for dense runs).
+
+    Args:
+      config: a validated config.
+
+    Returns:
+      `config.score_half_distance`, else `optg_jax.default_score_half_distance(criterion,
+      recipe)`.
+    """
+    if config.criterion == "dense":
+        return 0.0
+    delta = config.get("score_half_distance")
+    if delta is not None:
+        return float(delta)
+    return optg_jax.default_score_half_distance(config.criterion, config.recipe)
 
 
 def uncertainty_bonus(config: ml_collections.ConfigDict) -> float:

@@ -248,7 +248,7 @@ def optg_settings(
         uncertainty_bonus=None if bonus is None else float(bonus),
         score_start=float(config.score_start),
         score_half_life=float(config.score_half_life),
-        score_half_distance=float(config.score_half_distance),
+        score_half_distance=config_lib.score_half_distance(config),
         pattern=config.pattern,
         nm_ramp=config.nm_ramp,
     )
