@@ -16,10 +16,11 @@ hand-written notes of `goal_check_notes.md`.
 
 `--candidate` puts a variant of OptG in the default's place (the first of the names that a
 benchmark's records hold: the grid and the loops spell a variant differently), into its own
-section, e.g. the scores started at `3·W_0²/2`:
+section, e.g. the previous default, whose scores did not forget with distance:
 
-  .venv/bin/python -m benchmarks.goal_check --candidate optg-start3 optg:score_start=3 \
-      --label "OptG, score_start=3" --section goal_check_score_start
+  .venv/bin/python -m benchmarks.goal_check --candidate optg-halfdist0 \
+      optg:score_half_distance=0 --label "OptG, score_half_distance=0" \
+      --section goal_check_previous_default
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ LABELS = {
     "optg": "OptG N:M (library defaults)",
     "magnitude": "magnitude N:M (same ramp)",
     "sr_ste": "SR-STE (pattern from the start, masks every step)",
+    "optg:score_half_distance=0": "OptG N:M, `score_half_distance=0` (the previous defaults)",
 }
 
 

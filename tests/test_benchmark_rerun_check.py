@@ -35,17 +35,21 @@ def test_differences_count_equal_runs_and_give_std_and_largest():
     assert rerun_check.differences([]) == {"runs": 0, "equal": 0, "std": 0.0, "largest": 0.0}
 
 
+OPTG = "optg:score_half_distance=0"
+
+
 def test_verdicts_compare_the_same_seeds_in_records_and_reruns():
+    # The reruns are of the previous default OptG, named as the loops name it now.
     records = [
-        _row("optg", 0, 88.0),
-        _row("optg", 1, 88.4),
+        _row(OPTG, 0, 88.0),
+        _row(OPTG, 1, 88.4),
         _row("magnitude", 0, 88.3),
         _row("magnitude", 1, 88.5),
         _row("magnitude", 2, 80.0),  # no rerun: not in either cell
     ]
     reruns = [
-        _row("optg", 0, 88.6),
-        _row("optg", 1, 88.4),
+        _row(OPTG, 0, 88.6),
+        _row(OPTG, 1, 88.4),
         _row("magnitude", 0, 88.3),
         _row("magnitude", 1, 88.3),
     ]
@@ -62,7 +66,7 @@ def test_verdicts_compare_the_same_seeds_in_records_and_reruns():
     clear = [
         (_row(m, s, 88.0 + d), _row(m, s, 88.0 + d))
         for s, d in enumerate((0.5, 0.6, 0.55))
-        for m in ("optg",)
+        for m in (OPTG,)
     ]
     clear += [(_row("taylor", s, 88.0), _row("taylor", s, 88.0)) for s in range(3)]
     lines = rerun_check.tables([(rerun_check.RerunSet("y", "r", "s"), clear)])

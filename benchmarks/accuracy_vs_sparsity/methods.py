@@ -141,7 +141,9 @@ def label(method: str) -> str:
         if options.get(field) == value and suffix != "paper":
             parts.append(text)
     for field, _, text in SUFFIXES.values():
-        if field in options:
+        if field == "score_half_distance" and options.get(field) == 0:
+            parts.append("plain score sum (score_half_distance=0, the previous default)")
+        elif field in options:
             parts.append(text.format(options[field]))
     return f"ablation: {', '.join(parts)}" if options else parts[0]
 
