@@ -91,6 +91,14 @@ def test_parse_method():
     assert methods.parse_method("optg-halflife0.25") == ("optg", {"score_half_life": 0.25})
     assert methods.parse_method("optg-halfdist0.5") == ("optg", {"score_half_distance": 0.5})
     assert methods.label("optg-start3") == "ablation: OptG, score start 3·W₀²/2"
+    assert methods.label("optg-halfdist0.5") == (
+        "ablation: OptG, score half-distance 0.5 of the weights' norm"
+    )
+    # The previous default (the plain sum) is named for what it is.
+    assert methods.label("optg-start3-halfdist0") == (
+        "ablation: OptG, score start 3·W₀²/2, plain score sum (score_half_distance=0, the "
+        "previous default)"
+    )
     assert "floor 0.5, masks frozen" not in methods.label("optg-floor0.5-frozen")
     assert methods.label("optg-every50-frozen") == (
         "ablation: OptG, masks frozen after the ramp, refresh every 50 steps"
