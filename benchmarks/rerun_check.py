@@ -181,7 +181,8 @@ def tables(sets: list[tuple[RerunSet, list[tuple[dict, dict]]]]) -> list[str]:
     lines += [
         "",
         "The previous default OptG's (`score_half_distance=0`) lead over the best other method, "
-        "paired by seed (mean ± std (seeds)), in the runs repeated and in their reruns (*clear*: more than two standard errors from 0, "
+        "paired by seed (mean ± std (seeds)), in the runs repeated and in their reruns "
+        "(*clear*: more than two standard errors from 0, "
         "`goal_check.Cell.clear_lead`):",
         "",
         "| reruns | epochs | sparsity | runs repeated | reruns |",

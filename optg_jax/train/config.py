@@ -526,12 +526,7 @@ def score_half_distance(config: ml_collections.ConfigDict) -> float:
       `config.score_half_distance`, else `optg_jax.default_score_half_distance(criterion,
       recipe)`.
     """
-    if config.criterion == "dense":
-        return 0.0
-    delta = config.get("score_half_distance")
-    if delta is not None:
-        return float(delta)
-    return optg_jax.default_score_half_distance(config.criterion, config.recipe)
+    return _given_or_recipes(config, "score_half_distance", optg_jax.default_score_half_distance)
 
 
 def uncertainty_bonus(config: ml_collections.ConfigDict) -> float:
@@ -544,9 +539,15 @@ def uncertainty_bonus(config: ml_collections.ConfigDict) -> float:
     Returns:
       `config.uncertainty_bonus`, else `optg_jax.default_uncertainty_bonus(criterion, recipe)`.
     """
+    return _given_or_recipes(config, "uncertainty_bonus", optg_jax.default_uncertainty_bonus)
+
+
+def _given_or_recipes(config: ml_collections.ConfigDict, field: str, recipes_value) -> float:
+    """`config[field]` as a float, else `recipes_value(criterion, recipe)`; 0 for dense runs
+    (`get`: a config saved before the field existed lacks it)."""
     if config.criterion == "dense":
         return 0.0
-    bonus = config.get("uncertainty_bonus")
-    if bonus is not None:
-        return float(bonus)
-    return optg_jax.default_uncertainty_bonus(config.criterion, config.recipe)
+    given = config.get(field)
+    if given is not None:
+        return float(given)
+    return recipes_value(config.criterion, config.recipe)

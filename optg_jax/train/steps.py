@@ -229,6 +229,7 @@ def optg_settings(
       values for those fields).
     """
     every, bonus = config.mask_update_every, config.get("uncertainty_bonus")
+    delta = config.get("score_half_distance")
     settings = optg_jax.OptGSettings(
         target_sparsity=float(config.sparsity),
         total_steps=num_steps,
@@ -248,7 +249,7 @@ def optg_settings(
         uncertainty_bonus=None if bonus is None else float(bonus),
         score_start=float(config.score_start),
         score_half_life=float(config.score_half_life),
-        score_half_distance=config_lib.score_half_distance(config),
+        score_half_distance=None if delta is None else float(delta),
         pattern=config.pattern,
         nm_ramp=config.nm_ramp,
     )
