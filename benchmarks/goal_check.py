@@ -6,9 +6,11 @@ OptG with the library's defaults, the best of the library's other sparse criteri
 defaults (`magnitude` = GMP with the cubic ramp, `taylor`, `supermask`, those a benchmark ran),
 OptG's lead over it, whether OptG is within one std of it (the larger of the two stds) and
 whether it is first, and the lead paired by seed (mean and std of the per-seed differences over
-the seeds both ran). Under the table: the goal's two counts, the mean lead of each regime beside
-what a criterion exactly level with its rivals would average (`Cell.lead_if_level`), and the
-clear leads either way. The table goes to `benchmarks/results/goal_check.md` and its section of
+the seeds both ran). Under the table: the goal's two counts, each beside what a criterion exactly
+level with its rivals would score (`within_if_level`, `firsts_if_level`), the mean lead of each
+regime beside what such a criterion would average (`Cell.lead_if_level`), the clear leads either
+way, and the same test for each of the library's criteria in turn against the others
+(`round_robin`). The table goes to `benchmarks/results/goal_check.md` and its section of
 BENCHMARKS.md, with a plot of the paired leads (`goal_check.png`, `plot_leads`) and the
 hand-written notes of `goal_check_notes.md`.
 
@@ -285,6 +287,97 @@ def lead_for_even_odds(high_cells: list[Cell], odds: float = 0.5) -> float:
     return hi
 
 
+def chance_within(cell: Cell, lead: float, draws: int = 20_000, seed: int = 0) -> float:
+    """The probability that the candidate is within one std of the cell's best other method
+    (`Cell.within_one_std`, the rule itself) if it truly led each rival by `lead` points.
+
+    Monte Carlo: every method of the cell gets as many seeds as the candidate has, each seed's
+    top-1 drawn from a normal with the cell's pooled std, the candidate's around `lead` and the
+    `rivals`' around 0; each draw applies the rule to the sample means and stds (the best other
+    is the rival of the highest mean). The draws are seeded, so the result is a fixed function
+    of its arguments, and the same normals serve every `lead` (a higher lead never lowers it).
+    With one seed every std is 0 and the rule asks the candidate to be first.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    n, k, s = max(1, len(cell.candidate.by_seed)), cell.rivals, cell.pooled_std
+    if s == 0.0:
+        return 1.0 if lead >= 0 else 0.0
+    z = np.random.default_rng(seed).standard_normal((draws, k + 1, n))
+    means = z.mean(axis=-1)
+    stds = z.std(axis=-1, ddof=1) if n > 1 else np.zeros_like(means)
+    best = 1 + means[:, 1:].argmax(axis=1)
+    rows = np.arange(draws)
+    gap = means[:, 0] + lead / s - means[rows, best]
+    return float(np.mean(gap >= -np.maximum(stds[:, 0], stds[rows, best])))
+
+
+def within_if_level(all_cells: list[Cell], lead: float = 0.0) -> tuple[float, float]:
+    """What "within one std in every cell" asks of a criterion no better than its rivals.
+
+    Cell by cell independently, the candidate is within one std with `chance_within(cell,
+    lead)`; at `lead = 0` it is exactly level with its rivals.
+
+    Returns:
+      The probability that it is within one std in every cell (the product of the chances), and
+      the expected count of cells where it is not (the sum of their complements); `(1.0, 0.0)`
+      for no cells.
+    """
+    chances = [chance_within(c, lead) for c in all_cells]
+    return math.prod(chances), sum(1.0 - p for p in chances)
+
+
+def lead_for_all_within(all_cells: list[Cell], odds: float = 0.5) -> float:
+    """The lead (points) over every rival, the same in every cell, with which the candidate would
+    be within one std in every cell with probability `odds` (`within_if_level`; bisection to
+    0.001 points). 0 when parity already gives those odds.
+    """
+    if not all_cells or within_if_level(all_cells)[0] >= odds:
+        return 0.0
+    lo, hi = 0.0, 10.0
+    while hi - lo > 1e-3:
+        mid = 0.5 * (lo + hi)
+        if within_if_level(all_cells, mid)[0] >= odds:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def round_robin(
+    records: list[tuple[Source, list[dict]]], methods=(CANDIDATE, *OTHERS)
+) -> list[str]:
+    """The goal's test applied to each of `methods` in turn, against the others (OptG among them).
+
+    Args:
+      records: each benchmark with its test-split rows (`read_records`).
+      methods: the criteria, each with its defaults; each one's cells are those where it and
+        at least one other ran.
+
+    Returns:
+      A Markdown table, one row per method: its cells within one std of the best other, its
+      firsts among the cells at `HIGH_SPARSITY` or more, and its clear leads either way
+      (`Cell.clear_lead`).
+    """
+    lines = [
+        "| criterion (defaults) | within 1 std of the best other | first at "
+        f"{100 * HIGH_SPARSITY:g}%+ | clearly ahead | clearly behind |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method in methods:
+        others = tuple(m for m in methods if m != method)
+        mine = []
+        for source, rows in records:
+            mine += cells(source.name, rows, method, others, source.regime)
+        high = [c for c in mine if c.sparsity >= HIGH_SPARSITY - 1e-9]
+        leads = [c.clear_lead() for c in mine]
+        lines.append(
+            f"| {method} | {sum(c.within_one_std for c in mine)} of {len(mine)} | "
+            f"{sum(c.first for c in high)} of {len(high)} | {leads.count(1)} | {leads.count(-1)} |"
+        )
+    return lines
+
+
 def table(all_cells: list[Cell], label: str = "OptG (defaults)") -> list[str]:
     """The Markdown table, one row per cell; `label` heads the candidate's column."""
     lines = [
@@ -325,8 +418,21 @@ def summary(all_cells: list[Cell], high_sparsity: float = HIGH_SPARSITY) -> list
             f"every cell ({lead_for_even_odds(high, 0.8):.2f} for odds of 0.8; "
             "`lead_for_even_odds`)."
         )
+    all_level, misses_if_level = within_if_level(all_cells)
+    within_line = (
+        f"- Within one std of the best other method: **{len(within)} of {len(all_cells)}** cells."
+    )
+    if all_cells:
+        within_line += (
+            " A criterion exactly level with its rivals in every cell would be within one std in "
+            f"all {len(all_cells)} with probability {all_level:.3f}, and outside it in "
+            f"{misses_if_level:.2f} cells on average (`within_if_level`). To be within one std "
+            f"in all of them with even odds it would have to lead every rival by "
+            f"{lead_for_all_within(all_cells):.2f} points in every cell "
+            f"({lead_for_all_within(all_cells, 0.8):.2f} for odds of 0.8; `lead_for_all_within`)."
+        )
     lines = [
-        f"- Within one std of the best other method: **{len(within)} of {len(all_cells)}** cells.",
+        within_line,
         first_line,
         mean_lead_line(all_cells, high_sparsity),
     ]
@@ -467,13 +573,14 @@ def main(argv=None) -> None:
     ap.add_argument("--label", default="OptG (defaults)", help="the candidate's column heading")
     ap.add_argument("--section", default=SECTION, help="the results file and BENCHMARKS section")
     args = ap.parse_args(argv)
-    all_cells = []
+    all_cells, records = [], []
     for source in SOURCES:
         path = os.path.join(args.results_dir, source.file)
         if not os.path.exists(path):
             print(f"no records for {source.name}: {path} is missing; left out")
             continue
         rows = read_records(path)
+        records.append((source, rows))
         candidate = pick_candidate(rows, args.candidate)
         if candidate is None:
             print(f"no records for {source.name} of {' or '.join(args.candidate)}; left out")
@@ -502,6 +609,14 @@ def main(argv=None) -> None:
         *summary(all_cells),
         "",
     ]
+    if default:
+        blocks += [
+            "The same test for each of the library's criteria in turn, with its defaults, against "
+            "the others (OptG among them; `round_robin`):",
+            "",
+            *round_robin(records),
+            "",
+        ]
     os.makedirs(args.results_dir, exist_ok=True)
     plot_leads(all_cells, os.path.join(args.results_dir, f"{args.section}.png"), args.label)
     alt = f"{title}: paired lead per cell"

@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import statistics
 
 import pytest
@@ -64,7 +65,7 @@ def test_a_lead_beyond_the_larger_std_is_not_within():
     assert cell.lead == pytest.approx(-0.4)
     assert not cell.within_one_std and not cell.first
     lines = goal_check.summary([cell])
-    assert lines[0].endswith("**0 of 1** cells.")
+    assert "**0 of 1** cells." in lines[0]
     assert "**0 of 0**" in lines[1]  # 95% is not a high-sparsity cell.
     assert "b, 4 epochs, 95% (-0.40)" in lines[3]
 
@@ -173,6 +174,10 @@ def test_main_writes_the_section_from_the_records(tmp_path):
         in text
     )
     assert "First at 98% sparsity or more: **1 of 1** cells" in text
+    # The round robin under the summary: one seed, so the leader of the cell is within and first.
+    assert "| optg | 1 of 1 | 1 of 1 | 0 | 0 |" in text
+    assert "| magnitude | 0 of 1 | 0 of 1 | 0 | 0 |" in text
+    assert "| supermask | 0 of 0 | 0 of 0 | 0 | 0 |" in text
     assert (tmp_path / "goal_check.md").exists()
 
 
@@ -207,6 +212,7 @@ def test_a_candidate_variant_takes_the_defaults_place_in_its_own_section(tmp_pat
     assert (tmp_path / "goal_check_start.png").read_bytes()[:4] == b"\x89PNG"
     assert "](goal_check_start.png)" in text
     assert not (tmp_path / "goal_check.md").exists()
+    assert "round_robin" not in text  # the round robin belongs to the default's section only
 
 
 def test_firsts_if_level_is_the_count_of_independent_draws():
@@ -349,3 +355,72 @@ def test_forest_rows_give_the_paired_lead_two_standard_errors_and_parity(tmp_pat
     path = tmp_path / "leads.png"
     goal_check.plot_leads([cell, cell._replace(regime="from a pretrained network")], str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chance_within_matches_an_independent_simulation_and_the_closed_forms():
+    # One rival, five seeds, level: the rule applied to 50 000 independent draws of plain Python.
+    rng = random.Random(7)
+    hits = 0
+    for _ in range(50_000):
+        a = [rng.gauss(0.0, 1.0) for _ in range(5)]
+        b = [rng.gauss(0.0, 1.0) for _ in range(5)]
+        lead = statistics.fmean(a) - statistics.fmean(b)
+        hits += lead >= -max(statistics.stdev(a), statistics.stdev(b))
+    assert goal_check.chance_within(_spread_cell(1, 0.3, seeds=5), 0.0) == pytest.approx(
+        hits / 50_000, abs=0.006
+    )
+    # One seed: every std is 0, so "within" is "first": 1 / (k + 1) at parity.
+    assert goal_check.chance_within(_spread_cell(3, 0.2, seeds=1), 0.0) == pytest.approx(
+        0.25, abs=0.01
+    )
+    # Many seeds, one rival, truly one std behind: the lead is N(-s, 2 s^2 / n) and the larger of
+    # the two sample stds is s (1 + 0.5642 / sqrt(2n)) on average with variance
+    # (1 - 1/pi) s^2 / (2n), so P = Phi(0.5642 / sqrt(2n) / sqrt(2/n + 0.6817 / (2n))) = 0.6029
+    # for n = 400.
+    far = goal_check.chance_within(_spread_cell(1, 1.0, seeds=400), -1.0, draws=4000)
+    assert far == pytest.approx(0.6029, abs=0.02)
+    # No spread: the lead decides; a large lead is always within; a higher lead never lowers it.
+    assert goal_check.chance_within(_spread_cell(2, 0.0), 0.0) == 1.0
+    assert goal_check.chance_within(_spread_cell(2, 0.0), -0.01) == 0.0
+    assert goal_check.chance_within(_spread_cell(2, 0.2), 5.0) == 1.0
+    chances = [goal_check.chance_within(_spread_cell(2, 0.2), x) for x in (-0.2, 0.0, 0.1)]
+    assert chances == sorted(chances) and chances[0] < chances[-1]
+
+
+def test_within_if_level_and_lead_for_all_within_over_independent_cells():
+    # One seed and one rival a cell: within means first, 1/2 at parity. Three cells: all within
+    # with 1/8, 1.5 cells outside on average.
+    everywhere, misses = goal_check.within_if_level([_spread_cell(1, 0.3, seeds=1)] * 3)
+    assert everywhere == pytest.approx(0.125, abs=0.01)
+    assert misses == pytest.approx(1.5, abs=0.03)
+    assert goal_check.within_if_level([]) == (1.0, 0.0)
+    # Two such cells with std 1: P(all) = Phi(lead / sqrt(2))^2 = 1/2 at
+    # lead = sqrt(2) Phi^-1(sqrt(1/2)) = 0.7707.
+    cells = [_spread_cell(1, 1.0, seeds=1)] * 2
+    expected = 2**0.5 * statistics.NormalDist().inv_cdf(0.5**0.5)
+    assert goal_check.lead_for_all_within(cells) == pytest.approx(expected, abs=0.02)
+    assert goal_check.lead_for_all_within([]) == 0.0
+    # Parity already gives one cell of one rival and five seeds more than even odds.
+    assert goal_check.lead_for_all_within([_spread_cell(1, 0.3, seeds=5)]) == 0.0
+    line = goal_check.summary([_spread_cell(1, 0.3, seeds=1)] * 3)[0]
+    assert "within one std in all 3 with probability 0.12" in line
+    assert "outside it in 1.5" in line
+
+
+def test_round_robin_puts_each_criterion_in_the_candidates_place():
+    # One cell at 98%: Taylor 0.18 above OptG on average (paired -0.2, -0.15, -0.2: clear),
+    # magnitude a point below OptG, supermask absent.
+    tops = {
+        "optg": (88.0, 88.15, 88.2),
+        "taylor": (88.2, 88.3, 88.4),
+        "magnitude": (87.0, 87.1, 87.2),
+    }
+    rows = [_row(m, 0.98, seed, t) for m, ts in tops.items() for seed, t in enumerate(ts)]
+    source = goal_check.Source("b", "b.jsonl", goal_check.SCRATCH)
+    lines = goal_check.round_robin([(source, rows)])
+    assert lines[2:] == [
+        "| optg | 0 of 1 | 0 of 1 | 0 | 1 |",  # 0.18 behind Taylor, stds 0.10: outside
+        "| magnitude | 0 of 1 | 0 of 1 | 0 | 1 |",
+        "| taylor | 1 of 1 | 1 of 1 | 1 | 0 |",  # ahead of OptG, the best of the others
+        "| supermask | 0 of 0 | 0 of 0 | 0 | 0 |",
+    ]
