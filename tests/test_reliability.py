@@ -215,7 +215,7 @@ def test_same_seed_same_results_twice(uninterrupted, tmp_path):
 # workdir, config overrides (JSON), and the step after which the last process sends itself
 # SIGTERM (-1: never). Exits 75 with a PREEMPTED line as train.py does, 2 on a config error.
 MULTIPROCESS_SCRIPT = textwrap.dedent("""
-    import json, os, signal, sys
+    import json, os, signal, sys, time
     import jax
     process_id, num_processes, port, workdir = (int(sys.argv[1]), int(sys.argv[2]),
                                                 int(sys.argv[3]), sys.argv[4])
@@ -235,6 +235,13 @@ MULTIPROCESS_SCRIPT = textwrap.dedent("""
             step_done(self, step, metrics)
             if step + 1 == sigterm_after:  # A real SIGTERM, to this process only.
                 os.kill(os.getpid(), signal.SIGTERM)
+            if step + 1 >= sigterm_after:
+                # A real preemption leaves many seconds of grace; these steps take milliseconds,
+                # and the service's notice reached the other process after more than the 1.5 s
+                # of three 0.5 s steps in 2 of 3 streamed runs on a 2-core host. Slowing this
+                # process (and with it the others, held by the collectives) to 2 s a step lets
+                # JAX's preemption service agree on a sync step before the run's last one.
+                time.sleep(2.0)
         training._Progress.step_done = step_done_then_sigterm
     try:
         results = training.train_and_evaluate(config, workdir)
