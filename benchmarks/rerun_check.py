@@ -150,9 +150,9 @@ RERUN_CANDIDATES = ("optg-halfdist0", "optg:score_half_distance=0")
 
 def verdicts(pairs: list[tuple[dict, dict]]) -> list[tuple[goal_check.Cell, goal_check.Cell]]:
     """Per cell, `(cell from the records, cell from the reruns)` over the matched runs only."""
-    names = {r["method"] for r, _ in pairs}
-    candidate = next((c for c in RERUN_CANDIDATES if c in names), RERUN_CANDIDATES[0])
-    recorded = goal_check.cells("", [record for record, _ in pairs], candidate)
+    records = [record for record, _ in pairs]
+    candidate = goal_check.pick_candidate(records, list(RERUN_CANDIDATES)) or RERUN_CANDIDATES[0]
+    recorded = goal_check.cells("", records, candidate)
     rerun = {
         (c.epochs, c.sparsity): c for c in goal_check.cells("", [r for _, r in pairs], candidate)
     }

@@ -349,12 +349,24 @@ def test_identity_records_the_score_half_distance_the_run_forgets_with():
         assert config_lib.identity(config)["score_half_distance"] == 0.0, criterion
 
 
+def _refused_until_zero(config, workdir, old_identity, field, this_config, shapes):
+    """A workdir whose config.json holds `old_identity` (the field missing or 0) refuses
+    `config` in one line naming `field=0.0` and `this_config`, then resumes with `field` 0."""
+    from optg_jax.train import checkpoints, training
+
+    checkpoints.write_workdir_config(workdir, {}, old_identity, shapes)
+    with pytest.raises(config_lib.ConfigError) as e:
+        training._check_identity(config, workdir, shapes)
+    assert f"{field}=0.0 {this_config}" in str(e.value)
+    assert "\n" not in str(e.value)
+    config[field] = 0.0
+    training._check_identity(config, workdir, shapes)  # Resumes.
+
+
 def test_a_workdir_from_before_distance_forgetting_resumes_only_as_it_began(tmp_path):
     """A workdir whose config.json predates `score_half_distance` (or recorded it at 0) ran the
     plain sum: the default config (0.25) is refused in one line; `score_half_distance=0`
     resumes it."""
-    from optg_jax.train import checkpoints, training
-
     config = load("fashion_mnist")
     identity = config_lib.identity(config)
     shapes = {"w": [2, 2]}
@@ -362,14 +374,10 @@ def test_a_workdir_from_before_distance_forgetting_resumes_only_as_it_began(tmp_
         {k: v for k, v in identity.items() if k != "score_half_distance"},
         dict(identity, score_half_distance=0.0),
     ):
-        checkpoints.write_workdir_config(str(tmp_path), {}, old, shapes)
         config.score_half_distance = None
-        with pytest.raises(config_lib.ConfigError) as e:
-            training._check_identity(config, str(tmp_path), shapes)
-        assert "score_half_distance=0.0 (this config: 0.25)" in str(e.value)
-        assert "\n" not in str(e.value)
-        config.score_half_distance = 0.0
-        training._check_identity(config, str(tmp_path), shapes)  # Resumes.
+        _refused_until_zero(
+            config, str(tmp_path), old, "score_half_distance", "(this config: 0.25)", shapes
+        )
 
 
 def test_a_workdir_from_before_the_bonus_resumes_only_as_it_began(tmp_path):
@@ -380,13 +388,9 @@ def test_a_workdir_from_before_the_bonus_resumes_only_as_it_began(tmp_path):
     config = load("fashion_mnist")
     old = {k: v for k, v in config_lib.identity(config).items() if k != "uncertainty_bonus"}
     shapes = {"w": [2, 2]}
-    checkpoints.write_workdir_config(str(tmp_path), {}, old, shapes)
-    with pytest.raises(config_lib.ConfigError) as e:
-        training._check_identity(config, str(tmp_path), shapes)
-    assert "uncertainty_bonus=0.0 (this config: 4.0)" in str(e.value)
-    assert "\n" not in str(e.value)
-    config.uncertainty_bonus = 0.0
-    training._check_identity(config, str(tmp_path), shapes)  # Resumes.
+    _refused_until_zero(
+        config, str(tmp_path), old, "uncertainty_bonus", "(this config: 4.0)", shapes
+    )
     config.criterion, config.uncertainty_bonus = "taylor", None
     old_taylor = {k: v for k, v in config_lib.identity(config).items() if k != "uncertainty_bonus"}
     checkpoints.write_workdir_config(str(tmp_path), {}, old_taylor, shapes)
