@@ -92,6 +92,31 @@ def test_finetune_plot_leaves_out_a_series_far_behind(tmp_path, monkeypatch):
     assert "not shown, over 10 points behind: OptG, recipe='paper'" in title
 
 
+def test_finetune_plain_cnn_is_fmnist_cnn_without_normalisation():
+    import jax
+
+    from benchmarks import finetune
+
+    setting = finetune.MODELS["plain_cnn"]
+    params, batch_stats = finetune.init_variables(setting.build(), 0, setting.image_size)
+    # 14x14 -> conv, pool 7x7 -> conv, pool 3x3: fc1 sees 3 * 3 * 64 = 576 features.
+    shapes = {
+        "/".join(k.key for k in path): leaf.shape
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
+    assert shapes == {
+        "conv1/kernel": (3, 3, 1, 32),
+        "conv1/bias": (32,),
+        "conv2/kernel": (3, 3, 32, 64),
+        "conv2/bias": (64,),
+        "fc1/kernel": (576, 256),
+        "fc1/bias": (256,),
+        "fc2/kernel": (256, 10),
+        "fc2/bias": (10,),
+    }
+    assert batch_stats == {} and setting.head == "fc2"
+
+
 def test_finetune_cache_of_other_shapes_is_retrained(tmp_path, monkeypatch):
     import flax.linen as nn
     import numpy as np

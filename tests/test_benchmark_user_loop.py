@@ -107,6 +107,17 @@ def test_idx_and_tfds_sources_hold_the_same_examples():
     )
 
 
+def test_user_optimizer_first_step_by_hand():
+    # One step from w = 1 with gradient 2 and lr 0.1. SGD with momentum after weight decay
+    # (LeNet's 5e-4): -0.1 * (2 + 5e-4 * 1). AdamW's first step is the sign of the gradient
+    # (bias-corrected moments g and g^2) plus the decoupled decay 0.05: -0.1 * (1 + 0.05 * 1).
+    params, grads = {"w": np.float32(1.0)}, {"w": np.float32(2.0)}
+    for name, want in (("lenet", -0.20005), ("vit_tiny_p7_adamw", -0.105)):
+        tx = lenet.user_optimizer(lenet.MODELS[name], lambda step: 0.1)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        np.testing.assert_allclose(float(updates["w"]), want, rtol=1e-5)  # float32
+
+
 @pytest.mark.slow  # ~30 s of ViT compile on 2 cores; the ViT's masking is in test_masking.py
 def test_a_tiny_vit_run():
     rng = np.random.default_rng(0)
