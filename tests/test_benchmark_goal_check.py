@@ -181,6 +181,34 @@ def test_main_writes_the_section_from_the_records(tmp_path):
     assert (tmp_path / "goal_check.md").exists()
 
 
+def test_loops_beyond_the_goal_get_their_own_table_and_are_not_counted(tmp_path):
+    def write(name, rows):
+        (tmp_path / name).write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+
+    def rec(method, seed, top1):
+        return dict(
+            method=method, sparsity_target=0.9, epochs=2, seed=seed, split="test", top1=top1
+        )
+
+    write("user_loop_lenet.jsonl", [rec("optg", 0, 87.5), rec("magnitude", 0, 87.25)])
+    # Three seeds: OptG 95.0 / 95.2 / 95.4 against Taylor 94.9 / 95.0 / 95.1 (GMP lower):
+    # paired lead +0.1 / +0.2 / +0.3, mean +0.20, std 0.10, two standard errors 0.115: clear.
+    rows = []
+    for seed, (o, t) in enumerate(((95.0, 94.9), (95.2, 95.0), (95.4, 95.1))):
+        rows += [rec("optg", seed, o), rec("taylor", seed, t), rec("magnitude", seed, 90.0)]
+    write("finetune_plain_cnn.jsonl", rows)
+    md = tmp_path / "BENCHMARKS.md"
+    goal_check.main(["--results-dir", str(tmp_path), "--benchmarks-md", str(md)])
+    text = md.read_text(encoding="utf-8")
+    goal_part, beyond_part = text.split("Beyond the goal's benchmarks", 1)
+    assert "plain_cnn" not in goal_part and "**1 of 1** cells" in goal_part
+    assert (
+        "| fine-tuning a pretrained plain_cnn (no BatchNorm) | 2 | 90% | 95.20 ± 0.20 (3) | "
+        "taylor 95.00 ± 0.10 (3) | +0.20 | yes | yes | +0.20 ± 0.10 (3) |" in beyond_part
+    )
+    assert "**1 of 1** cells; first in 1; clearly ahead in 1, clearly behind in 0." in beyond_part
+
+
 def test_a_candidate_variant_takes_the_defaults_place_in_its_own_section(tmp_path):
     # The grid spells the variant "optg-start3", the loop "optg:score_start=3"; each benchmark
     # uses the first name it has records of. The default optg rows are not the candidate.
