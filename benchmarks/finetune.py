@@ -20,6 +20,7 @@ warm-up, the same for every method; the classifier is re-initialised from the se
 
   python -m benchmarks.finetune --model fmnist_cnn --sparsities 0.9 0.95 0.98 --seeds 0 1 2
   python -m benchmarks.finetune --model vit_tiny_p7 --validation 10000 --methods optg taylor
+  python -m benchmarks.finetune --model plain_cnn --seeds 0 1 2 3 4   # no normalisation
 
 `--validation N` evaluates on the target classes among the last N training examples (and trains,
 pretraining included, on the others); without it the target classes of the test split are read.

@@ -22,6 +22,8 @@ stands for one epoch's steps.
   python -m benchmarks.user_loop --validation 10000 --methods optg "optg:every=50"
   python -m benchmarks.user_loop --model vit_tiny --epochs 10 --sparsities 0.9 0.95 0.98 \
       --methods dense magnitude taylor optg --source idx   # no TensorFlow needed
+  python -m benchmarks.user_loop --model vit_tiny_p7_adamw --epochs 3 --sparsities 0.9 0.95 \
+      --methods dense magnitude taylor supermask optg     # the ViT in an AdamW loop
 
 Data: `--source tfds` (default; the TFDS data set the training program reads) or `--source idx`
 (Debian's raw IDX files, read with NumPy: no TensorFlow, e.g. on an accelerator host without it).
