@@ -599,8 +599,7 @@ def beyond_block(beyond_cells: list[Cell], label: str) -> list[str]:
         return []
     within = sum(c.within_one_std for c in beyond_cells)
     first = sum(c.first for c in beyond_cells)
-    clear = sum(c.clear_lead() == 1 for c in beyond_cells)
-    behind = sum(c.clear_lead() == -1 for c in beyond_cells)
+    leads = [c.clear_lead() for c in beyond_cells]
     return [
         "Beyond the goal's benchmarks: the other loops its issue reported (`BEYOND_SOURCES`), "
         "the library's defaults read once on the test split; not counted above.",
@@ -608,7 +607,7 @@ def beyond_block(beyond_cells: list[Cell], label: str) -> list[str]:
         *table(beyond_cells, label),
         "",
         f"- Within one std of the best other method: **{within} of {len(beyond_cells)}** cells; "
-        f"first in {first}; clearly ahead in {clear}, clearly behind in {behind}.",
+        f"first in {first}; clearly ahead in {leads.count(1)}, clearly behind in {leads.count(-1)}.",
         "",
     ]
 
