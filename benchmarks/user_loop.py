@@ -133,6 +133,7 @@ class Recipe(NamedTuple):
       momentum: SGD's momentum (`optimizer="sgd"`).
       weight_decay: `optax.add_decayed_weights` before SGD, or AdamW's decoupled decay.
       optimizer: `"sgd"` (with momentum) or `"adamw"`.
+      title: the network as the section's heading names it (the model's key if empty).
     """
 
     build: Callable[[], nn.Module]
@@ -142,13 +143,29 @@ class Recipe(NamedTuple):
     momentum: float
     weight_decay: float
     optimizer: str = "sgd"
+    title: str = ""
 
 
 MODELS = {
-    "lenet": Recipe(LeNet300100, 128, 0.1, 0.0, 0.9, 5e-4),
-    "vit_tiny": Recipe(lambda: models.create("vit_tiny", 10), 128, 0.05, 0.5, 0.9, 1e-4),
+    "lenet": Recipe(LeNet300100, 128, 0.1, 0.0, 0.9, 5e-4, title="LeNet-300-100"),
+    "vit_tiny": Recipe(
+        lambda: models.create("vit_tiny", 10),
+        128,
+        0.05,
+        0.5,
+        0.9,
+        1e-4,
+        title="A Vision Transformer (vit_tiny)",
+    ),
     "vit_tiny_p7_adamw": Recipe(
-        lambda: models.create("vit_tiny", 10, patch=7), 128, 1e-3, 0.5, 0.9, 0.05, "adamw"
+        lambda: models.create("vit_tiny", 10, patch=7),
+        128,
+        1e-3,
+        0.5,
+        0.9,
+        0.05,
+        "adamw",
+        "A Vision Transformer (vit_tiny, 7x7 patches) trained with AdamW",
     ),
 }
 
@@ -474,11 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines = table(read_rows(args.out), split)
     print("\n".join(lines))
-    title = {
-        "lenet": "LeNet-300-100",
-        "vit_tiny": "A Vision Transformer (vit_tiny)",
-        "vit_tiny_p7_adamw": "A Vision Transformer (vit_tiny, 7x7 patches) trained with AdamW",
-    }[args.model]
+    title = MODELS[args.model].title or args.model
     heading_split = f", validation split ({split})" if args.validation else ""
     heading = f"## {title} in a user's optax loop (benchmarks/user_loop.py){heading_split}"
     publish_section(args.results_dir, args.benchmarks_md, section, [heading, ""] + lines)

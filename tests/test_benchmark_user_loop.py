@@ -159,5 +159,6 @@ def test_main_resumes_and_copies_the_notes_into_its_section(tmp_path, monkeypatc
     text = md.read_text()
     assert "kept" in text
     section = text[text.index("<!-- user_loop_vit_tiny:begin -->") :]
+    assert "## A Vision Transformer (vit_tiny) in a user's optax loop" in section  # its title
     assert f"| {lenet.LABELS['optg']} | **80.50 ± 0.71** (2) |" in section
     assert section.index("80.50") < section.index("Verdict: by hand.") < section.index(":end -->")
