@@ -21,6 +21,10 @@ warm-up, the same for every method; the classifier is re-initialised from the se
   python -m benchmarks.finetune --model fmnist_cnn --sparsities 0.9 0.95 0.98 --seeds 0 1 2
   python -m benchmarks.finetune --model vit_tiny_p7 --validation 10000 --methods optg taylor
   python -m benchmarks.finetune --model plain_cnn --seeds 0 1 2 3 4   # no normalisation
+  python -m benchmarks.finetune --model mlp --finetune-lr 1e-4 --validation 10000  # lr 10x lower
+
+`--finetune-lr` and `--finetune-epochs` fine-tune the same pretrained networks on another schedule,
+into records and a section of their own (`finetune_<model>_lr<lr>_<epochs>ep`).
 
 `--validation N` evaluates on the target classes among the last N training examples (and trains,
 pretraining included, on the others); without it the target classes of the test split are read.
@@ -321,6 +325,7 @@ def finetune(
     arrays,
     validation: int,
     progress: Callable[..., None] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One pruning fine-tune run from the seed's pretrained network.
 
@@ -333,12 +338,14 @@ def finetune(
       arrays: `user_loop.load_fashion_mnist(validation)`'s arrays.
       validation: the held-out count of `arrays`.
       progress: called after each fine-tuning epoch (`Loop.train`); None: silent.
+      overrides: fine-tuning fields of the model's `Setting` to replace (`finetune_lr`,
+        `finetune_epochs`); the pretrained network is the same either way.
 
     Returns:
       `{'top1', 'source_top1', 'source_digest', 'sparsity', 'layers'}` (percent; removed
       fractions; `tree_digest` of the pretrained network).
     """
-    setting = MODELS[model_name]
+    setting = MODELS[model_name]._replace(**(overrides or {}))
     params, batch_stats, source_top1 = pretrained(model_name, seed, arrays, validation)
     source_digest = tree_digest((params, batch_stats))
     model = setting.build()
@@ -366,6 +373,33 @@ def finetune(
     }
 
 
+FINE_TUNING_FIELDS = ("finetune_lr", "finetune_epochs")
+
+
+def variant_suffix(setting: Setting, base: Setting) -> str:
+    """The records' and section's name suffix of a fine-tuning schedule other than the model's:
+    `""` for its own, else `_lr<lr>` and/or `_<epochs>ep` for the fields that differ."""
+    suffix = f"_lr{setting.finetune_lr:g}" if setting.finetune_lr != base.finetune_lr else ""
+    if setting.finetune_epochs != base.finetune_epochs:
+        suffix += f"_{setting.finetune_epochs}ep"
+    return suffix
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` above 0, else a usage error naming the value."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__} above 0")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the requested grid (skipping recorded runs), then writes the tables.
 
@@ -379,16 +413,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=tuple(MODELS), default="fmnist_cnn")
     ap.add_argument("--methods", nargs="+", default=["dense", "magnitude", "taylor", "optg"])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.98])
+    ap.add_argument(
+        "--finetune-lr",
+        type=_positive(float),
+        help="AdamW's peak learning rate (default: the model's); another goes to its own records",
+    )
+    ap.add_argument(
+        "--finetune-epochs",
+        type=_positive(int),
+        help="fine-tuning epochs (default: the model's); others go to their own records",
+    )
     add_run_grid_args(ap, source="idx")
     args = ap.parse_args(argv)
     for m in args.methods:
         user_loop.method_kwargs(m, 1)
-    section = f"{SECTION}_{args.model}" + ("_validation" if args.validation else "")
-    out = args.out or os.path.join(args.results_dir, f"{SECTION}_{args.model}.jsonl")
+    overrides = {k: v for k in FINE_TUNING_FIELDS if (v := getattr(args, k)) is not None}
+    setting = MODELS[args.model]._replace(**overrides)
+    name = f"{SECTION}_{args.model}{variant_suffix(setting, MODELS[args.model])}"
+    section = name + ("_validation" if args.validation else "")
+    out = args.out or os.path.join(args.results_dir, f"{name}.jsonl")
     arrays = user_loop.load_fashion_mnist(args.validation, args.source)
     split = f"train[-{args.validation}:]" if args.validation else "test"
-    epochs = MODELS[args.model].finetune_epochs
-    done = {(r["method"], r["sparsity_target"], r["seed"], r["split"]) for r in read_rows(out)}
+    epochs = setting.finetune_epochs
+    base_lr = MODELS[args.model].finetune_lr  # records made before the field was written
+    done = {
+        (r["method"], r["sparsity_target"], r["seed"], r["split"])
+        for r in read_rows(out)
+        if (r["epochs"], r.get("finetune_lr", base_lr)) == (epochs, setting.finetune_lr)
+    }
     todo = [
         (method, 0.0 if method == "dense" else sparsity, seed)
         for seed in args.seeds
@@ -405,11 +457,14 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = user_loop.method_kwargs(method, per_epoch)
         label = f"run {i}/{len(todo)} {method} {100 * sparsity:g}% seed {seed}"
         progress = epoch_progress(label, epochs)
-        result = finetune(args.model, kwargs, sparsity, seed, arrays, args.validation, progress)
+        result = finetune(
+            args.model, kwargs, sparsity, seed, arrays, args.validation, progress, overrides
+        )
         row = dict(
             method=method,
             sparsity_target=sparsity,
             epochs=epochs,
+            finetune_lr=setting.finetune_lr,
             seed=seed,
             split=split,
             time_s=round(time.time() - t0, 1),
@@ -428,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = user_loop.table(rows, split)
     print("\n".join(lines))
     title = f"Pruning a pretrained {args.model} while fine-tuning it (benchmarks/finetune.py)"
+    if overrides:
+        title = title.replace(" (", f" for {epochs} epochs at AdamW lr {setting.finetune_lr:g} (")
     heading = f"## {title}" + (f", validation split ({split})" if args.validation else "")
     blocks = [heading, ""] + lines
     if not args.validation and plot(rows, args.model, os.path.join(args.results_dir, section)):

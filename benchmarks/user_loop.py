@@ -1,11 +1,13 @@
 """Fashion-MNIST in a plain optax loop: what a library user gets from optg_optax.
 
 Not the training program: the user's own jitted loop (an epoch is one `lax.scan`; the last partial
-batch dropped) with `optg_optax` first in the chain, called as a user would, on one of two
+batch dropped) with `optg_optax` first in the chain, called as a user would, on one of these
 networks (`MODELS`):
 
 - `lenet`: LeNet-300-100 (a 784-300-100-10 MLP), batch 128, SGD momentum 0.9, cosine lr from 0.1,
   weight decay 5e-4;
+- `lenet_adamw`: the same MLP with AdamW (lr 1e-3 after a half-epoch warm-up then cosine,
+  decoupled weight decay 0.05), batch 128;
 - `vit_tiny`: the zoo's Vision Transformer (patch 4, width 128, 4 blocks), batch 128, SGD momentum
   0.9, lr 0.05 after a half-epoch warm-up then cosine, weight decay 1e-4 (as
   `configs/vit_fashion_mnist.py`);
@@ -148,6 +150,9 @@ class Recipe(NamedTuple):
 
 MODELS = {
     "lenet": Recipe(LeNet300100, 128, 0.1, 0.0, 0.9, 5e-4, title="LeNet-300-100"),
+    "lenet_adamw": Recipe(
+        LeNet300100, 128, 1e-3, 0.5, 0.9, 0.05, "adamw", "LeNet-300-100 trained with AdamW"
+    ),
     "vit_tiny": Recipe(
         lambda: models.create("vit_tiny", 10),
         128,

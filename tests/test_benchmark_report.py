@@ -331,3 +331,57 @@ def test_a_finetune_record_names_its_pretrained_network_by_digest(tmp_path, monk
         finetune.finetune("tiny", None, 0.0, 0, arrays, 0)["source_digest"]
         == (record["source_digest"])
     )
+
+
+def test_finetune_schedule_overrides_go_to_their_own_records(tmp_path, monkeypatch, capsys):
+    """`--finetune-lr` / `--finetune-epochs` train another schedule from the same pretrained
+    network, into records, a section and a heading of their own; a bad value is a usage error."""
+    import json
+
+    import flax.linen as nn
+    import numpy as np
+    import pytest
+
+    from benchmarks import finetune, user_loop
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.Dense(4, name="body")(x.reshape(x.shape[0], -1))
+            return nn.Dense(10, name="head")(x)
+
+    base = finetune.Setting(Net, "head", 1, 0.01, 1, 1e-3, 0.0, 8)
+    monkeypatch.setattr(finetune, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(finetune.MODELS, "tiny", base)
+    assert finetune.variant_suffix(base, base) == ""
+    assert finetune.variant_suffix(base._replace(finetune_epochs=3), base) == "_3ep"
+    assert finetune.variant_suffix(base._replace(finetune_lr=0.01, finetune_epochs=2), base) == (
+        "_lr0.01_2ep"
+    )
+    rng = np.random.default_rng(0)
+    x, xe = rng.random((64, 28, 28, 1), np.float32), rng.random((20, 28, 28, 1), np.float32)
+    arrays = (x, np.arange(64) % 10, xe, np.arange(20) % 10)
+    monkeypatch.setattr(user_loop, "load_fashion_mnist", lambda *a: arrays)
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n")
+    argv = ["--model", "tiny", "--methods", "optg", "--sparsities", "0.5", "--seeds", "0"]
+    argv += ["--results-dir", str(tmp_path), "--benchmarks-md", str(md)]
+    assert finetune.main(argv + ["--finetune-lr", "0.01", "--finetune-epochs", "2"]) == 0
+    assert not (tmp_path / "finetune_tiny.jsonl").exists()
+    (row,) = [json.loads(line) for line in (tmp_path / "finetune_tiny_lr0.01_2ep.jsonl").open()]
+    assert (row["epochs"], row["finetune_lr"], row["sparsity"]) == (2, 0.01, 0.5)
+    kwargs = user_loop.method_kwargs("optg", 32 // 8)  # 32 target-class examples, batch 8
+    overrides = {"finetune_lr": 0.01, "finetune_epochs": 2}
+    again = finetune.finetune("tiny", kwargs, 0.5, 0, arrays, 0, None, overrides)
+    default = finetune.finetune("tiny", kwargs, 0.5, 0, arrays, 0)
+    assert again["top1"] == row["top1"] and again["source_digest"] == default["source_digest"]
+    text = md.read_text()
+    assert "<!-- finetune_tiny_lr0.01_2ep:begin -->" in text
+    assert (
+        "## Pruning a pretrained tiny while fine-tuning it for 2 epochs at AdamW lr 0.01 (" in text
+    )
+    for flag, bad in (("--finetune-lr", "0"), ("--finetune-epochs", "1.5")):
+        with pytest.raises(SystemExit) as exit_info:
+            finetune.main(argv + [flag, bad])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: '{bad}' is not a" in capsys.readouterr().err
