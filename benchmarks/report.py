@@ -190,6 +190,7 @@ def plot_panels(path: str, panels: list, ylabel: str = "top-1 (%)", xlabel: str 
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # a new --results-dir
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -42,7 +42,7 @@ def test_publish_section_creates_a_missing_results_directory(tmp_path):
 def test_plot_panels_writes_a_png_with_one_axis_per_panel(tmp_path):
     import matplotlib.image
 
-    path = str(tmp_path / "p.png")
+    path = str(tmp_path / "new" / "p.png")  # a folder that does not exist yet is made
     series = {"a": {0: [90.0, 92.0], 1: [88.0]}, "b": {1: [85.0, 86.0, 87.0]}}
     report.plot_panels(path, [("one", ["90%", "95%"], series), ("two", ["x"], {"c": {0: [1.0]}})])
     image = matplotlib.image.imread(path)
