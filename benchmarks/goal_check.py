@@ -87,6 +87,11 @@ BEYOND_SOURCES = (
         PRETRAINED,
     ),
     Source(
+        "fine-tuning a pretrained vit_tiny_p7 at a fifth of the lr (1e-4)",
+        "finetune_vit_tiny_p7_lr0.0001.jsonl",
+        PRETRAINED,
+    ),
+    Source(
         "fine-tuning a pretrained LeNet-300-100 (MLP) at a tenth of the lr (1e-4)",
         "finetune_mlp_lr0.0001.jsonl",
         PRETRAINED,
