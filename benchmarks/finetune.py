@@ -451,9 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     where = provenance()  # the library as imported now, and the host
     print(f"{len(todo)} runs to train; results in {out}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    per_epoch = len(task_split(arrays, TARGET_CLASSES)[1]) // setting.batch  # `every=epoch`
     for i, (method, sparsity, seed) in enumerate(todo, start=1):
         t0 = time.time()
-        per_epoch = len(task_split(arrays, TARGET_CLASSES)[1]) // MODELS[args.model].batch
         kwargs = user_loop.method_kwargs(method, per_epoch)
         label = f"run {i}/{len(todo)} {method} {100 * sparsity:g}% seed {seed}"
         progress = epoch_progress(label, epochs)
@@ -482,9 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(out)
     lines = user_loop.table(rows, split)
     print("\n".join(lines))
-    title = f"Pruning a pretrained {args.model} while fine-tuning it (benchmarks/finetune.py)"
-    if overrides:
-        title = title.replace(" (", f" for {epochs} epochs at AdamW lr {setting.finetune_lr:g} (")
+    schedule = f" for {epochs} epochs at AdamW lr {setting.finetune_lr:g}" if overrides else ""
+    title = (
+        f"Pruning a pretrained {args.model} while fine-tuning it{schedule} (benchmarks/finetune.py)"
+    )
     heading = f"## {title}" + (f", validation split ({split})" if args.validation else "")
     blocks = [heading, ""] + lines
     if not args.validation and plot(rows, args.model, os.path.join(args.results_dir, section)):
