@@ -67,7 +67,7 @@ from optg_jax import nm, topk
 from optg_jax import schedules as schedules_lib
 from optg_jax.masking import default_is_masked
 
-ALLOCATIONS = ("global", "uniform")
+ALLOCATIONS = ("global", "uniform", "sensitivity")
 # How an N:M pattern is reached over the ramp: a growing fraction of the groups at N:M, or N
 # lowered from M in every group.
 NM_RAMPS = ("groups", "n")
@@ -629,6 +629,12 @@ def _validate(settings: OptGSettings) -> None:
             f"uncertainty_bonus {settings.uncertainty_bonus!r} needs a criterion with a noise "
             f"estimate (optg, supermask), got {settings.rule.name!r}"
         )
+    if settings.allocation == "sensitivity" and not settings.uncertainty_bonus:
+        raise ValueError(
+            "allocation 'sensitivity' needs the uncertainty bonus's noise estimate "
+            f"(optg or supermask with uncertainty_bonus > 0), got criterion "
+            f"{settings.rule.name!r} with uncertainty_bonus {settings.uncertainty_bonus!r}"
+        )
     for name in ("score_start", "score_half_life", "score_half_distance"):
         if getattr(settings, name) and not settings.rule.has_momentum:
             raise ValueError(
@@ -740,12 +746,18 @@ def distance_decay(
 
 
 def select_masks(
-    settings: OptGSettings, rank_scores: list, sparsity: jax.Array, axes: list | None = None
+    settings: OptGSettings,
+    rank_scores: list,
+    sparsity: jax.Array,
+    axes: list | None = None,
+    budget_scores: list | None = None,
 ) -> list:
     """Masks keeping the highest ranking scores at sparsity `sparsity`.
 
     With `allocation="global"` all leaves are ranked together (`floor(N (1 - p))` kept of the
-    `N` masked weights), with `"uniform"` each leaf keeps `floor(n (1 - p))` of its `n`. At the
+    `N` masked weights), with `"uniform"` each leaf keeps `floor(n (1 - p))` of its `n`. With
+    `"sensitivity"` each leaf keeps as many weights as it holds among the `floor(N (1 - p))`
+    highest `budget_scores` over all leaves, and those with its highest `rank_scores`. At the
     target sparsity the count is computed exactly from the decimal `P` (not in float32). With a
     `pattern` the masks are N:M instead (`select_nm_masks`).
 
@@ -755,6 +767,8 @@ def select_masks(
       sparsity: float32 scalar, the fraction to remove.
       axes: with a `pattern`, each leaf's group axis (`group_axes`; `None` for a leaf that
         stays dense).
+      budget_scores: with `allocation="sensitivity"`, the float32 scores that share the kept
+        count out between the leaves (one array per leaf, like `rank_scores`); else unused.
 
     Returns:
       One `mask_dtype` array per leaf, 1 = kept; ties are broken by position (`topk`).
@@ -770,6 +784,10 @@ def select_masks(
     sizes = [int(np.prod(s.shape)) for s in rank_scores]
     if settings.allocation == "global":
         return topk.topk_masks(rank_scores, count(sum(sizes)), settings.mask_dtype)
+    if settings.allocation == "sensitivity":
+        shares = topk.topk_masks(budget_scores, count(sum(sizes)), jnp.uint8)
+        kept = [jnp.sum(share, dtype=jnp.int32) for share in shares]
+        return [topk.topk_masks([s], k, settings.mask_dtype)[0] for s, k in zip(rank_scores, kept)]
     masks = []
     for s, size in zip(rank_scores, sizes):
         masks.extend(topk.topk_masks([s], count(size), settings.mask_dtype))
@@ -900,8 +918,9 @@ def reselect_masks_if(
       settings: a resolved record.
       pred: bool scalar.
       step: int32 scalar, the step whose sparsity `p(step)` the new masks have.
-      rank_fn: `() -> ranking scores` (a list like `masks`), called in the taken branch only,
-        so an ordinary step does not compute them (`magnitude` would pay `|W * M|` each step).
+      rank_fn: `() -> (ranking scores, budget scores or None)` (lists like `masks`; `ranking`),
+        called in the taken branch only, so an ordinary step does not compute them
+        (`magnitude` would pay `|W * M|` each step).
       masks: the current masks.
       sparsity: float32 scalar, their realised sparsity.
       axes: the leaves' N:M group axes (`group_axes`), with a `pattern`.
@@ -912,7 +931,8 @@ def reselect_masks_if(
     schedule = settings.sparsity_schedule()
 
     def reselect(_):
-        new = select_masks(settings, rank_fn(), schedule(step), axes)
+        rank, budget = rank_fn()
+        new = select_masks(settings, rank, schedule(step), axes, budget)
         return new, realized_sparsity(new)
 
     return lax.cond(pred, reselect, lambda _: (list(masks), sparsity), None)
@@ -964,7 +984,10 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
             scores = jax.tree.unflatten(jax.tree.structure(scores), start)
         rank = rule.rank(jax.tree.leaves(scores), weights, masks_leaves)
         axes = group_axes(settings, jax.tree.unflatten(jax.tree.structure(ones), masks_leaves))
-        masks_leaves = select_masks(settings, rank, settings.sparsity_schedule()(count), axes)
+        # No noise has been seen yet: the criterion's own ranking shares out the first masks.
+        masks_leaves = select_masks(
+            settings, rank, settings.sparsity_schedule()(count), axes, budget_scores=rank
+        )
         sparsity = realized_sparsity(masks_leaves)
     return OptGState(
         count=count,
@@ -981,8 +1004,11 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
     )
 
 
-def ranking(settings: OptGSettings, scores: list, weights: list, masks: list, noise: list) -> list:
-    """The ranking scores of a refresh: the criterion's, plus the uncertainty bonus.
+def ranking(
+    settings: OptGSettings, scores: list, weights: list, masks: list, noise: list
+) -> tuple[list, list | None]:
+    """The ranking scores of a refresh (the criterion's, plus the uncertainty bonus) and the
+    scores that share the kept count out between the leaves.
 
     With `uncertainty_bonus = kappa > 0` a weight ranks by `score + kappa * sqrt(noise)`: its
     accumulated score plus `kappa` of its standard errors (`Criterion.noise` summed), so a weight
@@ -990,6 +1016,10 @@ def ranking(settings: OptGSettings, scores: list, weights: list, masks: list, no
     the gradient is mostly noise (near a minimum: a pretrained network) the bonus, the root of the
     accumulated `(G * W)^2`, ranks by sensitivity; where it carries a signal (training from
     scratch) the score dominates.
+
+    With `allocation="sensitivity"` the leaves' shares of the kept count come from the bonus's
+    own term, `sqrt(noise)` (how strongly the loss has depended on each weight), ranked over all
+    leaves together; within a leaf the ranking above picks the weights (`select_masks`).
 
     Args:
       settings: a resolved record.
@@ -1000,13 +1030,15 @@ def ranking(settings: OptGSettings, scores: list, weights: list, masks: list, no
         bonus.
 
     Returns:
-      float32 ranking scores per masked leaf, higher is kept.
+      `(rank, budget)`: float32 ranking scores per masked leaf, higher is kept; `budget` the
+      per-leaf `sqrt(noise)` with `allocation="sensitivity"`, else `None`.
     """
     rank = settings.rule.rank(scores, weights, masks)
+    budget = [jnp.sqrt(q) for q in noise] if settings.allocation == "sensitivity" else None
     if not settings.uncertainty_bonus:
-        return rank
+        return rank, budget
     kappa = jnp.float32(settings.uncertainty_bonus)
-    return [r + kappa * jnp.sqrt(q) for r, q in zip(rank, noise)]
+    return [r + kappa * jnp.sqrt(q) for r, q in zip(rank, noise)], budget
 
 
 def _passed_on(settings: OptGSettings, grads: Any, masks: Any, params: Any) -> Any:
@@ -1216,7 +1248,9 @@ def optg_optax(
         (after the last update when it is `total_steps`), so the final masks remove exactly
         `N - floor(N * (1 - P))` of the `N` masked weights.
       allocation: `"global"` ranks all masked leaves together (paper); `"uniform"` keeps the
-        same fraction in every leaf.
+        same fraction in every leaf; `"sensitivity"` (needs `uncertainty_bonus > 0`) shares the
+        kept count out between the leaves by the bonus's term `sqrt(noise)` ranked over all of
+        them, and picks each leaf's weights by the full ranking (`select_masks`).
       score_momentum: momentum of the score SGD (PyTorch convention `v = mu v + g`), or None
         for the recipe's (default 0.99, paper 0.9).
       score_lr_floor: `optg` only; the score learning rate factor becomes

@@ -212,6 +212,11 @@ def test_taylor_is_mean_since_last_refresh_and_magnitude_keeps_largest():
 @pytest.mark.parametrize("criterion", optg_jax.CRITERIA)
 @pytest.mark.parametrize("allocation", optg_jax.ALLOCATIONS)
 def test_final_sparsity_exact(criterion, allocation):
+    if allocation == "sensitivity" and optg_jax.default_uncertainty_bonus(criterion) == 0:
+        # The bonus's noise shares the count out: criteria without one are refused.
+        with pytest.raises(ValueError, match="allocation 'sensitivity' needs the uncertainty"):
+            optg_jax.optg_optax(0.95, 30, 0.1, criterion=criterion, allocation=allocation)
+        return
     params = {
         "a": jnp.asarray(np.random.default_rng(1).normal(size=(37, 11)), jnp.float32),
         "b": jnp.asarray(np.random.default_rng(2).normal(size=(5, 3, 3, 4)), jnp.float32),
@@ -240,7 +245,7 @@ def test_final_sparsity_exact(criterion, allocation):
         params = optax.apply_updates(params, updates)
     summary = optg_jax.sparsity_summary(state)
     n = 37 * 11 + 5 * 3 * 3 * 4
-    if allocation == "global":
+    if allocation in ("global", "sensitivity"):
         assert summary["num_kept"] == math.floor(n * (1 - target)) == 29
     else:
         assert summary["num_kept"] == math.floor(407 * 0.05) + math.floor(180 * 0.05)
@@ -473,6 +478,50 @@ def test_uncertainty_bonus_ranks_by_score_plus_standard_errors(kappa, kept):
         )
     else:
         assert state.score_noise["w"] is None
+
+
+def test_sensitivity_allocation_shares_by_noise_and_picks_by_rank():
+    # lr 0.1, constant p = P = 0.5 (4 of 8 kept), momentum 0, kappa 1; weights all 1, two
+    # steps of the same gradient, then the refresh at count 2. Per entry S = -0.2 G and
+    # sqrt(Q) = sqrt(0.02) |G| = 0.1414 |G|:
+    #   a: G = [2, -0.5, 0, 0]   -> S = [-0.4, 0.1, 0, 0],  sqrt(Q) = [0.2828, 0.0707, 0, 0]
+    #   b: G = [1, 1, 1, 0.5]    -> S = [-0.2, -0.2, -0.2, -0.1], sqrt(Q) = [0.1414 x3, 0.0707]
+    # rank S + sqrt(Q): a = [-0.117, 0.171, 0, 0], b = [-0.059 x3, -0.029].
+    # global: the 4 highest ranks are a1, a2, a3, b3.
+    # sensitivity: the 4 highest sqrt(Q) are a0, b0, b1, b2, so a keeps 1 and b keeps 3;
+    # a keeps its best rank (a1), b its three best (b3, then b0 and b1 by position).
+    params = {"a": jnp.ones(4), "b": jnp.ones(4)}
+    grads = {"a": jnp.asarray([2.0, -0.5, 0.0, 0.0]), "b": jnp.asarray([1.0, 1.0, 1.0, 0.5])}
+    expected = {
+        "global": ([0, 1, 1, 1], [0, 0, 0, 1]),
+        "sensitivity": ([0, 1, 0, 0], [1, 1, 0, 1]),
+    }
+    for allocation, (kept_a, kept_b) in expected.items():
+        tx = optg_jax.optg_optax(
+            0.5,
+            10,
+            0.1,
+            schedule="constant",
+            mask_update_every=2,
+            score_momentum=0.0,
+            uncertainty_bonus=1.0,
+            allocation=allocation,
+            is_masked=lambda path, leaf: True,
+        )
+        state = tx.init(params)
+        for _ in range(3):
+            _, state = jax.jit(tx.update)(grads, state, params)
+        # The third update refreshed first (from two steps), then took its own step.
+        np.testing.assert_allclose(state.scores["b"], [-0.3, -0.3, -0.3, -0.15], rtol=1e-6)
+        np.testing.assert_array_equal(state.masks["a"], kept_a, err_msg=allocation)
+        np.testing.assert_array_equal(state.masks["b"], kept_b, err_msg=allocation)
+
+
+def test_sensitivity_allocation_needs_the_bonus():
+    with pytest.raises(ValueError, match="criterion 'taylor' with uncertainty_bonus 0"):
+        optg_jax.optg_optax(0.5, 10, 0.1, criterion="taylor", allocation="sensitivity")
+    with pytest.raises(ValueError, match="criterion 'optg' with uncertainty_bonus 0.0"):
+        optg_jax.optg_optax(0.5, 10, 0.1, uncertainty_bonus=0.0, allocation="sensitivity")
 
 
 def test_uncertainty_bonus_needs_a_noise_estimate():
