@@ -317,6 +317,59 @@ def tree_digest(tree: Any) -> str:
     return digest.hexdigest()[:8]
 
 
+class Task(NamedTuple):
+    """One seed's fine-tuning task: the pretrained network with its new head, data and schedule.
+
+    Attributes:
+      setting: the model's `Setting` with the run's `overrides`.
+      model: the Flax module.
+      params: the pretrained params, the `setting.head` re-initialised from the seed.
+      batch_stats: the pretrained BatchNorm statistics (empty without BatchNorm).
+      data: `(x, y, eval x, eval y)` of the target classes (`task_split`).
+      total_steps: fine-tuning updates, `finetune_epochs * (len(y) // batch)`.
+      lr: AdamW's schedule (`cosine_lr`: a tenth of the run's warm-up).
+      source_top1: the pretrained network's top-1 (%) on the source classes.
+      source_digest: `tree_digest` of the pretrained network.
+    """
+
+    setting: Setting
+    model: nn.Module
+    params: Any
+    batch_stats: Any
+    data: tuple
+    total_steps: int
+    lr: optax.Schedule
+    source_top1: float
+    source_digest: str
+
+
+def finetune_task(
+    model_name: str, seed: int, arrays, validation: int, overrides: dict | None = None
+) -> Task:
+    """The fine-tuning task of a model and seed (its pretrained network cached, `pretrained`).
+
+    Args:
+      model_name: a key of `MODELS`.
+      seed: seeds the pretrained network, the new head and the data order.
+      arrays: `user_loop.load_fashion_mnist(validation)`'s arrays.
+      validation: the held-out count of `arrays`.
+      overrides: fine-tuning fields of the model's `Setting` to replace (`FINE_TUNING_FIELDS`).
+
+    Returns:
+      The `Task`.
+    """
+    setting = MODELS[model_name]._replace(**(overrides or {}))
+    params, batch_stats, source_top1 = pretrained(model_name, seed, arrays, validation)
+    source_digest = tree_digest((params, batch_stats))
+    model = setting.build()
+    fresh, _ = init_variables(model, seed + 1000, setting.image_size)
+    params = {**params, setting.head: fresh[setting.head]}
+    data = task_split(arrays, TARGET_CLASSES, setting.image_size)
+    total = setting.finetune_epochs * (len(data[1]) // setting.batch)
+    lr = cosine_lr(setting.finetune_lr, total, total // 10)
+    return Task(setting, model, params, batch_stats, data, total, lr, source_top1, source_digest)
+
+
 def finetune(
     model_name: str,
     kwargs: dict | None,
@@ -345,29 +398,28 @@ def finetune(
       `{'top1', 'source_top1', 'source_digest', 'sparsity', 'layers'}` (percent; removed
       fractions; `tree_digest` of the pretrained network).
     """
-    setting = MODELS[model_name]._replace(**(overrides or {}))
-    params, batch_stats, source_top1 = pretrained(model_name, seed, arrays, validation)
-    source_digest = tree_digest((params, batch_stats))
-    model = setting.build()
-    fresh, _ = init_variables(model, seed + 1000, setting.image_size)
-    params = {**params, setting.head: fresh[setting.head]}
-    x, y, xe, ye = task_split(arrays, TARGET_CLASSES, setting.image_size)
-    per_epoch = len(y) // setting.batch
-    total = setting.finetune_epochs * per_epoch
-    lr = cosine_lr(setting.finetune_lr, total, total // 10)
+    task = finetune_task(model_name, seed, arrays, validation, overrides)
+    setting, (x, y, xe, ye) = task.setting, task.data
     sparse = kwargs is not None
-    links = [optg_jax.optg_optax(sparsity, total, lr, **kwargs)] if sparse else []
-    tx = optax.chain(*links, optax.adamw(lr, weight_decay=setting.weight_decay))
-    loop = Loop(model, tx, sparse, setting.batch)
+    links = [optg_jax.optg_optax(sparsity, task.total_steps, task.lr, **kwargs)] if sparse else []
+    tx = optax.chain(*links, optax.adamw(task.lr, weight_decay=setting.weight_decay))
+    loop = Loop(task.model, tx, sparse, setting.batch)
     params, batch_stats, opt_state = loop.train(
-        params, batch_stats, tx.init(params), x, y, setting.finetune_epochs, seed, progress
+        task.params,
+        task.batch_stats,
+        tx.init(task.params),
+        x,
+        y,
+        setting.finetune_epochs,
+        seed,
+        progress,
     )
     final = optg_jax.apply_masks(params, opt_state) if sparse else params
     summary = optg_jax.sparsity_summary(opt_state) if sparse else {"global": 0.0, "layers": {}}
     return {
         "top1": loop.top1(final, batch_stats, xe, ye),
-        "source_top1": source_top1,
-        "source_digest": source_digest,
+        "source_top1": task.source_top1,
+        "source_digest": task.source_digest,
         "sparsity": summary["global"],
         "layers": {k.rsplit("/", 1)[0]: round(v, 4) for k, v in summary["layers"].items()},
     }
