@@ -370,6 +370,41 @@ def finetune_task(
     return Task(setting, model, params, batch_stats, data, total, lr, source_top1, source_digest)
 
 
+def train_task(
+    task: Task,
+    link: optax.GradientTransformation | None,
+    seed: int,
+    progress: Callable[..., None] | None = None,
+) -> tuple[Loop, Any, Any, Any]:
+    """Fine-tunes a task: AdamW on its schedule, after `link` (an OptG transformation) if given.
+
+    Args:
+      task: the `Task` (`finetune_task`).
+      link: the transformation first in the chain (the forward pass then uses `W * M`), or None
+        for dense fine-tuning.
+      seed: seeds the data order.
+      progress: called after each epoch (`Loop.train`); None: silent.
+
+    Returns:
+      `(loop, params, batch_stats, optimizer state)` after `finetune_epochs` epochs.
+    """
+    links = [] if link is None else [link]
+    tx = optax.chain(*links, optax.adamw(task.lr, weight_decay=task.setting.weight_decay))
+    loop = Loop(task.model, tx, link is not None, task.setting.batch)
+    x, y = task.data[:2]
+    params, batch_stats, opt_state = loop.train(
+        task.params,
+        task.batch_stats,
+        tx.init(task.params),
+        x,
+        y,
+        task.setting.finetune_epochs,
+        seed,
+        progress,
+    )
+    return loop, params, batch_stats, opt_state
+
+
 def finetune(
     model_name: str,
     kwargs: dict | None,
@@ -399,21 +434,10 @@ def finetune(
       fractions; `tree_digest` of the pretrained network).
     """
     task = finetune_task(model_name, seed, arrays, validation, overrides)
-    setting, (x, y, xe, ye) = task.setting, task.data
     sparse = kwargs is not None
-    links = [optg_jax.optg_optax(sparsity, task.total_steps, task.lr, **kwargs)] if sparse else []
-    tx = optax.chain(*links, optax.adamw(task.lr, weight_decay=setting.weight_decay))
-    loop = Loop(task.model, tx, sparse, setting.batch)
-    params, batch_stats, opt_state = loop.train(
-        task.params,
-        task.batch_stats,
-        tx.init(task.params),
-        x,
-        y,
-        setting.finetune_epochs,
-        seed,
-        progress,
-    )
+    link = optg_jax.optg_optax(sparsity, task.total_steps, task.lr, **kwargs) if sparse else None
+    loop, params, batch_stats, opt_state = train_task(task, link, seed, progress)
+    xe, ye = task.data[2:]
     final = optg_jax.apply_masks(params, opt_state) if sparse else params
     summary = optg_jax.sparsity_summary(opt_state) if sparse else {"global": 0.0, "layers": {}}
     return {

@@ -97,7 +97,7 @@ def diagnose(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, A
     overrides = {"finetune_lr": args.finetune_lr} if args.finetune_lr else None
     arrays = user_loop.load_fashion_mnist(args.validation, args.source)
     task = finetune.finetune_task(args.model, args.seed, arrays, args.validation, overrides)
-    x, y, xe, ye = task.data
+    y, xe, ye = task.data[1:]
     kwargs = user_loop.method_kwargs(args.method, len(y) // task.setting.batch)
     settings = optg_lib.OptGSettings(args.sparsity, task.total_steps, task.lr, **kwargs)
     settings = settings.resolved()
@@ -112,13 +112,8 @@ def diagnose(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, A
             seen["end"] = [[np.asarray(v) for v in leaves] for leaves in values]
 
     link = recording(optg_lib.optg_transformation(settings), settings.pruning_end_step, sink)
-    tx = optax.chain(link, optax.adamw(task.lr, weight_decay=task.setting.weight_decay))
-    loop = finetune.Loop(task.model, tx, True, task.setting.batch)
-    epochs = task.setting.finetune_epochs
-    progress = finetune.epoch_progress(f"{args.model} {args.method}", epochs)
-    params, batch_stats, state = loop.train(
-        task.params, task.batch_stats, tx.init(task.params), x, y, epochs, args.seed, progress
-    )
+    progress = finetune.epoch_progress(f"{args.model} {args.method}", task.setting.finetune_epochs)
+    loop, params, batch_stats, state = finetune.train_task(task, link, args.seed, progress)
     jax.effects_barrier()
     steps = sorted(seen["steps"])[: settings.pruning_end_step]
     lrs, dist = np.array([s[1] for s in steps]), np.array([s[2] for s in steps])

@@ -1034,11 +1034,12 @@ def ranking(
       per-leaf `sqrt(noise)` with `allocation="sensitivity"`, else `None`.
     """
     rank = settings.rule.rank(scores, weights, masks)
-    budget = [jnp.sqrt(q) for q in noise] if settings.allocation == "sensitivity" else None
     if not settings.uncertainty_bonus:
-        return rank, budget
+        return rank, None  # no noise: `_validate` refuses the sensitivity allocation
+    roots = [jnp.sqrt(q) for q in noise]
     kappa = jnp.float32(settings.uncertainty_bonus)
-    return [r + kappa * jnp.sqrt(q) for r, q in zip(rank, noise)], budget
+    budget = roots if settings.allocation == "sensitivity" else None
+    return [r + kappa * root for r, root in zip(rank, roots)], budget
 
 
 def _passed_on(settings: OptGSettings, grads: Any, masks: Any, params: Any) -> Any:
