@@ -229,6 +229,7 @@ def read_records(path: str) -> list[dict]:
             "epochs": int(r["epochs"]),
             "seed": int(r["seed"]),
             "top1": float(r["top1"]),
+            **({"benchmark": r["benchmark"]} if "benchmark" in r else {}),
         }
         for r in report.read_rows(path)
         if r.get("split", "test") == "test"
@@ -601,18 +602,34 @@ def pick_candidate(rows: list[dict], names: list[str]) -> str | None:
     return next((n for n in names if n in methods), None)
 
 
+def read_named_records(path: str) -> dict[str, list[dict]]:
+    """Test-split records of a file that names each row's benchmark (its `benchmark` field, a
+    `Source.name`), grouped by it: rows made apart from a section's own records, such as a
+    candidate's read on the test split. Top-1 in percent; the grid's rows give `sparsity_target`
+    like the loops'.
+    """
+    grouped: dict[str, list[dict]] = {}
+    for r in read_records(path):
+        grouped.setdefault(r.pop("benchmark"), []).append(r)
+    return grouped
+
+
 def collect(
-    sources: tuple[Source, ...], results_dir: str, candidates: list[str]
+    sources: tuple[Source, ...],
+    results_dir: str,
+    candidates: list[str],
+    extra: dict[str, list[dict]] | None = None,
 ) -> tuple[list[Cell], list[tuple[Source, list[dict]]]]:
     """The cells of `sources` whose records exist (the first of `candidates` each ran standing
-    for OptG), and every source's records; prints a line for each source left out."""
+    for OptG), and every source's records; prints a line for each source left out. `extra`
+    (`read_named_records`) adds rows to the sources it names."""
     all_cells, records = [], []
     for source in sources:
         path = os.path.join(results_dir, source.file)
         if not os.path.exists(path):
             print(f"no records for {source.name}: {path} is missing; left out")
             continue
-        rows = read_records(path)
+        rows = read_records(path) + (extra or {}).get(source.name, [])
         records.append((source, rows))
         candidate = pick_candidate(rows, candidates)
         if candidate is None:
@@ -622,8 +639,11 @@ def collect(
     return all_cells, records
 
 
-def beyond_block(beyond_cells: list[Cell], label: str) -> list[str]:
-    """The table of the loops beyond the goal's benchmarks and its counts (empty without cells)."""
+def beyond_block(
+    beyond_cells: list[Cell], label: str, who: str = "the library's defaults"
+) -> list[str]:
+    """The table of the loops beyond the goal's benchmarks and its counts (empty without cells);
+    `who` names what stands for OptG in the text."""
     if not beyond_cells:
         return []
     within = sum(c.within_one_std for c in beyond_cells)
@@ -631,8 +651,8 @@ def beyond_block(beyond_cells: list[Cell], label: str) -> list[str]:
     leads = [c.clear_lead() for c in beyond_cells]
     return [
         "Beyond the goal's benchmarks: the other loops its issue reported, and the goal's loops "
-        "with another optimizer or fine-tuning schedule (`BEYOND_SOURCES`), the library's "
-        "defaults read once on the test split; not counted above.",
+        f"with another optimizer or fine-tuning schedule (`BEYOND_SOURCES`), {who} read once on "
+        "the test split; not counted above.",
         "",
         *table(beyond_cells, label),
         "",
@@ -656,8 +676,20 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--label", default="OptG (defaults)", help="the candidate's column heading")
     ap.add_argument("--section", default=SECTION, help="the results file and BENCHMARKS section")
+    ap.add_argument(
+        "--candidate-records",
+        default="",
+        help="a JSON-lines file under the results folder whose rows name their benchmark "
+        "(`benchmark`): added to those benchmarks' records (a candidate read apart)",
+    )
     args = ap.parse_args(argv)
-    all_cells, records = collect(SOURCES, args.results_dir, args.candidate)
+    extra = {}
+    if args.candidate_records:
+        path = os.path.join(args.results_dir, args.candidate_records)
+        if not os.path.exists(path):
+            raise SystemExit(f"--candidate-records {args.candidate_records!r}: no file {path}")
+        extra = read_named_records(path)
+    all_cells, records = collect(SOURCES, args.results_dir, args.candidate, extra)
     if not all_cells:
         raise SystemExit(
             f"no benchmark records of {' or '.join(args.candidate)} under {args.results_dir}"
@@ -667,7 +699,9 @@ def main(argv=None) -> None:
         "`"
         if default
         else f' --candidate {" ".join(args.candidate)} --label "{args.label}" '
-        f"--section {args.section}`"
+        f"--section {args.section}"
+        + (f" --candidate-records {args.candidate_records}" if args.candidate_records else "")
+        + "`"
     )
     title = "The default OptG" if default else args.label
     blocks = [
@@ -688,8 +722,9 @@ def main(argv=None) -> None:
             "",
             *round_robin(records),
             "",
-            *beyond_block(collect(BEYOND_SOURCES, args.results_dir, args.candidate)[0], args.label),
         ]
+    beyond = collect(BEYOND_SOURCES, args.results_dir, args.candidate, extra)[0]
+    blocks += beyond_block(beyond, args.label, "the library's defaults" if default else args.label)
     os.makedirs(args.results_dir, exist_ok=True)
     plot_leads(all_cells, os.path.join(args.results_dir, f"{args.section}.png"), args.label)
     alt = f"{title}: paired lead per cell"

@@ -452,3 +452,64 @@ def test_round_robin_puts_each_criterion_in_the_candidates_place():
         "| taylor | 1 of 1 | 1 of 1 | 1 | 0 |",  # ahead of OptG, the best of the others
         "| supermask | 0 of 0 | 0 of 0 | 0 | 0 |",
     ]
+
+
+def test_candidate_records_read_apart_join_the_benchmarks_they_name(tmp_path):
+    # A candidate read on the test split into a file of its own, each row naming its benchmark:
+    # its rows join that benchmark's records (validation rows and unnamed benchmarks do not).
+    (tmp_path / "user_loop_lenet.jsonl").write_text(
+        "\n".join(
+            json.dumps({"method": m, "sparsity_target": 0.98, "epochs": 10, "seed": s, "top1": t})
+            for m, s, t in (("optg", 0, 88.0), ("magnitude", 0, 88.4), ("magnitude", 1, 88.6))
+        ),
+        encoding="utf-8",
+    )
+    (tmp_path / "finetune_mlp.jsonl").write_text(
+        json.dumps({"method": "taylor", "sparsity_target": 0.9, "epochs": 2, "seed": 0, "top1": 94})
+        + "\n",
+        encoding="utf-8",
+    )
+    lenet, mlp = goal_check.SOURCES[1].name, goal_check.BEYOND_SOURCES[0].name
+    candidate = "optg:uncertainty_bonus=8"
+    rows = [
+        (lenet, 0.98, 10, 0, "test", 88.5),
+        (lenet, 0.98, 10, 1, "test", 88.3),
+        (lenet, 0.98, 10, 2, "train[-10000:]", 99.0),  # not the test split: left out
+        (mlp, 0.9, 2, 0, "test", 94.5),
+        ("a benchmark nobody reads", 0.9, 2, 0, "test", 50.0),
+    ]
+    (tmp_path / "apart.jsonl").write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "benchmark": b,
+                    "method": candidate,
+                    "sparsity_target": p,
+                    "epochs": e,
+                    "seed": s,
+                    "split": split,
+                    "top1": t,
+                }
+            )
+            for b, p, e, s, split, t in rows
+        ),
+        encoding="utf-8",
+    )
+    grouped = goal_check.read_named_records(str(tmp_path / "apart.jsonl"))
+    assert sorted(grouped) == sorted([lenet, mlp, "a benchmark nobody reads"])
+    assert [r["seed"] for r in grouped[lenet]] == [0, 1]
+    md = tmp_path / "BENCHMARKS.md"
+    argv = ["--results-dir", str(tmp_path), "--benchmarks-md", str(md), "--candidate", candidate]
+    argv += ["--label", "OptG, κ = 8", "--section", "goal_check_k8"]
+    with pytest.raises(SystemExit, match="no file"):
+        goal_check.main(argv + ["--candidate-records", "missing.jsonl"])
+    assert not md.exists()  # nothing written
+    goal_check.main(argv + ["--candidate-records", "apart.jsonl"])
+    text = (tmp_path / "goal_check_k8.md").read_text(encoding="utf-8")
+    # LeNet: 88.40 +- 0.14 against GMP 88.50 +- 0.14; paired +0.10 and -0.30: -0.10 +- 0.28.
+    assert "| 10 | 98% | 88.40 ± 0.14 (2) | magnitude 88.50 ± 0.14 (2) | -0.10 | yes |" in text
+    assert "| -0.10 ± 0.28 (2) |" in text
+    # The loop beyond the goal gets its table, naming the candidate, not the defaults.
+    assert "| 2 | 90% | 94.50 (1) | taylor 94.00 (1) | +0.50 | yes | yes |" in text
+    assert "OptG, κ = 8 read once on the test split" in text
+    assert "--candidate-records apart.jsonl" in text
