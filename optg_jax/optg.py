@@ -431,6 +431,7 @@ class OptGSettings:
     score_start: float = 0.0
     score_half_life: float = 0.0
     score_half_distance: float | None = None
+    uncertainty_bonus_at_start: float = 0.0
 
     def resolved(self) -> OptGSettings:
         """The record with the recipe's values in place of `None`, every field validated.
@@ -615,6 +616,11 @@ _FIELD_CHECKS = (
     ("score_start", _number_in(0.0, math.inf, hi_open=True), "a non-negative number"),
     ("score_half_life", _number_in(0.0, math.inf, hi_open=True), "a non-negative number"),
     ("score_half_distance", _number_in(0.0, math.inf, hi_open=True), "a non-negative number"),
+    (
+        "uncertainty_bonus_at_start",
+        _number_in(0.0, math.inf, hi_open=True),
+        "a non-negative number",
+    ),
 )
 
 
@@ -634,6 +640,15 @@ def _validate(settings: OptGSettings) -> None:
             "allocation 'sensitivity' needs the uncertainty bonus's noise estimate "
             f"(optg or supermask with uncertainty_bonus > 0), got criterion "
             f"{settings.rule.name!r} with uncertainty_bonus {settings.uncertainty_bonus!r}"
+        )
+    if settings.uncertainty_bonus_at_start and not (
+        settings.uncertainty_bonus and settings.score_half_distance
+    ):
+        raise ValueError(
+            f"uncertainty_bonus_at_start {settings.uncertainty_bonus_at_start!r} needs the bonus "
+            "and the distance the weights move (uncertainty_bonus > 0, score_half_distance > 0), "
+            f"got uncertainty_bonus {settings.uncertainty_bonus!r}, score_half_distance "
+            f"{settings.score_half_distance!r}"
         )
     for name in ("score_start", "score_half_life", "score_half_distance"):
         if getattr(settings, name) and not settings.rule.has_momentum:
@@ -1005,7 +1020,12 @@ def init_state(settings: OptGSettings, params: Any) -> OptGState:
 
 
 def ranking(
-    settings: OptGSettings, scores: list, weights: list, masks: list, noise: list
+    settings: OptGSettings,
+    scores: list,
+    weights: list,
+    masks: list,
+    noise: list,
+    distance: jax.Array | float = 0.0,
 ) -> tuple[list, list | None]:
     """The ranking scores of a refresh (the criterion's, plus the uncertainty bonus) and the
     scores that share the kept count out between the leaves.
@@ -1016,6 +1036,12 @@ def ranking(
     the gradient is mostly noise (near a minimum: a pretrained network) the bonus, the root of the
     accumulated `(G * W)^2`, ranks by sensitivity; where it carries a signal (training from
     scratch) the score dominates.
+
+    With `uncertainty_bonus_at_start = kappa0 > 0` the bonus is `kappa + kappa0 * 2^(-r / delta)`,
+    `r` the relative distance the weights have moved (`OptGState.distance`) and `delta`
+    `score_half_distance`: while the weights are still near where pruning began (a pretrained
+    network being fine-tuned) the scores' push is a local drift and the sensitivity weighs more;
+    once they have travelled (training from scratch) the bonus returns to `kappa`.
 
     With `allocation="sensitivity"` the leaves' shares of the kept count come from the bonus's
     own term, `sqrt(noise)` (how strongly the loss has depended on each weight), ranked over all
@@ -1028,6 +1054,7 @@ def ranking(
       masks: per masked leaf, the current masks.
       noise: per masked leaf, the accumulated noise (`OptGState.score_noise`); empty without a
         bonus.
+      distance: `OptGState.distance` at the refresh (read with `uncertainty_bonus_at_start`).
 
     Returns:
       `(rank, budget)`: float32 ranking scores per masked leaf, higher is kept; `budget` the
@@ -1038,6 +1065,9 @@ def ranking(
         return rank, None  # no noise: `_validate` refuses the sensitivity allocation
     roots = [jnp.sqrt(q) for q in noise]
     kappa = jnp.float32(settings.uncertainty_bonus)
+    if settings.uncertainty_bonus_at_start:
+        near = jnp.exp2(-jnp.asarray(distance, jnp.float32) / settings.score_half_distance)
+        kappa = kappa + jnp.float32(settings.uncertainty_bonus_at_start) * near
     budget = roots if settings.allocation == "sensitivity" else None
     return [r + kappa * root for r, root in zip(rank, roots)], budget
 
@@ -1121,7 +1151,7 @@ def update_state(
     axes = group_axes(settings, state.masks)
     new_m_leaves, sparsity = m_leaves, state.sparsity
     if m_leaves:
-        rank_now = lambda: ranking(settings, s_leaves, w_leaves, m_leaves, q_leaves)
+        rank_now = lambda: ranking(settings, s_leaves, w_leaves, m_leaves, q_leaves, state.distance)
         new_m_leaves, sparsity = reselect_masks_if(
             settings, refresh, count, rank_now, m_leaves, sparsity, axes
         )
@@ -1142,7 +1172,7 @@ def update_state(
     if m_leaves and settings.pruning_end_step == settings.total_steps:
         # Pruning ends with the run: the final masks come after the last update, at exactly P.
         final = count + 1 == settings.total_steps
-        rank_after = lambda: ranking(settings, s_leaves, w_leaves, new_m_leaves, q_leaves)
+        rank_after = lambda: ranking(settings, s_leaves, w_leaves, new_m_leaves, q_leaves, distance)
         new_m_leaves, sparsity = reselect_masks_if(
             settings, final, count + 1, rank_after, new_m_leaves, sparsity, axes
         )
@@ -1216,6 +1246,7 @@ def optg_optax(
     score_start: float = 0.0,
     score_half_life: float = 0.0,
     score_half_distance: float | None = None,
+    uncertainty_bonus_at_start: float = 0.0,
 ) -> optax.GradientTransformation:
     """OptG sparse training (and its baselines) as one optax transformation.
 
@@ -1291,6 +1322,12 @@ def optg_optax(
         (`default_score_half_distance`: 0.25 for `optg` under the default recipe; 0 for
         `supermask`, custom criteria and the paper's recipe). 0: no such forgetting, the
         paper's sum. With `score_half_life` too, the two factors multiply.
+      uncertainty_bonus_at_start: `kappa0 >= 0` (needs `uncertainty_bonus > 0` and
+        `score_half_distance > 0`): the bonus is `kappa + kappa0 * 2^(-r / delta)` at a refresh,
+        `r` the relative distance the weights have moved since `init`, so it starts at
+        `kappa + kappa0` and halves its extra part for every `delta` the weights travel
+        (`ranking`; docs/library.md, "A larger bonus while the weights stay near their start").
+        0 (the default) keeps `kappa` throughout.
 
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.
@@ -1321,6 +1358,7 @@ def optg_optax(
             score_start=score_start,
             score_half_life=score_half_life,
             score_half_distance=score_half_distance,
+            uncertainty_bonus_at_start=uncertainty_bonus_at_start,
         )
     )
 

@@ -517,6 +517,56 @@ def test_sensitivity_allocation_shares_by_noise_and_picks_by_rank():
         np.testing.assert_array_equal(state.masks["b"], kept_b, err_msg=allocation)
 
 
+@pytest.mark.parametrize(
+    "kappa0, start_value, half_distance, kept",
+    [
+        (0.0, 1.0, 0.25, [0, 1, 0, 1]),  # kappa 2 throughout
+        (2.0, 1.0, 0.25, [0, 1, 1, 0]),  # weights unmoved: kappa 2 + 2 = 4
+        (2.0, 0.8, 0.25, [0, 1, 0, 1]),  # moved a quarter: kappa 2 + 2 * 0.5 = 3
+        (2.0, 0.8, 1.0, [0, 1, 1, 0]),  # the same move, delta 1: kappa 2 + 2 * 2^-0.25 = 3.68
+    ],
+)
+def test_uncertainty_bonus_at_start_fades_as_the_weights_move(
+    kappa0, start_value, half_distance, kept
+):
+    # lr 0.1, constant p = P = 0.5 (2 of 4 kept), momentum 0; the weights are 1 at every step,
+    # `init` saw `start_value` (the relative distance moved is |1 - start| / start: 0 or 0.25).
+    # Two steps, then the refresh at count 2: S = -0.1 (G0 + G1) and sqrt(Q) = 0.1 |G| sqrt(2):
+    #   G = [0, 1 / -1, 0.5, -0.2]: S = [0, 0, -0.1, 0.04], sqrt(Q) = [0, 0.1414, 0.0707, 0.0283].
+    # Entry 1 ranks first for any kappa >= 2 and entry 0 last; entry 2 beats entry 3 when
+    # -0.1 + 0.0707 kappa > 0.04 + 0.0283 kappa, i.e. kappa > 3.30.
+    # (The forgetting by distance halves the score before the first step only, when it is 0.)
+    params = {"w": jnp.ones(4)}
+    tx = optg_jax.optg_optax(
+        0.5,
+        10,
+        0.1,
+        schedule="constant",
+        mask_update_every=2,
+        score_momentum=0.0,
+        uncertainty_bonus=2.0,
+        score_half_distance=half_distance,
+        uncertainty_bonus_at_start=kappa0,
+        is_masked=lambda path, leaf: True,
+    )
+    state = tx.init({"w": jnp.full(4, start_value)})
+    steps = ([0.0, 1.0, 0.5, -0.2], [0.0, -1.0, 0.5, -0.2], [0.0, 0.0, 0.0, 0.0])
+    for g in steps:
+        _, state = jax.jit(tx.update)({"w": jnp.asarray(g)}, state, params)
+    np.testing.assert_allclose(state.distance, abs(1.0 - start_value) / start_value, rtol=1e-6)
+    np.testing.assert_allclose(state.scores["w"], [0.0, 0.0, -0.1, 0.04], atol=1e-7)
+    np.testing.assert_array_equal(state.masks["w"], kept)
+
+
+def test_uncertainty_bonus_at_start_needs_the_bonus_and_the_distance():
+    with pytest.raises(ValueError, match="got uncertainty_bonus 0.0, score_half_distance 0.25"):
+        optg_jax.optg_optax(0.5, 10, 0.1, uncertainty_bonus=0.0, uncertainty_bonus_at_start=4.0)
+    with pytest.raises(ValueError, match="got uncertainty_bonus 4.0, score_half_distance 0.0"):
+        optg_jax.optg_optax(0.5, 10, 0.1, score_half_distance=0.0, uncertainty_bonus_at_start=4.0)
+    with pytest.raises(ValueError, match="uncertainty_bonus_at_start must be a non-negative"):
+        optg_jax.optg_optax(0.5, 10, 0.1, uncertainty_bonus_at_start=-1.0)
+
+
 def test_sensitivity_allocation_needs_the_bonus():
     with pytest.raises(ValueError, match="criterion 'taylor' with uncertainty_bonus 0"):
         optg_jax.optg_optax(0.5, 10, 0.1, criterion="taylor", allocation="sensitivity")
