@@ -450,6 +450,19 @@ def test_paper_recipe_keeps_refreshing_after_the_ramp_and_ends_at_the_run_end():
 # -------------------------------------------------------------------- uncertainty bonus
 
 
+def _refresh_every_two_steps_tx(**options):
+    """The bonus tests' link: P = 0.5 of 10 steps at lr 0.1, constant sparsity (the score lr is
+    0.1), masks re-selected every 2 steps, score momentum 0 (a step's G * W reaches the score
+    once), every leaf masked; `options` add to or override these."""
+    settings = dict(
+        schedule="constant",
+        mask_update_every=2,
+        score_momentum=0.0,
+        is_masked=lambda path, leaf: True,
+    )
+    return optg_jax.optg_optax(0.5, 10, 0.1, **{**settings, **options})
+
+
 @pytest.mark.parametrize("kappa, kept", [(0.0, [1, 1, 0, 0]), (1.0, [0, 1, 1, 0])])
 def test_uncertainty_bonus_ranks_by_score_plus_standard_errors(kappa, kept):
     # lr 0.1, constant p = P: the score lr is 0.1; momentum 0, so a step's G * W reaches the
@@ -458,16 +471,7 @@ def test_uncertainty_bonus_ranks_by_score_plus_standard_errors(kappa, kept):
     # kappa 0: S ties at 0 for entries 0-2, the first two by position are kept.
     # kappa 1: S + sqrt(Q) = [0, 0.1414, 0.1414, 0.0383]: entries 1 and 2 are kept.
     params = {"w": jnp.ones(4)}
-    tx = optg_jax.optg_optax(
-        0.5,
-        10,
-        0.1,
-        schedule="constant",
-        mask_update_every=2,
-        score_momentum=0.0,
-        uncertainty_bonus=kappa,
-        is_masked=lambda path, leaf: True,
-    )
+    tx = _refresh_every_two_steps_tx(uncertainty_bonus=kappa)
     state = tx.init(params)
     for g in ([0.0, 1.0, -1.0, 0.5], [0.0, -1.0, 1.0, -0.3], [0.0, 0.0, 0.0, 0.0]):
         _, state = tx.update({"w": jnp.asarray(g)}, state, params)
@@ -497,17 +501,7 @@ def test_sensitivity_allocation_shares_by_noise_and_picks_by_rank():
         "sensitivity": ([0, 1, 0, 0], [1, 1, 0, 1]),
     }
     for allocation, (kept_a, kept_b) in expected.items():
-        tx = optg_jax.optg_optax(
-            0.5,
-            10,
-            0.1,
-            schedule="constant",
-            mask_update_every=2,
-            score_momentum=0.0,
-            uncertainty_bonus=1.0,
-            allocation=allocation,
-            is_masked=lambda path, leaf: True,
-        )
+        tx = _refresh_every_two_steps_tx(uncertainty_bonus=1.0, allocation=allocation)
         state = tx.init(params)
         for _ in range(3):
             _, state = jax.jit(tx.update)(grads, state, params)
@@ -537,17 +531,10 @@ def test_uncertainty_bonus_at_start_fades_as_the_weights_move(
     # -0.1 + 0.0707 kappa > 0.04 + 0.0283 kappa, i.e. kappa > 3.30.
     # (The forgetting by distance halves the score before the first step only, when it is 0.)
     params = {"w": jnp.ones(4)}
-    tx = optg_jax.optg_optax(
-        0.5,
-        10,
-        0.1,
-        schedule="constant",
-        mask_update_every=2,
-        score_momentum=0.0,
+    tx = _refresh_every_two_steps_tx(
         uncertainty_bonus=2.0,
         score_half_distance=half_distance,
         uncertainty_bonus_at_start=kappa0,
-        is_masked=lambda path, leaf: True,
     )
     state = tx.init({"w": jnp.full(4, start_value)})
     steps = ([0.0, 1.0, 0.5, -0.2], [0.0, -1.0, 0.5, -0.2], [0.0, 0.0, 0.0, 0.0])
