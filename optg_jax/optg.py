@@ -296,6 +296,9 @@ class Recipe(NamedTuple):
       score_half_distance: `delta`, how far the weights move (in units of their starting norm)
         before a score step's weight halves, for `optg` (the criterion it was chosen for; 0: no
         forgetting).
+      uncertainty_bonus_at_start: `kappa0`, the extra bonus while the weights stay near their
+        start (`kappa + kappa0 * 2^(-r / delta)`), for `optg` where its bonus and distance are
+        both on (0: the bonus stays `kappa`).
     """
 
     name: str
@@ -306,6 +309,7 @@ class Recipe(NamedTuple):
     update_masks_after_pruning: bool
     uncertainty_bonus: float
     score_half_distance: float
+    uncertainty_bonus_at_start: float
 
 
 _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
@@ -317,10 +321,10 @@ _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
             # cubic ramp, a long score average, masks frozen once the target is reached, and
             # OptG's scores forgetting a step's reading by half for every quarter of their
             # starting norm the weights move.
-            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False, 4.0, 0.25),
+            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False, 4.0, 0.25, 0.0),
             # The paper's code: the sigmoid spans the whole run, a refresh every epoch, score
             # momentum 0.9, masks re-selected after the ramp too, the scores a plain sum.
-            Recipe("paper", 1.0, 0, "sigmoid", 0.9, True, 0.0, 0.0),
+            Recipe("paper", 1.0, 0, "sigmoid", 0.9, True, 0.0, 0.0, 0.0),
         )
     }
 )
@@ -397,6 +401,39 @@ def default_score_half_distance(criterion: str | Criterion, recipe: str = "defau
     return rules.score_half_distance if criterion == "optg" else 0.0
 
 
+def default_uncertainty_bonus_at_start(
+    criterion: str | Criterion,
+    recipe: str = "default",
+    uncertainty_bonus: float | None = None,
+    score_half_distance: float | None = None,
+) -> float:
+    """The `kappa0` a recipe gives a criterion when `uncertainty_bonus_at_start` is left `None`.
+
+    Like `default_score_half_distance`, only `optg` takes the recipe's value, and only where the
+    run has both things the extra bonus is made of: a bonus and a distance to fade it with. A
+    caller who turns either off (`uncertainty_bonus=0` or `score_half_distance=0`) gets 0, not
+    an error.
+
+    Args:
+      criterion: a name in `CRITERIA` or a `Criterion` record.
+      recipe: a name in `RECIPES`.
+      uncertainty_bonus: the run's `kappa` (None: the recipe's).
+      score_half_distance: the run's `delta` (None: the recipe's).
+
+    Returns:
+      The recipe's `uncertainty_bonus_at_start` for `"optg"` with `kappa > 0` and `delta > 0`,
+      else 0.
+
+    Raises:
+      ValueError: an unknown recipe; the message names it.
+    """
+    rules = _recipe(recipe)
+    kappa = _pick(uncertainty_bonus, default_uncertainty_bonus(criterion, recipe))
+    delta = _pick(score_half_distance, default_score_half_distance(criterion, recipe))
+    on = criterion == "optg" and kappa and delta
+    return rules.uncertainty_bonus_at_start if on else 0.0
+
+
 @dataclasses.dataclass(frozen=True)
 class OptGSettings:
     """Everything `optg_optax` runs with, in one frozen record.
@@ -431,7 +468,7 @@ class OptGSettings:
     score_start: float = 0.0
     score_half_life: float = 0.0
     score_half_distance: float | None = None
-    uncertainty_bonus_at_start: float = 0.0
+    uncertainty_bonus_at_start: float | None = None
 
     def resolved(self) -> OptGSettings:
         """The record with the recipe's values in place of `None`, every field validated.
@@ -442,7 +479,8 @@ class OptGSettings:
         run; `mask_update_every` = `ramp // refreshes_during_ramp` (at least 1), or one epoch
         for the paper's recipe; `schedule`, `score_momentum` and `update_masks_after_pruning`
         the recipe's own; `uncertainty_bonus` and `score_half_distance` the recipe's for the
-        criteria that take them (`default_uncertainty_bonus`, `default_score_half_distance`).
+        criteria that take them (`default_uncertainty_bonus`, `default_score_half_distance`),
+        and `uncertainty_bonus_at_start` likewise (`default_uncertainty_bonus_at_start`).
 
         Returns:
           A new `OptGSettings` with no `None` left (`is_masked` defaults to
@@ -484,6 +522,15 @@ class OptGSettings:
             score_half_distance=_pick(
                 given.score_half_distance,
                 default_score_half_distance(given.criterion, given.recipe),
+            ),
+            uncertainty_bonus_at_start=_pick(
+                given.uncertainty_bonus_at_start,
+                default_uncertainty_bonus_at_start(
+                    given.criterion,
+                    given.recipe,
+                    given.uncertainty_bonus,
+                    given.score_half_distance,
+                ),
             ),
             group_axis=given.group_axis or nm.group_axis,
         )
@@ -1246,7 +1293,7 @@ def optg_optax(
     score_start: float = 0.0,
     score_half_life: float = 0.0,
     score_half_distance: float | None = None,
-    uncertainty_bonus_at_start: float = 0.0,
+    uncertainty_bonus_at_start: float | None = None,
 ) -> optax.GradientTransformation:
     """OptG sparse training (and its baselines) as one optax transformation.
 
@@ -1327,7 +1374,8 @@ def optg_optax(
         `r` the relative distance the weights have moved since `init`, so it starts at
         `kappa + kappa0` and halves its extra part for every `delta` the weights travel
         (`ranking`; docs/library.md, "A larger bonus while the weights stay near their start").
-        0 (the default) keeps `kappa` throughout.
+        None for the recipe's (`default_uncertainty_bonus_at_start`: 0 under both recipes
+        today, and 0 wherever the bonus or the distance is off). 0 keeps `kappa` throughout.
 
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.

@@ -90,6 +90,8 @@ def test_parse_method():
     assert methods.parse_method("optg-start3") == ("optg", {"score_start": 3.0})
     assert methods.parse_method("optg-halflife0.25") == ("optg", {"score_half_life": 0.25})
     assert methods.parse_method("optg-halfdist0.5") == ("optg", {"score_half_distance": 0.5})
+    assert methods.parse_method("optg-atstart4") == ("optg", {"uncertainty_bonus_at_start": 4.0})
+    assert methods.label("optg-atstart4") == "ablation: OptG, bonus at the start κ₀ = 4"
     assert methods.label("optg-start3") == "ablation: OptG, score start 3·W₀²/2"
     assert methods.label("optg-halfdist0.5") == (
         "ablation: OptG, score half-distance 0.5 of the weights' norm"
@@ -113,6 +115,7 @@ def test_parse_method():
         "taylor-mom0.5",
         "taylor-bonus4",
         "magnitude-start3",
+        "supermask-atstart4",
         "optg-fast",
     ):
         with pytest.raises(ValueError, match="unknown"):

@@ -179,6 +179,7 @@ def test_names_come_from_their_owners(monkeypatch):
         ("score_half_life", -0.25),
         ("score_half_life", float("inf")),
         ("score_half_distance", -0.5),
+        ("uncertainty_bonus_at_start", -1.0),
         ("validation_examples", -5),
         ("augment", "yes"),
         ("reference_schedules", None),  # (ml_collections refuses any other non-bool)
@@ -347,6 +348,24 @@ def test_identity_records_the_score_half_distance_the_run_forgets_with():
     for criterion in ("supermask", "taylor", "magnitude", "dense"):
         config.criterion = criterion
         assert config_lib.identity(config)["score_half_distance"] == 0.0, criterion
+
+
+def test_identity_records_the_bonus_at_start_the_run_ranks_with():
+    """The identity holds the resolved kappa0: the recipe's (0 today), else the config's."""
+    config = load("fashion_mnist")
+    assert config.uncertainty_bonus_at_start is None and config.criterion == "optg"
+    assert config_lib.identity(config)["uncertainty_bonus_at_start"] == 0.0
+    config.uncertainty_bonus_at_start = 4.0
+    config_lib.validate(config)
+    assert config_lib.identity(config)["uncertainty_bonus_at_start"] == 4.0
+    # It needs the bonus: refused in one line naming both values.
+    config.uncertainty_bonus = 0.0
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(config)
+    assert str(e.value).startswith("config.uncertainty_bonus_at_start 4.0 needs the bonus")
+    assert "got uncertainty_bonus 0.0, score_half_distance 0.25" in str(e.value)
+    config.criterion, config.uncertainty_bonus = "dense", None
+    assert config_lib.identity(config)["uncertainty_bonus_at_start"] == 0.0
 
 
 def _refused_until_zero(config, workdir, old_identity, field, this_config, shapes):

@@ -554,6 +554,38 @@ def test_uncertainty_bonus_at_start_needs_the_bonus_and_the_distance():
         optg_jax.optg_optax(0.5, 10, 0.1, uncertainty_bonus_at_start=-1.0)
 
 
+def test_a_recipes_bonus_at_start_reaches_optg_only_where_its_bonus_and_distance_are_on(
+    monkeypatch,
+):
+    # Both recipes give 0 today; a recipe giving 3 shows where its value reaches when left None.
+    recipe = optg._RECIPES["default"]._replace(uncertainty_bonus_at_start=3.0)
+    monkeypatch.setattr(optg, "_RECIPES", {**optg._RECIPES, "default": recipe})
+
+    def resolved(**kwargs):
+        return optg_jax.OptGSettings(0.5, 10, 0.1, **kwargs).resolved().uncertainty_bonus_at_start
+
+    assert resolved() == 3.0
+    assert optg_jax.default_uncertainty_bonus_at_start("optg") == 3.0
+    assert resolved(uncertainty_bonus_at_start=1.5) == 1.5  # The caller's value wins.
+    # Without a bonus or a distance to fade it with, the recipe's value is 0, not an error.
+    assert resolved(uncertainty_bonus=0.0) == 0.0
+    assert resolved(score_half_distance=0.0) == 0.0
+    assert optg_jax.default_uncertainty_bonus_at_start("optg", "default", 0.0, None) == 0.0
+    # supermask has a bonus but no distance by default; the baselines have neither.
+    assert resolved(criterion="supermask") == 0.0
+    assert resolved(criterion="taylor") == 0.0
+    assert optg_jax.default_uncertainty_bonus_at_start("optg", "paper") == 0.0
+    # A value the caller gives is still checked.
+    with pytest.raises(ValueError, match="got uncertainty_bonus 0.0, score_half_distance 0.25"):
+        resolved(uncertainty_bonus=0.0, uncertainty_bonus_at_start=3.0)
+
+
+def test_both_recipes_leave_the_bonus_at_start_off():
+    for recipe in optg_jax.RECIPES:
+        settings = optg_jax.OptGSettings(0.5, 10, 0.1, recipe=recipe).resolved()
+        assert settings.uncertainty_bonus_at_start == 0.0, recipe
+
+
 def test_sensitivity_allocation_needs_the_bonus():
     with pytest.raises(ValueError, match="criterion 'taylor' with uncertainty_bonus 0"):
         optg_jax.optg_optax(0.5, 10, 0.1, criterion="taylor", allocation="sensitivity")

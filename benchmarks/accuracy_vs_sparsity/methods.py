@@ -14,7 +14,8 @@ method alone:
   `-start<C>` (optg/supermask: `score_start`, the scores start at `C * W_0^2 / 2`),
   `-halflife<H>` (optg/supermask: `score_half_life`, a score step's weight halves every `H` of
   the ramp), `-halfdist<D>` (optg/supermask: `score_half_distance`, it halves each time the
-  weights move a further `D` of their starting norm),
+  weights move a further `D` of their starting norm), `-atstart<K0>` (optg:
+  `uncertainty_bonus_at_start`, the bonus is `kappa + K0 * 2^(-r / delta)`),
   `-every<N>` (`mask_update_every`), `-beta<B>` (`beta`);
 - `-frozen` / `-refreshed` (`update_masks_after_pruning` False / True: masks frozen after the
   ramp, or re-selected to the end of the run);
@@ -49,6 +50,7 @@ SUFFIXES = {
     "start": ("score_start", float, "score start {:g}·W₀²/2"),
     "halflife": ("score_half_life", float, "score half-life {:g} of the ramp"),
     "halfdist": ("score_half_distance", float, "score half-distance {:g} of the weights' norm"),
+    "atstart": ("uncertainty_bonus_at_start", float, "bonus at the start κ₀ = {:g}"),
     "beta": ("beta", float, "β = {:g}"),
     "alloc": ("allocation", str, "{} allocation"),
 }
@@ -80,7 +82,8 @@ def parse_method(method: str) -> tuple[str, dict]:
         raise ValueError(
             f"unknown method {method!r}: one of {', '.join(METHODS)}, optionally with "
             "-paper, -cubic, -sigmoid, -frozen, -refreshed, -floor<F>, -mom<M>, -bonus<K>, "
-            "-start<C>, -halflife<H>, -halfdist<D>, -every<N>, -beta<B>, -alloc<A>"
+            "-start<C>, -halflife<H>, -halfdist<D>, -atstart<K0>, -every<N>, -beta<B>, "
+            "-alloc<A>"
         )
     options = {}
     for suffix in suffixes:
@@ -90,7 +93,7 @@ def parse_method(method: str) -> tuple[str, dict]:
             continue
         prefix = next((p for p in SUFFIXES if suffix.startswith(p)), None)
         allowed = prefix is not None and (
-            (prefix == "floor" and criterion == "optg")
+            (prefix in ("floor", "atstart") and criterion == "optg")
             or (prefix in ("mom", "bonus", "start", "halflife", "halfdist") and criterion in SCORED)
             or prefix in ("every", "beta", "alloc")
         )
@@ -108,6 +111,7 @@ def parse_method(method: str) -> tuple[str, dict]:
             "start": (0.0, 1e6),
             "halflife": (0.0, 1e6),
             "halfdist": (0.0, 1e6),
+            "atstart": (0.0, 1e6),
         }.get(prefix)
         if prefix == "alloc":
             if value not in optg_jax.ALLOCATIONS:

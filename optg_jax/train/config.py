@@ -63,6 +63,7 @@ IDENTITY_FIELDS = (
     "score_start",
     "score_half_life",
     "score_half_distance",
+    "uncertainty_bonus_at_start",
     "pattern",
     "nm_ramp",
     "validation_examples",
@@ -174,6 +175,10 @@ def _add_optg_fields(c: ml_collections.ConfigDict) -> None:
     # no such forgetting. None: the recipe's (0.25 for optg by default, 0 for supermask and in
     # the paper's form).
     c.score_half_distance = config_dict.placeholder(float)
+    # optg: the bonus is uncertainty_bonus + this * 2^(-r / score_half_distance), r the distance
+    # the weights have moved from their start (optg_optax's uncertainty_bonus_at_start): larger
+    # while a pretrained network stays near its weights. None: the recipe's (0 today).
+    c.uncertainty_bonus_at_start = config_dict.placeholder(float)
     # N:M sparsity (`optg_jax.nm`, docs/training.md): "2:4" keeps 2 of every 4 consecutive
     # weights along each kernel's reduction axis; None = unstructured. With a pattern the target
     # sparsity is 1 - N/M: train.py takes it from the pattern unless --config.sparsity is given.
@@ -311,7 +316,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("pruning_end_fraction", fraction, "is outside (0, 1]")
     if not 0.0 <= config.score_lr_floor <= 1.0:
         _fail("score_lr_floor", config.score_lr_floor, "is outside [0, 1]")
-    for field in ("score_start", "score_half_life", "score_half_distance"):
+    for field in (
+        "score_start",
+        "score_half_life",
+        "score_half_distance",
+        "uncertainty_bonus_at_start",
+    ):
         if config.get(field) is not None and not 0.0 <= config[field] < math.inf:
             _fail(field, config[field], "must be a non-negative number")
     for field in (
@@ -506,13 +516,16 @@ def identity(config: ml_collections.ConfigDict) -> dict:
     out["reinit"] = list(reinit_names(config))
     out["uncertainty_bonus"] = uncertainty_bonus(config)
     out["score_half_distance"] = score_half_distance(config)
+    out["uncertainty_bonus_at_start"] = uncertainty_bonus_at_start(config)
     return out
 
 
 # The value an identity field stands for in a workdir written before the field existed, where
 # it differs from `base_config`'s: such a run ranked without the bonus (kappa 0), and its
 # scores did not forget with distance.
-LEGACY_IDENTITY = types.MappingProxyType({"uncertainty_bonus": 0.0, "score_half_distance": 0.0})
+LEGACY_IDENTITY = types.MappingProxyType(
+    {"uncertainty_bonus": 0.0, "score_half_distance": 0.0, "uncertainty_bonus_at_start": 0.0}
+)
 
 
 def score_half_distance(config: ml_collections.ConfigDict) -> float:
@@ -540,6 +553,27 @@ def uncertainty_bonus(config: ml_collections.ConfigDict) -> float:
       `config.uncertainty_bonus`, else `optg_jax.default_uncertainty_bonus(criterion, recipe)`.
     """
     return _given_or_recipes(config, "uncertainty_bonus", optg_jax.default_uncertainty_bonus)
+
+
+def uncertainty_bonus_at_start(config: ml_collections.ConfigDict) -> float:
+    """The `kappa0` the run ranks with: `config.uncertainty_bonus_at_start`, else its recipe's
+    value (0 for every criterion but optg, where the bonus or the distance is off, and for
+    dense runs).
+
+    Args:
+      config: a validated config.
+
+    Returns:
+      `config.uncertainty_bonus_at_start`, else `optg_jax.default_uncertainty_bonus_at_start`
+      of the run's criterion, recipe, bonus and distance.
+    """
+
+    def recipes_value(criterion: str, recipe: str) -> float:
+        return optg_jax.default_uncertainty_bonus_at_start(
+            criterion, recipe, uncertainty_bonus(config), score_half_distance(config)
+        )
+
+    return _given_or_recipes(config, "uncertainty_bonus_at_start", recipes_value)
 
 
 def _given_or_recipes(config: ml_collections.ConfigDict, field: str, recipes_value) -> float:

@@ -229,7 +229,7 @@ def optg_settings(
       values for those fields).
     """
     every, bonus = config.mask_update_every, config.get("uncertainty_bonus")
-    delta = config.get("score_half_distance")
+    delta, kappa0 = config.get("score_half_distance"), config.get("uncertainty_bonus_at_start")
     settings = optg_jax.OptGSettings(
         target_sparsity=float(config.sparsity),
         total_steps=num_steps,
@@ -250,6 +250,7 @@ def optg_settings(
         score_start=float(config.score_start),
         score_half_life=float(config.score_half_life),
         score_half_distance=None if delta is None else float(delta),
+        uncertainty_bonus_at_start=None if kappa0 is None else float(kappa0),
         pattern=config.pattern,
         nm_ramp=config.nm_ramp,
     )
