@@ -247,6 +247,7 @@ def test_config_fields_reach_optg_optax(monkeypatch):
         score_start=3.0,
         score_half_life=0.25,
         score_half_distance=0.5,
+        uncertainty_bonus=1.5,  # (the paper's recipe has none; the bonus at start needs one)
         uncertainty_bonus_at_start=2.0,
     )
     config.reference_schedules = False  # It would set the refresh interval itself.
@@ -254,7 +255,8 @@ def test_config_fields_reach_optg_optax(monkeypatch):
     assert (seen["score_lr_floor"], seen["update_masks_after_pruning"]) == (0.25, False)
     assert (seen["score_momentum"], seen["mask_update_every"]) == (0.5, 2)
     assert (seen["score_start"], seen["score_half_life"]) == (3.0, 0.25)
-    assert (seen["score_half_distance"], seen["uncertainty_bonus_at_start"]) == (0.5, 2.0)
+    assert (seen["score_half_distance"], seen["uncertainty_bonus"]) == (0.5, 1.5)
+    assert seen["uncertainty_bonus_at_start"] == 2.0
     # With reference_schedules: the reference's sigmoid per epoch (0.9 sigmoid(e - 2) for 4
     # epochs of 3 steps), exactly 0.9 at the end, a refresh every epoch until the end.
     seen.clear()

@@ -119,6 +119,7 @@ PER_RUN_FIELDS = (
     "score_start",
     "score_half_life",
     "score_half_distance",
+    "uncertainty_bonus_at_start",
     "update_masks_after_pruning",
     "validation_examples",
 )
