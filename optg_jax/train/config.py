@@ -276,6 +276,15 @@ def choices() -> dict[str, tuple[str, ...]]:
     )
 
 
+# OptG's score and bonus fields: a finite number >= 0 when given (None: the recipe's value).
+_NON_NEGATIVE_FIELDS = (
+    "score_start",
+    "score_half_life",
+    "score_half_distance",
+    "uncertainty_bonus_at_start",
+)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every field of a config, cheapest first.
 
@@ -316,12 +325,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("pruning_end_fraction", fraction, "is outside (0, 1]")
     if not 0.0 <= config.score_lr_floor <= 1.0:
         _fail("score_lr_floor", config.score_lr_floor, "is outside [0, 1]")
-    for field in (
-        "score_start",
-        "score_half_life",
-        "score_half_distance",
-        "uncertainty_bonus_at_start",
-    ):
+    for field in _NON_NEGATIVE_FIELDS:
         if config.get(field) is not None and not 0.0 <= config[field] < math.inf:
             _fail(field, config[field], "must be a non-negative number")
     for field in (
