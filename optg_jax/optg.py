@@ -506,6 +506,10 @@ class OptGSettings:
                 every = max(1, int(end - start) // rules.refreshes_during_ramp)
             else:
                 every = epoch
+        kappa = given._bonus()
+        delta = _pick(
+            given.score_half_distance, default_score_half_distance(given.criterion, given.recipe)
+        )
         settings = dataclasses.replace(
             given,
             schedule=rules.schedule if given.schedule is None else given.schedule,
@@ -518,19 +522,11 @@ class OptGSettings:
             ),
             is_masked=given.is_masked or default_is_masked,
             pattern=None if given.pattern is None else nm.parse_pattern(given.pattern),
-            uncertainty_bonus=given._bonus(),
-            score_half_distance=_pick(
-                given.score_half_distance,
-                default_score_half_distance(given.criterion, given.recipe),
-            ),
+            uncertainty_bonus=kappa,
+            score_half_distance=delta,
             uncertainty_bonus_at_start=_pick(
                 given.uncertainty_bonus_at_start,
-                default_uncertainty_bonus_at_start(
-                    given.criterion,
-                    given.recipe,
-                    given.uncertainty_bonus,
-                    given.score_half_distance,
-                ),
+                default_uncertainty_bonus_at_start(given.criterion, given.recipe, kappa, delta),
             ),
             group_axis=given.group_axis or nm.group_axis,
         )
