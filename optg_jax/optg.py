@@ -320,8 +320,9 @@ _RECIPES: Mapping[str, Recipe] = types.MappingProxyType(
             # ends at two-thirds of the run, a fixed number of refreshes during it, the field's
             # cubic ramp, a long score average, masks frozen once the target is reached, and
             # OptG's scores forgetting a step's reading by half for every quarter of their
-            # starting norm the weights move.
-            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False, 4.0, 0.25, 0.0),
+            # starting norm the weights move, and OptG's bonus doubled while the weights stay
+            # near their start (kappa 4 + kappa0 4, fading with the same distance).
+            Recipe("default", 2.0 / 3.0, 25, "cubic", 0.99, False, 4.0, 0.25, 4.0),
             # The paper's code: the sigmoid spans the whole run, a refresh every epoch, score
             # momentum 0.9, masks re-selected after the ramp too, the scores a plain sum.
             Recipe("paper", 1.0, 0, "sigmoid", 0.9, True, 0.0, 0.0, 0.0),
@@ -1370,8 +1371,9 @@ def optg_optax(
         `r` the relative distance the weights have moved since `init`, so it starts at
         `kappa + kappa0` and halves its extra part for every `delta` the weights travel
         (`ranking`; docs/library.md, "A larger bonus while the weights stay near their start").
-        None for the recipe's (`default_uncertainty_bonus_at_start`: 0 under both recipes
-        today, and 0 wherever the bonus or the distance is off). 0 keeps `kappa` throughout.
+        None for the recipe's (`default_uncertainty_bonus_at_start`: 4 for `optg` under the
+        default recipe, 0 in the paper's recipe and for the other criteria, and 0 wherever the
+        bonus or the distance is off). 0 keeps `kappa` throughout.
 
     Returns:
       An `optax.GradientTransformation` whose state is an `OptGState`.

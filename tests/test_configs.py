@@ -351,20 +351,27 @@ def test_identity_records_the_score_half_distance_the_run_forgets_with():
 
 
 def test_identity_records_the_bonus_at_start_the_run_ranks_with():
-    """The identity holds the resolved kappa0: the recipe's (0 today), else the config's."""
+    """The identity holds the resolved kappa0: the recipe's (4 for optg by default, 0 in the
+    paper's form and for the other criteria), else the config's."""
     config = load("fashion_mnist")
     assert config.uncertainty_bonus_at_start is None and config.criterion == "optg"
-    assert config_lib.identity(config)["uncertainty_bonus_at_start"] == 0.0
-    config.uncertainty_bonus_at_start = 4.0
-    config_lib.validate(config)
     assert config_lib.identity(config)["uncertainty_bonus_at_start"] == 4.0
-    # It needs the bonus: refused in one line naming both values.
+    config.uncertainty_bonus_at_start = 2.0
+    config_lib.validate(config)
+    assert config_lib.identity(config)["uncertainty_bonus_at_start"] == 2.0
+    # Given, it needs the bonus: refused in one line naming both values.
     config.uncertainty_bonus = 0.0
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.validate(config)
-    assert str(e.value).startswith("config.uncertainty_bonus_at_start 4.0 needs the bonus")
+    assert str(e.value).startswith("config.uncertainty_bonus_at_start 2.0 needs the bonus")
     assert "got uncertainty_bonus 0.0, score_half_distance 0.25" in str(e.value)
-    config.criterion, config.uncertainty_bonus = "dense", None
+    # Left None, the bonus off turns it off too, without an error.
+    config.uncertainty_bonus_at_start = None
+    config_lib.validate(config)
+    assert config_lib.identity(config)["uncertainty_bonus_at_start"] == 0.0
+    config.uncertainty_bonus, config.recipe = None, "paper"
+    assert config_lib.identity(config)["uncertainty_bonus_at_start"] == 0.0
+    config.criterion, config.recipe = "dense", "default"
     assert config_lib.identity(config)["uncertainty_bonus_at_start"] == 0.0
 
 
@@ -396,6 +403,23 @@ def test_a_workdir_from_before_distance_forgetting_resumes_only_as_it_began(tmp_
         config.score_half_distance = None
         _refused_until_zero(
             config, str(tmp_path), old, "score_half_distance", "(this config: 0.25)", shapes
+        )
+
+
+def test_a_workdir_from_before_the_bonus_at_start_resumes_only_as_it_began(tmp_path):
+    """A workdir whose config.json predates `uncertainty_bonus_at_start`, or recorded it at 0
+    (the default before it was 4), kept kappa throughout: the default config (kappa0 4) is
+    refused in one line; `uncertainty_bonus_at_start=0` resumes it."""
+    config = load("fashion_mnist")
+    identity = config_lib.identity(config)
+    shapes = {"w": [2, 2]}
+    for old in (
+        {k: v for k, v in identity.items() if k != "uncertainty_bonus_at_start"},
+        dict(identity, uncertainty_bonus_at_start=0.0),
+    ):
+        config.uncertainty_bonus_at_start = None
+        _refused_until_zero(
+            config, str(tmp_path), old, "uncertainty_bonus_at_start", "(this config: 4.0)", shapes
         )
 
 

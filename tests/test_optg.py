@@ -453,8 +453,10 @@ def test_paper_recipe_keeps_refreshing_after_the_ramp_and_ends_at_the_run_end():
 def _refresh_every_two_steps_tx(**options):
     """The bonus tests' link: P = 0.5 of 10 steps at lr 0.1, constant sparsity (the score lr is
     0.1), masks re-selected every 2 steps, score momentum 0 (a step's G * W reaches the score
-    once), every leaf masked; `options` add to or override these."""
+    once), every leaf masked, the bonus `kappa` alone (no extra bonus at the start);
+    `options` add to or override these."""
     settings = dict(
+        uncertainty_bonus_at_start=0.0,
         schedule="constant",
         mask_update_every=2,
         score_momentum=0.0,
@@ -557,7 +559,7 @@ def test_uncertainty_bonus_at_start_needs_the_bonus_and_the_distance():
 def test_a_recipes_bonus_at_start_reaches_optg_only_where_its_bonus_and_distance_are_on(
     monkeypatch,
 ):
-    # Both recipes give 0 today; a recipe giving 3 shows where its value reaches when left None.
+    # A recipe giving 3 (not the default's 4) shows that the value read is the recipe's.
     recipe = optg._RECIPES["default"]._replace(uncertainty_bonus_at_start=3.0)
     monkeypatch.setattr(optg, "_RECIPES", {**optg._RECIPES, "default": recipe})
 
@@ -580,10 +582,17 @@ def test_a_recipes_bonus_at_start_reaches_optg_only_where_its_bonus_and_distance
         resolved(uncertainty_bonus=0.0, uncertainty_bonus_at_start=3.0)
 
 
-def test_both_recipes_leave_the_bonus_at_start_off():
-    for recipe in optg_jax.RECIPES:
-        settings = optg_jax.OptGSettings(0.5, 10, 0.1, recipe=recipe).resolved()
-        assert settings.uncertainty_bonus_at_start == 0.0, recipe
+def test_the_default_recipe_doubles_optgs_bonus_at_start_and_the_paper_leaves_it_off():
+    def resolved(**kwargs):
+        return optg_jax.OptGSettings(0.5, 10, 0.1, **kwargs).resolved()
+
+    default = resolved()
+    assert (default.uncertainty_bonus, default.uncertainty_bonus_at_start) == (4.0, 4.0)
+    assert resolved(recipe="paper").uncertainty_bonus_at_start == 0.0
+    for criterion in ("supermask", "taylor", "magnitude"):
+        assert resolved(criterion=criterion).uncertainty_bonus_at_start == 0.0, criterion
+    # One argument back to the bonus of before: kappa throughout.
+    assert resolved(uncertainty_bonus_at_start=0.0).uncertainty_bonus_at_start == 0.0
 
 
 def test_sensitivity_allocation_needs_the_bonus():
