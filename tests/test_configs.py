@@ -394,7 +394,8 @@ def test_a_workdir_from_before_distance_forgetting_resumes_only_as_it_began(tmp_
     plain sum: the default config (0.25) is refused in one line; `score_half_distance=0`
     resumes it."""
     config = load("fashion_mnist")
-    identity = config_lib.identity(config)
+    # Such a workdir also predates the bonus at the start (0 then: without a distance it is off).
+    identity = dict(config_lib.identity(config), uncertainty_bonus_at_start=0.0)
     shapes = {"w": [2, 2]}
     for old in (
         {k: v for k, v in identity.items() if k != "score_half_distance"},
@@ -429,7 +430,12 @@ def test_a_workdir_from_before_the_bonus_resumes_only_as_it_began(tmp_path):
     from optg_jax.train import checkpoints, training
 
     config = load("fashion_mnist")
-    old = {k: v for k, v in config_lib.identity(config).items() if k != "uncertainty_bonus"}
+    # Such a workdir predates the bonus at the start too (a field it lacks: 0, the bonus off).
+    old = {
+        k: v
+        for k, v in config_lib.identity(config).items()
+        if k not in ("uncertainty_bonus", "uncertainty_bonus_at_start")
+    }
     shapes = {"w": [2, 2]}
     _refused_until_zero(
         config, str(tmp_path), old, "uncertainty_bonus", "(this config: 4.0)", shapes
