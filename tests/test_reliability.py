@@ -268,6 +268,9 @@ MULTI = dict(
     sparsity=0.9,
     mask_update_every=3,
     pruning_end_fraction=1.0,
+    # The tie check rebuilds the ranking with the bonus `kappa` alone; the extra bonus near the
+    # start would make it depend on the distance at the last refresh.
+    uncertainty_bonus_at_start=0.0,
 )
 SIGTERM_AFTER = 8  # Mid-way through the last epoch (steps 7-12).
 
