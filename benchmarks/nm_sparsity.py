@@ -63,7 +63,10 @@ LABELS = {
     "optg": "OptG N:M (library defaults)",
     "magnitude": "magnitude N:M (same ramp)",
     "sr_ste": "SR-STE (pattern from the start, masks every step)",
-    "optg:score_half_distance=0": "OptG N:M, `score_half_distance=0` (the previous defaults)",
+    "optg:uncertainty_bonus_at_start=0": (
+        "OptG N:M, `uncertainty_bonus_at_start=0` (the previous defaults)"
+    ),
+    "optg:score_half_distance=0": "OptG N:M, `score_half_distance=0` (the defaults before that)",
 }
 
 

@@ -95,8 +95,16 @@ LABELS = {
     "optg-epoch": "OptG, library defaults + `mask_update_every=steps_per_epoch`",
     "optg-paper": "OptG, `recipe='paper'` + `mask_update_every=steps_per_epoch`",
     "optg:recipe=paper": "OptG, `recipe='paper'` (its refresh interval: 1% of the run)",
+    # The default before `uncertainty_bonus_at_start=4` (the bonus kappa throughout), and a
+    # variant of it.
+    "optg:uncertainty_bonus_at_start=0": (
+        "OptG, `uncertainty_bonus_at_start=0` (the previous default)"
+    ),
+    "optg:uncertainty_bonus=16,uncertainty_bonus_at_start=0": (
+        "OptG, `uncertainty_bonus_at_start=0`, `uncertainty_bonus=16` (a larger bonus throughout)"
+    ),
     # The default before `score_half_distance=0.25` (the scores never forget), and variants of it.
-    "optg:score_half_distance=0": "OptG, `score_half_distance=0` (the previous default)",
+    "optg:score_half_distance=0": "OptG, `score_half_distance=0` (the default before that)",
     "optg:every=epoch,score_half_distance=0": (
         "OptG, `score_half_distance=0` + `mask_update_every=steps_per_epoch`"
     ),

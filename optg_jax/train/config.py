@@ -177,7 +177,8 @@ def _add_optg_fields(c: ml_collections.ConfigDict) -> None:
     c.score_half_distance = config_dict.placeholder(float)
     # optg: the bonus is uncertainty_bonus + this * 2^(-r / score_half_distance), r the distance
     # the weights have moved from their start (optg_optax's uncertainty_bonus_at_start): larger
-    # while a pretrained network stays near its weights. None: the recipe's (0 today).
+    # while a pretrained network stays near its weights. None: the recipe's (4 for optg by
+    # default, 0 for the other criteria and in the paper's form).
     c.uncertainty_bonus_at_start = config_dict.placeholder(float)
     # N:M sparsity (`optg_jax.nm`, docs/training.md): "2:4" keeps 2 of every 4 consecutive
     # weights along each kernel's reduction axis; None = unstructured. With a pattern the target
@@ -525,8 +526,8 @@ def identity(config: ml_collections.ConfigDict) -> dict:
 
 
 # The value an identity field stands for in a workdir written before the field existed, where
-# it differs from `base_config`'s: such a run ranked without the bonus (kappa 0), and its
-# scores did not forget with distance.
+# it differs from `base_config`'s: such a run ranked without the bonus (kappa 0), its scores
+# did not forget with distance, and its bonus had no extra part near the start (kappa0 0).
 LEGACY_IDENTITY = types.MappingProxyType(
     {"uncertainty_bonus": 0.0, "score_half_distance": 0.0, "uncertainty_bonus_at_start": 0.0}
 )
