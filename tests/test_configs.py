@@ -389,6 +389,15 @@ def _refused_until_zero(config, workdir, old_identity, field, this_config, shape
     training._check_identity(config, workdir, shapes)  # Resumes.
 
 
+def _both_old_forms_refused_until_zero(config, workdir, identity, field, this_config):
+    """`_refused_until_zero` for both forms a workdir from before `field`'s default holds in
+    its config.json: `identity` without `field`, and `identity` with `field` at 0."""
+    shapes = {"w": [2, 2]}
+    for old in ({k: v for k, v in identity.items() if k != field}, dict(identity, **{field: 0.0})):
+        config[field] = None
+        _refused_until_zero(config, workdir, old, field, this_config, shapes)
+
+
 def test_a_workdir_from_before_distance_forgetting_resumes_only_as_it_began(tmp_path):
     """A workdir whose config.json predates `score_half_distance` (or recorded it at 0) ran the
     plain sum: the default config (0.25) is refused in one line; `score_half_distance=0`
@@ -396,15 +405,9 @@ def test_a_workdir_from_before_distance_forgetting_resumes_only_as_it_began(tmp_
     config = load("fashion_mnist")
     # Such a workdir also predates the bonus at the start (0 then: without a distance it is off).
     identity = dict(config_lib.identity(config), uncertainty_bonus_at_start=0.0)
-    shapes = {"w": [2, 2]}
-    for old in (
-        {k: v for k, v in identity.items() if k != "score_half_distance"},
-        dict(identity, score_half_distance=0.0),
-    ):
-        config.score_half_distance = None
-        _refused_until_zero(
-            config, str(tmp_path), old, "score_half_distance", "(this config: 0.25)", shapes
-        )
+    _both_old_forms_refused_until_zero(
+        config, str(tmp_path), identity, "score_half_distance", "(this config: 0.25)"
+    )
 
 
 def test_a_workdir_from_before_the_bonus_at_start_resumes_only_as_it_began(tmp_path):
@@ -413,15 +416,9 @@ def test_a_workdir_from_before_the_bonus_at_start_resumes_only_as_it_began(tmp_p
     refused in one line; `uncertainty_bonus_at_start=0` resumes it."""
     config = load("fashion_mnist")
     identity = config_lib.identity(config)
-    shapes = {"w": [2, 2]}
-    for old in (
-        {k: v for k, v in identity.items() if k != "uncertainty_bonus_at_start"},
-        dict(identity, uncertainty_bonus_at_start=0.0),
-    ):
-        config.uncertainty_bonus_at_start = None
-        _refused_until_zero(
-            config, str(tmp_path), old, "uncertainty_bonus_at_start", "(this config: 4.0)", shapes
-        )
+    _both_old_forms_refused_until_zero(
+        config, str(tmp_path), identity, "uncertainty_bonus_at_start", "(this config: 4.0)"
+    )
 
 
 def test_a_workdir_from_before_the_bonus_resumes_only_as_it_began(tmp_path):
